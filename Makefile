@@ -1,0 +1,39 @@
+# vaebench: `make bench` installs everything and runs the main job; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch is pinned to the CPU build installed first, so nothing pulls CUDA wheels here.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install test bench microbench lint data clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed  ## create .venv with torch (CPU) and vaebench[dev]
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+test: install  ## run the test suite (CPU, a few minutes)
+	$(PY) -m pytest -q
+
+bench: install  ## the main job: VAE vs IWAE-5 on the embedded digits data
+	$(VENV)/bin/vaebench train --dataset digits --objective vae --epochs 20 --seed 0
+	$(VENV)/bin/vaebench train --dataset digits --objective iwae --k 5 --epochs 20 --seed 0
+
+microbench: install  ## pytest-benchmark: training step vs a plain PyTorch step (not in `make test`)
+	$(PY) -m pytest -q benchmarks --benchmark-autosave --benchmark-columns=min,median,max,rounds
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check bench tests benchmarks
+
+data: install  ## fetch and verify MNIST into $$VAEBENCH_DATA (default ~/.cache/vaebench)
+	$(VENV)/bin/vaebench data fetch mnist
+
+clean:  ## remove the virtual environment and caches (results are kept)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

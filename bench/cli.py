@@ -22,6 +22,7 @@ from bench.config import (
     config_from_dict,
 )
 from bench.errors import BenchError
+from bench.runner import DEFAULT_GPU_FRACTION
 
 # Help for every RunConfig field; the train command gets one flag per field.
 FIELD_HELP = {
@@ -102,13 +103,51 @@ def build_parser() -> argparse.ArgumentParser:
         "with k_eval importance samples. Metrics are in nats per example.",
     )
     _add_config_flags(train)
-    run = train.add_argument_group("execution (not part of the variant's identity)")
-    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    run.add_argument("--threads", type=int, default=None,
+    execution = train.add_argument_group("execution (not part of the variant's identity)")
+    execution.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    execution.add_argument("--threads", type=int, default=None,
                      help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--json", action="store_true",
+    execution.add_argument("--json", action="store_true",
                      help="print the config, run_id and metrics as one JSON object")
-    run.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    execution.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+    run = commands.add_parser(
+        "run",
+        help="run a suite's grid of variants (Ray, resumable) and store each run as Parquet",
+        description="Expand a suite (suites/*.toml) into runs and execute the ones without a "
+        "finished result. With no --address Ray starts embedded on this machine; with "
+        "--address it joins that cluster. Each run lands in "
+        "RESULTS/runs/suite=<suite>/<run_id>.parquet as soon as it finishes; failures are "
+        "stored as `failed` rows and the grid goes on. Exit status: 0 all finished, 1 some "
+        "failed or diverged, 2 bad input, 130 interrupted (finished runs are kept).",
+    )
+    run.add_argument("suite", help="suite name (suites/<name>.toml) or path to a suite TOML")
+    run.add_argument("--budget", default=None,
+                     help="budget table to apply, e.g. smoke, cpu, paper "
+                     "(default: the suite's default_budget)")
+    _add_results_flag(run)
+    run.add_argument("--address", default=None,
+                     help="Ray cluster to join (e.g. 10.0.0.1:6379 or 'auto'); "
+                     "default: start Ray embedded")
+    run.add_argument("--executor", choices=["ray", "local"], default="ray",
+                     help="ray (default) or local: in this process, one run at a time, "
+                     "for debugging")
+    run.add_argument("--cpus-per-run", type=int, default=1,
+                     help="CPUs reserved per run; also torch's thread count in it (default: 1)")
+    run.add_argument("--gpus-per-run", type=float, default=None,
+                     help=f"GPU fraction per run (default: {DEFAULT_GPU_FRACTION} when the "
+                     "cluster has GPUs, else 0)")
+    run.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                     help="only runs whose config has KEY=VALUE (repeatable; KEY may be 'name')")
+    run.add_argument("--force", action="store_true",
+                     help="rerun runs that already have a finished result (replacing it)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the runs and which are cached; run nothing")
+    run.add_argument("--retries", type=int, default=2,
+                     help="re-executions of a run whose worker process died (default: 2)")
+    run.add_argument("--checkpoint-every", type=int, default=10, metavar="EPOCHS",
+                     help="save a resumable checkpoint every N epochs (default: 10)")
+    run.add_argument("--no-progress", action="store_true", help="no live progress line")
 
     data = commands.add_parser("data", help="manage data sets (fetch and cache MNIST)")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -181,6 +220,56 @@ def _resolve_device(name: str) -> str:
     return name
 
 
+def _add_results_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=None,
+                        help="results directory (default: $VAEBENCH_RESULTS or ./results)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench import store
+    from bench.runner import RunOptions, plan, run_suite
+    from bench.suite import load_suite, resolve_suite_path
+    from bench.summary import format_summary, summarize
+
+    for flag, value, low in (("--cpus-per-run", args.cpus_per_run, 1),
+                             ("--retries", args.retries, 0),
+                             ("--checkpoint-every", args.checkpoint_every, 1)):
+        if value < low:
+            raise BenchError(f"{flag} must be >= {low}, got {value}")
+    if args.gpus_per_run is not None and args.gpus_per_run < 0:
+        raise BenchError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
+    suite = load_suite(resolve_suite_path(args.suite), budget=args.budget)
+    results = store.results_dir(args.results)
+    if args.dry_run:
+        to_run, cached = plan(suite, results, args.filter, args.force)
+        cached_ids = {v.run_id for v in cached}
+        print(f"suite {suite.name} budget {suite.budget}: {len(to_run)} to run, "
+              f"{len(cached)} cached ({results})")
+        for v in sorted([*to_run, *cached], key=lambda v: suite.variants.index(v)):
+            state = "cached" if v.run_id in cached_ids else "to run"
+            print(f"  {state:<7} {v.run_id}  {v.name}  seed={v.seed}")
+        return 0
+    options = RunOptions(
+        results=results, executor=args.executor, address=args.address,
+        cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,
+        force=args.force, checkpoint_every=args.checkpoint_every,
+        show_progress=not args.no_progress,
+    )
+    summary = run_suite(suite, options, args.filter)
+    selected = {v.run_id for v in plan(suite, results, args.filter, force=True)[0]}
+    runs = store.load_runs(results, suite=suite.name)
+    runs = runs[runs["run_id"].isin(selected)] if not runs.empty else runs
+    print(f"suite {suite.name} (budget {suite.budget}): {summary.total} runs, "
+          f"{summary.cached} cached, {summary.statuses} -> {results}")
+    order = [v.name for v in suite.variants]
+    print(format_summary(summarize(runs, suite.grid_axes, order), suite.grid_axes))
+    if summary.interrupted:
+        print("vaebench: interrupted; finished runs are stored, rerun to continue",
+              file=sys.stderr)
+        return 130
+    return 1 if summary.failed else 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from bench.data import fetch_mnist
 
@@ -191,7 +280,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "data": cmd_data_fetch}
+    handlers = {"train": cmd_train, "run": cmd_run, "data": cmd_data_fetch}
     try:
         return handlers[args.command](args)
     except BenchError as err:

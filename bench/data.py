@@ -65,6 +65,7 @@ class Dataset:
     test_labels: torch.Tensor  # (M,) int64
     image_shape: tuple[int, int] | None
     binarized: bool  # True: Bernoulli data, binarize train batches with binarize_dynamic
+    test_intensities: torch.Tensor | None = None  # (M, D) the test images before binarization
 
     @property
     def dim(self) -> int:
@@ -112,7 +113,8 @@ def load_dataset(
 
     n = _check_size(name, "train_size", train_size, len(train_v))
     m = _check_size(name, "test_size", test_size, len(test_v))
-    test_x = test_v.astype(np.float32) / np.float32(scale)
+    test_intensities = test_v.astype(np.float32) / np.float32(scale)
+    test_x = test_intensities
     if binarize:  # over the full test set, so a prefix is the same data as in a full load
         u = np.random.default_rng(TEST_BINARIZATION_SEED).random(test_x.shape)
         test_x = (u < test_x).astype(np.float32)
@@ -120,6 +122,7 @@ def load_dataset(
         name=name,
         train=torch.from_numpy(train_v[:n].astype(np.float32) / np.float32(scale)),
         test=torch.from_numpy(np.ascontiguousarray(test_x[:m])),
+        test_intensities=torch.from_numpy(np.ascontiguousarray(test_intensities[:m])),
         train_labels=torch.from_numpy(train_y[:n].astype(np.int64)),
         test_labels=torch.from_numpy(test_y[:m].astype(np.int64)),
         image_shape=image_shape,

@@ -13,18 +13,30 @@ the same config and seed on the same CPU setup reproduce the same metrics bit fo
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
 from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic
+from bench.errors import BenchError
+from bench.metrics.blur import blur_metrics, sample_records
+from bench.metrics.cost import PeakMemory, training_flops_per_example
 from bench.metrics.likelihood import TestMetrics, evaluate
 from bench.models import LatentVariableModel, build_model
 from bench.objectives import Objective, objective_for
+
+# Metrics that measure the machine (time, memory), not the model: they differ between two
+# runs of the same config and seed, and are left out of reproducibility checks.
+MACHINE_METRICS = frozenset({
+    "train_seconds", "train_samples_per_s", "train_flops_per_s", "eval_seconds",
+    "eval_samples_per_s", "peak_memory_bytes",
+})
 
 # Offsets that derive independent streams from the one user-facing seed.
 _TRAIN_STREAM = 0
@@ -49,6 +61,9 @@ class TrainResult:
     test: TestMetrics | None  # None when the run diverged
     train_seconds: float
     diverged_epoch: int | None = None
+    cost: dict = field(default_factory=dict)  # peak memory, FLOPs per example, FLOP/s
+    images: dict = field(default_factory=dict)  # blurriness and sharpness (finished runs)
+    samples: list[dict] = field(default_factory=list)  # image rows for the report's grids
 
     def metrics(self) -> dict:
         """Flat metric dict for printing and storing (nats per example, seconds, samples/s)."""
@@ -65,6 +80,10 @@ class TrainResult:
         }
         if self.test is not None:
             out.update(self.test.to_dict())
+        out.update(self.images)
+        out.update(self.cost)
+        if math.isfinite(out["train_samples_per_s"]) and "flops_per_example" in self.cost:
+            out["train_flops_per_s"] = self.cost["flops_per_example"] * out["train_samples_per_s"]
         return out
 
 
@@ -91,18 +110,30 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     return generator
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where and how often `train` saves its state (model, optimizer, RNG, epoch, curves)."""
+
+    path: Path
+    every_epochs: int = 10
+
+
 def train(
     cfg: RunConfig,
     dataset: Dataset,
     *,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[EpochRecord, int], None] | None = None,
-    rows_per_eval_chunk: int | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> TrainResult:
     """Train `cfg` on `dataset`, then evaluate on its test set with cfg.k_eval samples.
 
-    `on_epoch(record, total_epochs)` is called after every epoch (progress display)."""
+    `on_epoch(record, total_epochs)` is called after every epoch (progress display). With
+    `checkpointing`, state is saved every `every_epochs` epochs and a run whose checkpoint
+    exists continues from it, giving the same result as an uninterrupted run."""
     device = torch.device(device)
+    memory = PeakMemory(device)
+    memory.start()
     x_train = dataset.train.to(device)
     x_test = dataset.test.to(device)
     n = x_train.shape[0]
@@ -112,55 +143,61 @@ def train(
     )
     bound_fn = objective_for(cfg)
     generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
-    total_epochs = sum(epochs for epochs, _ in cfg.lr_stages())
+    epoch_lrs = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]
 
     curves: list[EpochRecord] = []
+    elapsed_before = 0.0  # training seconds spent before a resume
+    if checkpointing is not None and checkpointing.path.exists():
+        curves, elapsed_before = _load_checkpoint(
+            checkpointing.path, cfg, model, optimizer, generator
+        )
     status, diverged_epoch = "finished", None
-    start = time.perf_counter()
-    epoch = 0
-    for stage_epochs, lr in cfg.lr_stages():
+    start = time.perf_counter() - elapsed_before
+    for epoch in range(len(curves) + 1, len(epoch_lrs) + 1):
+        lr = epoch_lrs[epoch - 1]
         for group in optimizer.param_groups:
             group["lr"] = lr
-        for _ in range(stage_epochs):
-            epoch += 1
-            epoch_start = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            order = torch.randperm(n, generator=generator, device=device)
-            for lo in range(0, n, cfg.batch_size):
-                xb = x_train[order[lo : lo + cfg.batch_size]]
-                if dataset.binarized:
-                    xb = binarize_dynamic(xb, generator)
-                loss = training_step(model, optimizer, bound_fn, xb, cfg.k, generator)
-                loss_sum += loss * xb.shape[0]
-            mean_loss = float(loss_sum) / n  # the one host sync per epoch
-            now = time.perf_counter()
-            record = EpochRecord(
-                epoch=epoch,
-                lr=lr,
-                train_bound=-mean_loss,
-                samples_per_s=n / (now - epoch_start),
-                wall_seconds=now - start,
-            )
-            curves.append(record)
-            if on_epoch is not None:
-                on_epoch(record, total_epochs)
-            if not math.isfinite(mean_loss):
-                status, diverged_epoch = "diverged", epoch
-                break
-        if status == "diverged":
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        order = torch.randperm(n, generator=generator, device=device)
+        for lo in range(0, n, cfg.batch_size):
+            xb = x_train[order[lo : lo + cfg.batch_size]]
+            if dataset.binarized:
+                xb = binarize_dynamic(xb, generator)
+            loss = training_step(model, optimizer, bound_fn, xb, cfg.k, generator)
+            loss_sum += loss * xb.shape[0]
+        mean_loss = float(loss_sum) / n  # the one host sync per epoch
+        now = time.perf_counter()
+        record = EpochRecord(
+            epoch=epoch,
+            lr=lr,
+            train_bound=-mean_loss,
+            samples_per_s=n / (now - epoch_start),
+            wall_seconds=now - start,
+        )
+        curves.append(record)
+        if on_epoch is not None:
+            on_epoch(record, len(epoch_lrs))
+        if not math.isfinite(mean_loss):
+            status, diverged_epoch = "diverged", epoch
             break
+        if checkpointing is not None and (
+            epoch % checkpointing.every_epochs == 0 and epoch < len(epoch_lrs)
+        ):
+            _save_checkpoint(checkpointing.path, cfg, model, optimizer, generator, curves,
+                             now - start)
     train_seconds = time.perf_counter() - start
 
-    test = None
+    test, images, samples = None, {}, []
     if status == "finished":
-        eval_kwargs = {} if rows_per_eval_chunk is None else {"rows_per_chunk": rows_per_eval_chunk}
-        test = evaluate(
-            model,
-            x_test,
-            cfg.k_eval,
-            generator=make_generator(cfg.seed + _EVAL_STREAM, device),
-            **eval_kwargs,
-        )
+        eval_generator = make_generator(cfg.seed + _EVAL_STREAM, device)
+        test = evaluate(model, x_test, cfg.k_eval, generator=eval_generator)
+        images = blur_metrics(model, dataset, generator=eval_generator)
+        samples = sample_records(model, dataset, generator=eval_generator)
+    cost = {
+        "flops_per_example": training_flops_per_example(model, cfg.k),
+        "peak_memory_bytes": memory.peak_bytes(),
+    }
     return TrainResult(
         status=status,
         config=cfg,
@@ -169,4 +206,40 @@ def train(
         test=test,
         train_seconds=train_seconds,
         diverged_epoch=diverged_epoch,
+        cost=cost,
+        images=images,
+        samples=samples,
     )
+
+
+def _save_checkpoint(path, cfg, model, optimizer, generator, curves, elapsed) -> None:
+    """Atomically write the state needed to continue exactly where training stands."""
+    state = {
+        "config_hash": cfg.config_hash,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "curves": [asdict(r) for r in curves],
+        "elapsed": elapsed,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path, cfg, model, optimizer, generator) -> tuple[list[EpochRecord], float]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: never resume from it silently
+        reason = type(err).__name__
+        raise BenchError(f"unreadable checkpoint {path} ({reason}); delete it") from None
+    if state.get("config_hash") != cfg.config_hash:
+        raise BenchError(f"checkpoint {path} belongs to another config; delete it")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    return [EpochRecord(**r) for r in state["curves"]], float(state["elapsed"])

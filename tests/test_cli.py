@@ -12,6 +12,7 @@ import torch
 
 from bench.cli import main
 from bench.config import RunConfig, config_from_dict
+from bench.train import MACHINE_METRICS
 
 BAD_DEVICE = ["--device", "tpu"] if torch.cuda.is_available() else ["--device", "cuda:0"]
 
@@ -60,14 +61,13 @@ def test_corrupt_mnist_cache_is_an_error_not_silently_used(capsys, tmp_path, mon
 
 
 def test_same_seed_prints_identical_metrics(capsys):
-    timing = {"train_seconds", "eval_seconds", "eval_samples_per_s", "train_samples_per_s"}
     runs = []
     for _ in range(2):
         code, out, _ = run_cli(capsys, "train", *QUICK, "--objective", "iwae", "--k", "3",
                                "--json")
         assert code == 0
         payload = json.loads(out)
-        runs.append({k: v for k, v in payload["metrics"].items() if k not in timing})
+        runs.append({k: v for k, v in payload["metrics"].items() if k not in MACHINE_METRICS})
     assert runs[0] == runs[1]
     assert payload["run_id"] == config_from_dict(payload["config"]).run_id
 

@@ -10,7 +10,8 @@ import torch
 
 from bench.config import RunConfig
 from bench.data import load_dataset
-from bench.train import train
+from bench.errors import BenchError
+from bench.train import MACHINE_METRICS, Checkpointing, train
 
 QUICK = dict(dataset="digits", train_size=300, test_size=100, epochs=3, k_eval=20,
              hidden=((32,),), latent=(8,))
@@ -24,8 +25,7 @@ def digits():
 def test_same_seed_gives_identical_metrics_and_weights(digits):
     cfg = RunConfig(**QUICK, objective="iwae", k=3)
     a, b = train(cfg, digits), train(cfg, digits)
-    timing = {"train_seconds", "eval_seconds", "eval_samples_per_s", "train_samples_per_s"}
-    strip = lambda m: {key: v for key, v in m.items() if key not in timing}
+    strip = lambda m: {key: v for key, v in m.items() if key not in MACHINE_METRICS}
     assert strip(a.metrics()) == strip(b.metrics())
     for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(pa, pb)
@@ -69,3 +69,37 @@ def test_iwae_k_trains_a_better_log_likelihood_than_the_vae():
     vae = train(RunConfig(**base, objective="vae"), data).test
     iwae = train(RunConfig(**base, objective="iwae", k=5), data).test
     assert iwae.test_ll > vae.test_ll
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(
+    digits, tmp_path
+):
+    cfg = RunConfig(**{**QUICK, "epochs": 5, "objective": "iwae", "k": 2})
+    reference = train(cfg, digits)
+
+    checkpointing = Checkpointing(tmp_path / "run.pt", every_epochs=1)
+
+    def interrupt_after_epoch_3(record, total):
+        if record.epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, digits, checkpointing=checkpointing, on_epoch=interrupt_after_epoch_3)
+    assert checkpointing.path.exists()
+
+    seen = []
+    resumed = train(cfg, digits, checkpointing=checkpointing,
+                    on_epoch=lambda record, total: seen.append(record.epoch))
+    assert seen == [3, 4, 5]  # epochs 1-2 came from the checkpoint (saved after epoch 2)
+    assert [r.epoch for r in resumed.curves] == [1, 2, 3, 4, 5]
+    assert resumed.test.test_ll == reference.test.test_ll
+    for pa, pb in zip(resumed.model.parameters(), reference.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_a_checkpoint_of_another_config_is_refused(digits, tmp_path):
+    checkpointing = Checkpointing(tmp_path / "run.pt", every_epochs=1)
+    cfg = RunConfig(**{**QUICK, "epochs": 2})
+    train(cfg, digits, checkpointing=checkpointing)
+    with pytest.raises(BenchError, match="another config"):
+        train(cfg.replace(seed=7), digits, checkpointing=checkpointing)

@@ -1,0 +1,72 @@
+"""Where and with what a run executed: recorded beside every result, never part of its id."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@cache
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_version() -> dict[str, object]:
+    """Git commit of the vaebench checkout and whether it had uncommitted changes."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit or "unknown", "git_dirty": bool(status) if commit else None}
+
+
+def device_name(device: str | torch.device) -> str:
+    """GPU model for CUDA devices; the CPU model (from /proc/cpuinfo where there is one)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def collect(device: str | torch.device) -> dict[str, object]:
+    """Provenance of a run executing now on `device` in this process."""
+    try:
+        import ray
+
+        ray_version = ray.__version__
+    except ImportError:  # the local executor does not need Ray
+        ray_version = None
+    return {
+        **code_version(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "ray": ray_version,
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_count": os.cpu_count(),
+        "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "torch_threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+    }

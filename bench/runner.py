@@ -1,0 +1,309 @@
+"""Schedule a suite's runs on Ray (embedded or a cluster) or in-process, and store each result.
+
+    plan        which runs are cached (a finished row exists) and which must run
+    execute     one run, inside whatever process runs it: train, then a row (never raises)
+    run_suite   the driver: submit, collect as they finish, write each row at once
+
+Only the driver writes to the store, one row per completed run, as soon as it completes:
+an interrupted grid keeps everything that finished, and a run that did not finish is never
+recorded as finished. A worker process that dies (killed, out of memory) is retried by Ray
+(`retries`) and continues from the run's last checkpoint. The runner knows nothing of
+reports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import provenance, store
+from bench.suite import Suite, Variant, filter_variants
+
+OBJECT_STORE_BYTES = 256 * 1024**2  # embedded Ray: rows are tiny, no need for 30% of RAM
+DEFAULT_GPU_FRACTION = 0.25  # several small MLP runs share one GPU
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    results: Path
+    executor: str = "ray"  # "ray" or "local" (in-process, for debugging)
+    address: str | None = None  # join this Ray cluster; None starts an embedded one
+    cpus_per_run: int = 1  # Ray CPUs per run; also torch's thread count in the run
+    gpus_per_run: float | None = None  # None: DEFAULT_GPU_FRACTION if the cluster has GPUs
+    retries: int = 2  # re-executions of a run whose worker process died
+    force: bool = False  # rerun runs that already have a finished row
+    checkpoint_every: int = 10  # epochs between checkpoints
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Everything a worker needs to execute one run (small and picklable)."""
+
+    suite: str
+    budget: str | None
+    variant: Variant
+    results: Path
+    threads: int
+    checkpoint_every: int
+
+
+@dataclass(frozen=True)
+class Landed:
+    """What one run returns to the driver, which stores it."""
+
+    row: dict
+    curves: list[dict]
+    samples: list[dict]
+
+
+@dataclass
+class RunSummary:
+    total: int
+    cached: int
+    statuses: dict[str, int] = field(default_factory=dict)  # finished / failed / diverged
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        return self.statuses.get("failed", 0) + self.statuses.get("diverged", 0)
+
+
+def plan(suite: Suite, results: Path, filters: Sequence[str] = (), force: bool = False):
+    """(to_run, cached): the suite's selected runs split by whether a finished row exists."""
+    selected = filter_variants(suite.variants, filters)
+    done = set() if force else store.finished_run_ids(results, suite.name)
+    to_run = [v for v in selected if v.run_id not in done]
+    cached = [v for v in selected if v.run_id in done]
+    return to_run, cached
+
+
+def checkpoint_path(results: Path, suite: str, run_id: str) -> Path:
+    return results / "checkpoints" / f"suite={suite}" / f"{run_id}.pt"
+
+
+def log_path(results: Path, suite: str, run_id: str) -> Path:
+    return results / "logs" / f"suite={suite}" / f"{run_id}.log"
+
+
+def execute(task: RunTask, device: str | None = None, where: dict | None = None) -> Landed:
+    """Run one variant in this process and return its row, curves and sample images;
+    exceptions become a `failed` row. Progress goes to the run's log file."""
+    import torch
+
+    from bench.data import load_dataset
+    from bench.train import Checkpointing, train
+
+    torch.set_num_threads(task.threads)
+    cfg, run_id = task.variant.config, task.variant.run_id
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    started = dt.datetime.now(dt.timezone.utc)
+    wall_start = time.perf_counter()
+    log_file = log_path(task.results, task.suite, run_id)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoint_path(task.results, task.suite, run_id)
+    with open(log_file, "a", buffering=1) as log:
+        log.write(f"# {started.isoformat()} {task.variant.name} seed={cfg.seed} run_id={run_id} "
+                  f"pid={os.getpid()} device={device}\n")
+        if checkpoint.exists():
+            log.write(f"# resuming from checkpoint {checkpoint}\n")
+
+        def on_epoch(record, total):
+            log.write(f"epoch {record.epoch}/{total} bound {record.train_bound:.4f} "
+                      f"lr {record.lr:.3g} {record.samples_per_s:.0f} ex/s\n")
+
+        error = trace = None
+        metrics, curves, samples = {}, [], []
+        try:
+            dataset = load_dataset(cfg.dataset, train_size=cfg.train_size,
+                                   test_size=cfg.test_size,
+                                   binarize=cfg.likelihood == "bernoulli")
+            result = train(cfg, dataset, device=device, on_epoch=on_epoch,
+                           checkpointing=Checkpointing(checkpoint, task.checkpoint_every))
+            metrics = result.metrics()
+            status = metrics.pop("status")
+            curves = [{**vars(r)} for r in result.curves]
+            samples = result.samples
+            if status == "diverged":
+                error = f"non-finite training loss at epoch {result.diverged_epoch}"
+        except Exception as err:  # a bug or bad data in one run must not stop the grid
+            status, error, trace = "failed", f"{type(err).__name__}: {err}", traceback.format_exc()
+            log.write(trace)
+        log.write(f"# {status}\n")
+    checkpoint.unlink(missing_ok=True)
+    ended = dt.datetime.now(dt.timezone.utc)
+    prov = {
+        **provenance.collect(device),
+        **(where or {}),
+        "start_time": started.isoformat(),
+        "end_time": ended.isoformat(),
+        "wall_seconds": time.perf_counter() - wall_start,
+    }
+    row = store.run_row(suite=task.suite, variant=task.variant.name, config=cfg, status=status,
+                        metrics=metrics, provenance=prov, error=error, traceback=trace,
+                        budget=task.budget)
+    return Landed(row, curves, samples)
+
+
+def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) -> RunSummary:
+    """Run every selected, not yet finished run of `suite`; each result is stored as it lands."""
+    to_run, cached = plan(suite, options.results, filters, options.force)
+    summary = RunSummary(total=len(to_run) + len(cached), cached=len(cached))
+    tasks = [RunTask(suite.name, suite.budget, v, options.results, options.cpus_per_run,
+                     options.checkpoint_every) for v in to_run]
+    progress = Progress(summary, enabled=options.show_progress)
+
+    def land(task: RunTask, landed: Landed) -> None:
+        row = landed.row
+        store.write_run(options.results, row, landed.curves, samples=landed.samples,
+                        replace_finished=options.force)
+        summary.statuses[row["status"]] = summary.statuses.get(row["status"], 0) + 1
+        progress.landed(task.variant, row)
+
+    with progress:
+        try:
+            if not tasks:
+                pass
+            elif options.executor == "local":
+                for task in tasks:
+                    progress.running = 1
+                    land(task, execute(task, device=None))
+            else:
+                _run_on_ray(tasks, options, land, progress)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    return summary
+
+
+def _run_on_ray(tasks, options: RunOptions, land: Callable, progress: Progress) -> None:
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if options.address:
+            ray.init(address=options.address, log_to_driver=False)
+        else:
+            # address="local": always a new embedded instance, never a stray `ray start`
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                     log_to_driver=False, object_store_memory=OBJECT_STORE_BYTES)
+    try:
+        resources = ray.cluster_resources()
+        gpus = options.gpus_per_run
+        if gpus is None:
+            gpus = DEFAULT_GPU_FRACTION if resources.get("GPU", 0) > 0 else 0
+        slots = max(1, int(resources.get("CPU", 1) // options.cpus_per_run))
+        remote = ray.remote(_execute_on_worker).options(
+            num_cpus=options.cpus_per_run, num_gpus=gpus, max_retries=options.retries,
+            retry_exceptions=False,
+        )
+        pending = {remote.remote(task): task for task in tasks}
+        try:
+            while pending:
+                progress.running = min(len(pending), slots)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                progress.refresh()
+                for ref in ready:
+                    task = pending.pop(ref)
+                    try:
+                        landed = ray.get(ref)
+                    except ray.exceptions.RayError as err:  # worker died more than `retries` times
+                        landed = Landed(_lost_worker_row(task, err), [], [])
+                    land(task, landed)
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _execute_on_worker(task: RunTask) -> Landed:
+    import ray
+    import torch
+
+    gpu_ids = ray.get_gpu_ids()
+    device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+    node = ray.get_runtime_context().get_node_id()
+    return execute(task, device=device, where={"ray_node_id": node})
+
+
+def _lost_worker_row(task: RunTask, err: Exception) -> dict:
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return store.run_row(
+        suite=task.suite, variant=task.variant.name, config=task.variant.config,
+        status="failed", metrics={}, provenance=provenance.code_version(),
+        error=f"worker lost after {type(err).__name__}: {message}", traceback=str(err),
+        budget=task.budget,
+    )
+
+
+class Progress:
+    """One live line: done / running / failed / cached and ETA (rich on a terminal; a plain
+    line per landed run otherwise, so CI logs stay readable)."""
+
+    def __init__(self, summary: RunSummary, enabled: bool = True):
+        self.summary, self.enabled, self.running = summary, enabled, 0
+        self.start = time.perf_counter()
+        self._live = None
+
+    def __enter__(self) -> Progress:
+        if self.enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(self._line(), console=Console(stderr=True), refresh_per_second=2,
+                              transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.update(self._line())
+            self._live.__exit__(*exc)
+
+    def _done(self) -> int:
+        return sum(self.summary.statuses.values())
+
+    def _line(self) -> str:
+        s = self.summary
+        to_run = s.total - s.cached
+        done = self._done()
+        elapsed = time.perf_counter() - self.start
+        eta = "--" if done == 0 else _duration(elapsed / done * (to_run - done))
+        running = min(self.running, to_run - done)
+        return (f"[{done}/{to_run}] done {s.statuses.get('finished', 0)}  running {running}  "
+                f"failed {s.failed}  cached {s.cached}  elapsed {_duration(elapsed)}  ETA {eta}")
+
+    def refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._line())
+
+    def landed(self, variant: Variant, row: dict) -> None:
+        if not self.enabled:
+            return
+        if self._live is not None:
+            self._live.console.print(_landed_line(variant, row))
+            self.refresh()
+        else:
+            print(f"{_landed_line(variant, row)}   {self._line()}", file=sys.stderr, flush=True)
+
+
+def _landed_line(variant: Variant, row: dict) -> str:
+    status = row["status"]
+    ll = row.get("metric_test_ll")
+    detail = f"test_ll {ll:.3f}" if status == "finished" and ll is not None else (row.get("error")
+                                                                                    or "")
+    return f"{status:<8} {variant.name} seed={variant.seed} ({variant.run_id})  {detail}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

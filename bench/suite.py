@@ -1,0 +1,645 @@
+"""A suite: a TOML file that expands into the runs of one experiment, validated before any runs.
+
+File format (every table but [suite] is optional)::
+
+    [suite]
+    name = "bench"               # required; [a-z0-9_-]+ (used in result paths)
+    description = "..."          # required
+    default_budget = "cpu"       # optional; the budget used when none is passed
+    seeds = [0, 1]               # optional, default [0]; distinct integers >= 0
+
+    [base]                       # defaults for every run: any RunConfig field but `seed`
+    dataset = "mnist"
+
+    [grid]                       # axes; cartesian product in the order written
+    objective = ["vae", "iwae"]  # each axis a non-empty list of values
+    k = [1, 5, 50]
+
+    [[variant]]                  # explicitly named variants: a name + RunConfig overrides
+    name = "2layer"              # [A-Za-z0-9][A-Za-z0-9_.+-]*, unique in the suite
+    hidden = [[200, 200], [100, 100]]
+    latent = [100, 50]
+
+    [budget.smoke]               # overrides for `--budget smoke`: RunConfig fields + `seeds`
+    epochs = 1                   # budget names: [a-z0-9_-]+
+    seeds = [0]
+
+    [[reference]]                # a published value, shown beside ours in reports
+    metric = "test_nll"          # required: a metric name (free string)
+    value = 86.76                # required: a number
+    source = "Burda et al. 2015, Table 1"   # required
+    budget = "paper"             # optional (default "paper"): where the comparison is a
+                                 # reproduction; must name a budget if the suite has any
+    match = { objective = "vae", k = 1 }    # RunConfig values a run must have to apply
+    note = "..."                 # optional
+
+Expansion: runs = (named variants, or one unnamed variant when there are none) x grid points
+x seeds, in that order (the last grid axis varies fastest, seeds fastest of all).
+
+Precedence, later wins: [base] < [budget.<chosen>] < the grid point < the named variant's
+overrides < the seed (from `seeds` of the budget if it has one, else of [suite]). A budget
+therefore never overrides what a variant sets explicitly. `seed` may not be set anywhere but
+through `seeds`, so a seed can never be silently overridden. The merged values go through
+`config_from_dict`, so defaults, coercion and validation are exactly those of a single run.
+
+Validation happens at load time, for EVERY budget (not only the chosen one) and every grid
+value, so a typo in `[budget.paper]` fails a `--budget smoke` run too. Each error is a
+`BenchError` of one line that starts with the file path and names the table and key, e.g.
+`suites/x.toml: [grid] axis 'k' = 0: key 'k' must be >= 1, got 0`. Two entries of the
+expansion resolving to the same run_id (a grid that collapses) are an error as well, as is a
+[[reference]] that matches no run at its budget.
+
+A variant's `name` is the named variant's name and the grid point as `key=value`, joined with
+",", e.g. `2layer,objective=iwae,k=5`; it is unique within the suite without the seed. With
+neither a named variant nor a grid it is the config's `label`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from bench.config import RunConfig, config_from_dict
+from bench.errors import BenchError
+
+CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
+#: keys a suite may set in [base], [grid], [[variant]], [budget.*] (the seed comes from `seeds`)
+SETTABLE_KEYS: tuple[str, ...] = tuple(k for k in CONFIG_KEYS if k != "seed")
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+
+_TOP_TABLES = ("suite", "base", "grid", "variant", "budget", "reference")
+_SUITE_KEYS = ("name", "description", "default_budget", "seeds")
+_REFERENCE_KEYS = ("metric", "value", "source", "budget", "match", "note")
+_SLUG = re.compile(r"[a-z0-9_-]+")
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+_MARK = "\x00where\x00"  # placeholder `where`, replaced once the culprit table is known
+
+
+# --------------------------------------------------------------------------- public types
+class FrozenMap(Mapping[str, Any]):
+    """A read-only, hashable mapping (values normalised: lists become tuples)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        self._items = tuple((k, _hashable(v)) for k, v in (values or {}).items())
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == {
+            k: _hashable(v) for k, v in other.items()
+        }
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({dict(self._items)!r})"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published value of one metric for the runs whose config matches `match`."""
+
+    metric: str
+    value: float
+    source: str
+    budget: str = "paper"
+    match: Mapping[str, Any] = FrozenMap()
+    note: str = ""
+
+    def matches(self, config: RunConfig) -> bool:
+        values = config.to_dict()
+        return all(
+            key in values and _same(values[key], want) for key, want in self.match.items()
+        )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One run of a suite: a readable name (without the seed) and its resolved config."""
+
+    name: str
+    config: RunConfig
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    path: Path
+    budget: str | None  # the budget these variants were resolved at (None: suite has none)
+    budgets: tuple[str, ...]  # in the order written
+    seeds: tuple[int, ...]  # the seeds in effect at `budget`
+    variants: tuple[Variant, ...]  # every (variant, seed) run, in expansion order
+    references: tuple[Reference, ...]
+    grid_axes: tuple[str, ...]  # keys set by named variants (first) or the grid
+
+
+# --------------------------------------------------------------------------- loading
+def load_suite(path: str | Path, budget: str | None = None) -> Suite:
+    """Parse, validate (every budget) and expand a suite file at `budget` (or its default)."""
+    path = Path(path)
+    where = str(path)
+    raw = _read_toml(path)
+    spec = _parse(raw, where)
+
+    if budget is None:
+        budget = spec.default_budget
+        if budget is None and spec.budgets:
+            raise BenchError(
+                f"{where}: no budget chosen and [suite] has no 'default_budget' "
+                f"(budgets: {', '.join(sorted(spec.budgets))})"
+            )
+    elif budget not in spec.budgets:
+        known = ", ".join(sorted(spec.budgets)) or "none"
+        raise BenchError(f"{where}: unknown budget '{budget}' (known: {known})")
+
+    # Expand the chosen budget first (its errors are the ones the user asked about), then
+    # every other one, so that a typo anywhere in the file is caught now.
+    order = [budget] + [b for b in spec.budgets if b != budget]
+    expansions = {b: _expand(spec, b, where, chosen=(b == budget)) for b in order}
+
+    for i, ref in enumerate(spec.references, 1):
+        at = ref.budget if ref.budget in spec.budgets else budget
+        if not any(ref.matches(v.config) for v in expansions[at]):
+            raise BenchError(
+                f"{where}: [[reference]] #{i} ({ref.metric}): match "
+                f"{_fmt_match(ref.match)} matches no run at budget '{at}'"
+            )
+
+    seeds = spec.budget_seeds.get(budget) if budget is not None else None
+    return Suite(
+        name=spec.name,
+        description=spec.description,
+        path=path,
+        budget=budget,
+        budgets=tuple(spec.budgets),
+        seeds=tuple(seeds if seeds is not None else spec.seeds),
+        variants=tuple(expansions[budget]),
+        references=tuple(spec.references),
+        grid_axes=spec.axes_keys(),
+    )
+
+
+def filter_variants(variants: Sequence[Variant], filters: Sequence[str]) -> list[Variant]:
+    """The variants for which every "KEY=VALUE" filter holds.
+
+    KEY is a RunConfig field or `name`; VALUE is read as a TOML value where it parses as one
+    (`k=5` an integer, `beta=0.5` a float, `hidden=[[200,200]]` a list), else as a string
+    (`objective=iwae`). `name` compares the raw text.
+    """
+    tests: list[tuple[str, Any]] = []
+    for text in filters:
+        key, sep, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise BenchError(f"filter {text!r}: expected KEY=VALUE, e.g. k=5 or objective=iwae")
+        if key != "name" and key not in CONFIG_KEYS:
+            raise BenchError(
+                f"filter {text!r}: unknown key '{key}' (known: name, {', '.join(CONFIG_KEYS)})"
+            )
+        tests.append((key, value if key == "name" else _parse_value(value)))
+    selected = []
+    for variant in variants:
+        values = variant.config.to_dict()
+        if all(
+            (variant.name == want) if key == "name" else _same(values[key], want)
+            for key, want in tests
+        ):
+            selected.append(variant)
+    return selected
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    """A path to a .toml file, or a bare suite name looked up in ./suites then next to bench."""
+    text = str(name_or_path)
+    candidate = Path(text)
+    if text.endswith(".toml") or "/" in text or "\\" in text:
+        if candidate.is_file():
+            return candidate
+        raise BenchError(f"suite file not found: {text}{_available()}")
+    for folder in (Path("suites"), SUITES_DIR):
+        found = folder / f"{text}.toml"
+        if found.is_file():
+            return found
+    raise BenchError(f"unknown suite '{text}'{_available()}")
+
+
+def available_suites() -> list[str]:
+    """Suite names found in ./suites and in the suites/ folder shipped next to bench."""
+    names: set[str] = set()
+    for folder in (Path("suites"), SUITES_DIR):
+        if folder.is_dir():
+            names.update(p.stem for p in folder.glob("*.toml"))
+    return sorted(names)
+
+
+# --------------------------------------------------------------------------- internals
+def _available() -> str:
+    names = available_suites()
+    return f" (available: {', '.join(names)})" if names else " (no suites found)"
+
+
+def _toml() -> Any:
+    """tomllib (Python >= 3.11), else the tomli backport if installed."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:  # pragma: no cover - Python 3.10 only
+        import tomli
+
+        return tomli
+    except ImportError:  # pragma: no cover
+        raise BenchError("reading suites on Python 3.10 needs tomli: pip install tomli") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    tomllib = _toml()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BenchError(f"{path}: suite file not found{_available()}") from None
+    except OSError as err:
+        raise BenchError(f"{path}: cannot read suite file: {err.strerror or err}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise BenchError(f"{path}: invalid TOML: not UTF-8 ({err.reason})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise BenchError(f"{path}: invalid TOML: {_one_line(str(err))}") from None
+
+
+@dataclass
+class _NamedVariant:
+    name: str  # "" for the single unnamed variant
+    values: dict[str, Any]
+
+
+@dataclass
+class _Spec:
+    name: str
+    description: str
+    default_budget: str | None
+    seeds: list[int]
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    variants: list[_NamedVariant]
+    budgets: dict[str, dict[str, Any]]  # overrides without `seeds`
+    budget_seeds: dict[str, list[int]]
+    references: list[Reference]
+
+    def axes_keys(self) -> tuple[str, ...]:
+        keys: dict[str, None] = {}
+        for variant in self.variants:
+            keys.update(dict.fromkeys(variant.values))
+        keys.update(dict.fromkeys(self.grid))
+        return tuple(keys)
+
+
+def _parse(raw: dict[str, Any], where: str) -> _Spec:
+    for key, value in raw.items():
+        if key not in _TOP_TABLES:
+            if isinstance(value, (dict, list)):
+                raise BenchError(
+                    f"{where}: unknown table [{key}] (known: {', '.join(_TOP_TABLES)})"
+                )
+            raise BenchError(
+                f"{where}: unknown top-level key '{key}' (keys belong in a table such as [suite])"
+            )
+
+    # [suite]
+    suite = _table(raw, "suite", where, required=True)
+    _check_keys(suite, _SUITE_KEYS, where, "[suite]")
+    name = _string(suite, "name", where, "[suite]", required=True)
+    if not _SLUG.fullmatch(name):
+        raise BenchError(f"{where}: [suite] key 'name' must match [a-z0-9_-]+, got {name!r}")
+    description = _string(suite, "description", where, "[suite]", required=True)
+    default_budget = _string(suite, "default_budget", where, "[suite]")
+    seeds = _seeds(suite.get("seeds", [0]), where, "[suite]")
+
+    # [base]
+    base = _table(raw, "base", where)
+    _check_config_keys(base, where, "[base]")
+    _check_values(base, where, "[base]")
+
+    # [grid]
+    grid_raw = _table(raw, "grid", where)
+    _check_config_keys(grid_raw, where, "[grid]")
+    grid: dict[str, list[Any]] = {}
+    for axis, values in grid_raw.items():
+        if not isinstance(values, list):
+            raise BenchError(
+                f"{where}: [grid] axis '{axis}' must be a list of values, got {values!r}"
+            )
+        if not values:
+            raise BenchError(f"{where}: [grid] axis '{axis}' has no values")
+        for value in values:
+            _check_value(axis, value, where, f"[grid] axis '{axis}' = {_fmt(value)}")
+        grid[axis] = values
+
+    # [[variant]]
+    variants: list[_NamedVariant] = []
+    for i, entry in enumerate(_array(raw, "variant", where), 1):
+        if "name" not in entry:
+            raise BenchError(f"{where}: [[variant]] #{i} has no 'name'")
+        vname = entry["name"]
+        if not isinstance(vname, str) or not _VARIANT_NAME.fullmatch(vname):
+            raise BenchError(
+                f"{where}: [[variant]] #{i} key 'name' must match [A-Za-z0-9][A-Za-z0-9_.+-]*, "
+                f"got {vname!r}"
+            )
+        if any(v.name == vname for v in variants):
+            raise BenchError(f"{where}: [[variant]] #{i}: duplicate name '{vname}'")
+        values = {k: v for k, v in entry.items() if k != "name"}
+        table = f"[[variant]] '{vname}'"
+        _check_config_keys(values, where, table)
+        _check_values(values, where, table)
+        variants.append(_NamedVariant(vname, values))
+    if not variants:
+        variants.append(_NamedVariant("", {}))
+
+    # [budget.*]
+    budgets: dict[str, dict[str, Any]] = {}
+    budget_seeds: dict[str, list[int]] = {}
+    for bname, entry in _table(raw, "budget", where).items():
+        table = f"[budget.{bname}]"
+        if not isinstance(entry, dict):
+            raise BenchError(
+                f"{where}: [budget] key '{bname}' must be a table {table} of overrides"
+            )
+        if not _SLUG.fullmatch(bname):
+            raise BenchError(f"{where}: {table}: budget names must match [a-z0-9_-]+")
+        values = {k: v for k, v in entry.items() if k != "seeds"}
+        _check_config_keys(values, where, table, extra=("seeds",))
+        _check_values(values, where, table)
+        if "seeds" in entry:
+            budget_seeds[bname] = _seeds(entry["seeds"], where, table)
+        budgets[bname] = values
+    if default_budget is not None and default_budget not in budgets:
+        known = ", ".join(sorted(budgets)) or "none"
+        raise BenchError(
+            f"{where}: [suite] key 'default_budget': unknown budget '{default_budget}' "
+            f"(known: {known})"
+        )
+
+    # [[reference]]
+    references = [
+        _reference(entry, i, where, budgets)
+        for i, entry in enumerate(_array(raw, "reference", where), 1)
+    ]
+    return _Spec(name, description, default_budget, seeds, base, grid, variants, budgets,
+                 budget_seeds, references)
+
+
+def _reference(
+    entry: dict[str, Any], i: int, where: str, budgets: Mapping[str, Any]
+) -> Reference:
+    table = f"[[reference]] #{i}"
+    _check_keys(entry, _REFERENCE_KEYS, where, table)
+    metric = _string(entry, "metric", where, table, required=True)
+    source = _string(entry, "source", where, table, required=True)
+    if "value" not in entry:
+        raise BenchError(f"{where}: {table} is missing key 'value'")
+    value = entry["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BenchError(f"{where}: {table} key 'value' must be a finite number, got {value!r}")
+    budget = _string(entry, "budget", where, table) or "paper"
+    if budgets and budget not in budgets:
+        raise BenchError(
+            f"{where}: {table} key 'budget': unknown budget '{budget}' "
+            f"(known: {', '.join(sorted(budgets))})"
+        )
+    match = entry.get("match", {})
+    if not isinstance(match, dict):
+        raise BenchError(f"{where}: {table} key 'match' must be a table, got {match!r}")
+    for key in match:
+        if key not in CONFIG_KEYS:
+            raise BenchError(
+                f"{where}: unknown key '{key}' in {table} match "
+                f"(known: {', '.join(CONFIG_KEYS)})"
+            )
+    _check_values({k: v for k, v in match.items() if k != "seed"}, where, f"{table} match")
+    note = _string(entry, "note", where, table) or ""
+    return Reference(metric, float(value), source, budget, FrozenMap(match), note)
+
+
+def _expand(spec: _Spec, budget: str | None, where: str, chosen: bool) -> list[Variant]:
+    """Every run at `budget`, validated, in expansion order; duplicate run_ids are an error."""
+    overrides = spec.budgets.get(budget, {}) if budget is not None else {}
+    seeds = spec.budget_seeds.get(budget, spec.seeds) if budget is not None else spec.seeds
+    axes = list(spec.grid)
+    combos = itertools.product(*spec.grid.values())
+    points = [dict(zip(axes, combo, strict=True)) for combo in combos]
+    context = "" if chosen or budget is None else f" (at budget '{budget}')"
+
+    out: list[Variant] = []
+    seen: dict[str, str] = {}
+    for named in spec.variants:
+        for point in points:
+            layers = [
+                ("[base]", spec.base),
+                (f"[budget.{budget}]", overrides),
+                ("[grid]", point),
+                (f"[[variant]] '{named.name}'", named.values),
+            ]
+            label = ",".join(
+                [named.name] * bool(named.name) + [f"{k}={_fmt(v)}" for k, v in point.items()]
+            )
+            for seed in seeds:
+                config = _resolve(layers, seed, where, context)
+                name = label or config.label
+                tag = f"'{name}' seed {seed}"
+                if config.run_id in seen:
+                    raise BenchError(
+                        f"{where}: [grid]/[[variant]]: runs {seen[config.run_id]} and {tag} "
+                        f"resolve to the same config (run_id {config.run_id}){context}; "
+                        f"a grid axis or variant is overridden by a later layer"
+                    )
+                seen[config.run_id] = tag
+                out.append(Variant(name, config))
+    return out
+
+
+def _resolve(
+    layers: list[tuple[str, Mapping[str, Any]]], seed: int, where: str, context: str
+) -> RunConfig:
+    merged: dict[str, Any] = {}
+    for _, values in layers:
+        merged.update(values)
+    merged["seed"] = seed
+    try:
+        return config_from_dict(merged, where=_MARK)
+    except BenchError as err:
+        message = str(err)
+        if message.startswith(_MARK + ": "):
+            message = message[len(_MARK) + 2:]
+        raise BenchError(f"{where}: {_culprit(message, layers)}{context}: {message}") from None
+
+
+def _culprit(message: str, layers: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """The table whose value of the first key named in `message` won (later layers win)."""
+    named = [a or b for a, b in re.findall(r"'(\w+)'|unknown (\w+) '", message)]
+    for key in named:
+        for table, values in reversed(layers):
+            if key in values:
+                if table == "[grid]":
+                    return f"[grid] axis '{key}' = {_fmt(values[key])}"
+                return table
+    for table, values in reversed(layers):  # no key named: the most specific layer with values
+        if values:
+            return table if table != "[grid]" else f"[grid] {_fmt_match(values)}"
+    return "[base]"
+
+
+def _check_values(values: Mapping[str, Any], where: str, table: str) -> None:
+    for key, value in values.items():
+        _check_value(key, value, where, table)
+
+
+def _check_value(key: str, value: Any, where: str, table: str) -> None:
+    """Type and range of one value on its own (on top of the defaults), naming its table.
+
+    Combinations (iwae with beta != 1, epochs with schedule burda, ...) are checked when the
+    layers are merged; this catches a bad value even where a later layer overrides it.
+    """
+    values: dict[str, Any] = {key: value}
+    if key == "latent" and isinstance(value, list):  # keep hidden/latent layer counts equal
+        values["hidden"] = [[1]] * len(value)
+    elif key == "hidden" and isinstance(value, list):
+        values["latent"] = [1] * len(value)
+    config_from_dict(values, where=f"{where}: {table}")
+
+
+def _check_config_keys(
+    values: Mapping[str, Any], where: str, table: str, extra: tuple[str, ...] = ()
+) -> None:
+    for key in values:
+        if key == "seed":
+            raise BenchError(
+                f"{where}: key 'seed' in {table}: seeds are set by 'seeds' in [suite] "
+                f"or [budget.<name>]"
+            )
+    _check_keys(values, SETTABLE_KEYS + extra, where, table)
+
+
+def _check_keys(values: Mapping[str, Any], known: Sequence[str], where: str, table: str) -> None:
+    for key in values:
+        if key not in known:
+            raise BenchError(
+                f"{where}: unknown key '{key}' in {table} (known: {', '.join(known)})"
+            )
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str, required: bool = False) -> dict:
+    if key not in raw:
+        if required:
+            raise BenchError(f"{where}: missing table [{key}]")
+        return {}
+    value = raw[key]
+    if not isinstance(value, dict):
+        raise BenchError(f"{where}: [{key}] must be a table, got {_fmt(value)}")
+    return value
+
+
+def _array(raw: Mapping[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise BenchError(f"{where}: [[{key}]] must be an array of tables ([[{key}]] entries)")
+    return value
+
+
+def _string(
+    table: Mapping[str, Any], key: str, where: str, name: str, required: bool = False
+) -> str | None:
+    if key not in table:
+        if required:
+            raise BenchError(f"{where}: {name} is missing key '{key}'")
+        return None
+    value = table[key]
+    if not isinstance(value, str) or not value.strip():
+        raise BenchError(f"{where}: {name} key '{key}' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _seeds(value: Any, where: str, table: str) -> list[int]:
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+        and len(set(value)) == len(value)
+    )
+    if not ok:
+        raise BenchError(
+            f"{where}: {table} key 'seeds' must be a non-empty list of distinct integers >= 0, "
+            f"got {_fmt(value)}"
+        )
+    return list(value)
+
+
+def _parse_value(text: str) -> Any:
+    """A filter value: a TOML value where it parses as one, else the text itself."""
+    try:
+        return _toml().loads(f"v = {text}")["v"]
+    except Exception:
+        return text
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+def _same(have: Any, want: Any) -> bool:
+    """Equality with lists and tuples alike (and 2 == 2.0, as TOML writes either)."""
+    if isinstance(have, bool) != isinstance(want, bool):
+        return False
+    return _hashable(have) == _hashable(want)
+
+
+def _fmt(value: Any) -> str:
+    """A compact, readable rendering of a TOML value (used in names and messages)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return _fmt_match(value)
+    return str(value)
+
+
+def _fmt_match(values: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()) + "}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,263 @@
+"""The grid runner through Ray: end to end, cached reruns, failures as rows, killed workers,
+and a real two-node cluster joined with --address."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import store
+from bench.runner import RunOptions, log_path, plan, run_suite
+from bench.suite import load_suite, resolve_suite_path
+
+REPO = Path(__file__).resolve().parents[1]
+VAEBENCH = [sys.executable, "-m", "bench.cli"]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One embedded Ray for the whole test session (~3.5 s, ~470 MB); the runner reuses it."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=128 * 1024**2)
+    yield ray
+    ray.shutdown()
+
+
+def write_suite(tmp_path: Path, body: str, name: str = "t") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+TINY = """
+[suite]
+name = "{name}"
+description = "runner test"
+seeds = [0, 1]
+
+[base]
+dataset = "digits"
+hidden = [[16]]
+latent = [4]
+train_size = 200
+test_size = 50
+epochs = {epochs}
+k_eval = 10
+"""
+
+
+def test_smoke_suite_end_to_end_through_ray_then_all_cached(ray_session, tmp_path):
+    suite = load_suite(resolve_suite_path("smoke"), budget="smoke")
+    options = RunOptions(results=tmp_path, show_progress=False)
+    summary = run_suite(suite, options)
+    assert summary.statuses == {"finished": len(suite.variants)} and summary.cached == 0
+
+    runs = store.load_runs(tmp_path, suite="smoke")
+    assert sorted(runs["run_id"]) == sorted(v.run_id for v in suite.variants)
+    assert (runs["status"] == "finished").all()
+    for column in ("sys_git_commit", "sys_torch", "sys_ray", "sys_numpy", "sys_hostname",
+                   "sys_device_name", "sys_cpu_count", "sys_start_time", "sys_wall_seconds",
+                   "sys_ray_node_id", "config_hash", "schema_version", "cfg_seed"):
+        assert runs[column].notna().all(), column
+    curves = store.load_curves(tmp_path, suite="smoke")
+    assert len(curves) == sum(v.config.epochs for v in suite.variants)
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.parquet")}
+
+    again = run_suite(suite, options)
+    assert again.cached == len(suite.variants) and again.statuses == {}
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # nothing rewritten
+
+    # the same runs in-process give the same metrics: where it ran is not what it computed
+    local = tmp_path / "local"
+    run_suite(suite, RunOptions(results=local, executor="local", show_progress=False))
+    a = runs.set_index("run_id").sort_index()["metric_test_ll"]
+    b = store.load_runs(local, suite="smoke").set_index("run_id").sort_index()["metric_test_ll"]
+    assert a.equals(b)
+
+
+def test_a_run_that_raises_is_a_failed_row_and_the_grid_goes_on(ray_session, tmp_path):
+    # train_size 5000 passes validation but digits has only 1500 training examples
+    path = write_suite(tmp_path, TINY.format(name="failing", epochs=1) + """
+[[variant]]
+name = "ok"
+
+[[variant]]
+name = "too-big"
+train_size = 5000
+""")
+    summary = run_suite(load_suite(path), RunOptions(results=tmp_path / "r", show_progress=False))
+    assert summary.statuses == {"finished": 2, "failed": 2}
+    runs = store.load_runs(tmp_path / "r", suite="failing")
+    failed = runs[runs["status"] == "failed"]
+    assert set(failed["variant"]) == {"too-big"}
+    assert failed["error"].str.contains("train_size").all()
+    assert failed["traceback"].str.contains("Traceback").all()
+    # failed runs are not cached: a rerun retries them (and they fail again)
+    to_run, cached = plan(load_suite(path), tmp_path / "r")
+    assert {v.name for v in to_run} == {"too-big"} and len(cached) == 2
+
+
+def test_a_killed_worker_is_retried_from_its_checkpoint(ray_session, tmp_path):
+    # full digits with the default model: ~0.05 s per epoch, so epoch 5 of 200 is mid-run
+    body = TINY.format(name="killed", epochs=200).replace("train_size = 200\n", "")
+    body = body.replace("hidden = [[16]]\nlatent = [4]\n", "")
+    suite = load_suite(write_suite(tmp_path, body))
+    suite_one = suite.variants[:1]
+    results = tmp_path / "r"
+    log = log_path(results, "killed", suite_one[0].run_id)
+    killed = []
+
+    def kill_after_a_few_epochs():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if log.exists():
+                text = log.read_text()
+                if len(re.findall(r"^epoch ", text, re.M)) >= 5:
+                    pid = int(re.search(r"pid=(\d+)", text).group(1))
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_a_few_epochs)
+    killer.start()
+    summary = run_suite(suite, RunOptions(results=results, show_progress=False,
+                                          checkpoint_every=1, retries=2),
+                        filters=[f"seed={suite_one[0].seed}"])
+    killer.join()
+    assert killed, "the run finished before it could be killed"
+    assert summary.statuses == {"finished": 1}
+    runs = store.load_runs(results, suite="killed")
+    assert list(runs["run_id"]) == [suite_one[0].run_id]  # exactly one row for the run
+    text = log.read_text()
+    assert "resuming from checkpoint" in text
+    assert text.count("# finished") == 1
+    assert not list((results / "checkpoints").rglob("*.pt"))  # cleaned up after finishing
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_node(args: list[str], log: Path) -> subprocess.Popen:
+    ray_bin = Path(sys.executable).with_name("ray")
+    return subprocess.Popen([str(ray_bin), "start", "--block", *args],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # own process group: stopped as one
+
+
+def _stop(node: subprocess.Popen) -> None:
+    if node.poll() is None:
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            node.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+
+
+def test_run_joins_a_two_node_cluster_with_address(tmp_path):
+    """`ray start --head` plus a second node with its own resources, on 127.0.0.1; the same
+    `vaebench run` command joins it with --address, and runs land on both nodes."""
+    pytest.importorskip("ray")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
+    head = _start_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                        "--include-dashboard=false", *common], tmp_path / "head.log")
+    worker = None
+    try:
+        time.sleep(8)
+        worker = _start_node([f"--address={address}", "--node-ip-address=127.0.0.1",
+                              '--resources={"second_node": 1}', *common],
+                             tmp_path / "worker.log")
+        time.sleep(8)
+        results = tmp_path / "results"
+        out = subprocess.run(
+            [*VAEBENCH, "run", "smoke", "--address", address, "--results", str(results),
+             "--no-progress"],
+            capture_output=True, text=True, timeout=300, cwd=REPO,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs = store.load_runs(results, suite="smoke")
+        assert (runs["status"] == "finished").all() and len(runs) == 4
+        assert runs["sys_ray_node_id"].nunique() == 2, "all runs landed on one node"
+    finally:
+        for node in (worker, head):
+            if node is not None:
+                _stop(node)
+
+
+def test_cli_run_dry_run_and_bad_suite(tmp_path, capsys):
+    from bench.cli import main
+
+    assert main(["run", "smoke", "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 to run, 0 cached" in out and out.count("to run ") == 4
+
+    bad = write_suite(tmp_path, "[suite]\nname = 'x'\ndescription = 'd'\n[grid]\nk = [0, 5]\n")
+    assert main(["run", str(bad), "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(bad) in err and "'k'" in err
+
+    assert main(["run", "no-such-suite"]) == 2
+    assert "smoke" in capsys.readouterr().err  # the error lists what exists
+
+
+def test_cli_reports_a_truncated_results_file_by_name(tmp_path, capsys):
+    from bench.cli import main
+
+    suite = load_suite(resolve_suite_path("smoke"), budget="smoke")
+    run_suite(suite, RunOptions(results=tmp_path, executor="local", show_progress=False),
+              filters=["seed=0"])
+    victim = next((tmp_path / "runs").rglob("*.parquet"))
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    assert main(["run", "smoke", "--results", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert str(victim) in err and len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_keeps_finished_runs_and_records_no_partial_run(tmp_path):
+    """SIGINT to `vaebench run` (embedded Ray): exit 130, finished rows kept, the run that
+    was still training leaves no row; a rerun resumes with the finished ones cached."""
+    pytest.importorskip("ray")
+    path = write_suite(tmp_path, TINY.format(name="interrupted", epochs=1) + """
+[[variant]]
+name = "fast"
+
+[[variant]]
+name = "slow"
+epochs = 100000
+""")
+    results = tmp_path / "r"
+    proc = subprocess.Popen(
+        [*VAEBENCH, "run", str(path), "--results", str(results), "--no-progress"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    fast_ids = {v.run_id for v in load_suite(path).variants if v.name == "fast"}
+    while time.time() < deadline:
+        landed = {p.stem for p in results.rglob("runs/*/*.parquet")}
+        if fast_ids <= landed:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    runs = store.load_runs(results, suite="interrupted")
+    assert set(runs["run_id"]) == fast_ids and (runs["status"] == "finished").all()
+    to_run, cached = plan(load_suite(path), results)
+    assert {v.name for v in to_run} == {"slow"} and {v.run_id for v in cached} == fast_ids

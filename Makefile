@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # torch is pinned to the CPU build installed first, so nothing pulls CUDA wheels here.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test bench microbench lint data clean help
+.PHONY: install test bench reproduce microbench lint data clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,8 +25,12 @@ test: install  ## run the test suite (CPU, a few minutes)
 SUITE  ?= bench
 BUDGET ?= cpu
 
-bench: install  ## the main job: suites/bench.toml at budget cpu through Ray (~10 min on 2 cores)
-	$(VENV)/bin/vaebench run $(SUITE) --budget $(BUDGET)
+bench: install  ## the main job: suites/bench.toml at budget cpu through Ray, then its report
+	@$(MAKE) --no-print-directory reproduce SUITE=bench BUDGET=cpu
+
+reproduce: install  ## run SUITE at BUDGET (e.g. make reproduce SUITE=iwae_table1 BUDGET=paper), then report it
+	$(VENV)/bin/vaebench run $(SUITE) --budget $(BUDGET); status=$$?; \
+	$(VENV)/bin/vaebench report --suite $(SUITE) && exit $$status
 
 microbench: install  ## pytest-benchmark: training step vs a plain PyTorch step (not in `make test`)
 	$(PY) -m pytest -q benchmarks --benchmark-autosave --benchmark-columns=min,median,max,rounds

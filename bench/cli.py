@@ -39,6 +39,8 @@ FIELD_HELP = {
     "k": "samples per example in the training objective (>= 1)",
     "beta": "weight on the KL term for objective vae (>= 0; 0 = autoencoder, >1 = beta-VAE)",
     "analytic_kl": "closed-form Gaussian KL where it exists (else Monte Carlo)",
+    "flow_steps": "steps K of a flow posterior (0 for the plain Gaussian)",
+    "kl_direction": "encoder training: reverse = KL(q||p) through the bound's gradient",
     "schedule": f"{', '.join(SCHEDULES)}: constant = --epochs at --lr; burda = Burda et al.'s "
     "3^i epochs at 1e-3*10^(-i/7), i < --burda-stages (3280 epochs for 8)",
     "burda_stages": "number of stages of the burda schedule",
@@ -148,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=int, default=10, metavar="EPOCHS",
                      help="save a resumable checkpoint every N epochs (default: 10)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line")
+    _add_skip_corrupt_flag(run)
+
+    report = commands.add_parser(
+        "report",
+        help="write report.md, a self-contained report.html and PNG plots from stored results",
+        description="Regenerate a report from the Parquet results alone (no training): per "
+        "suite a summary table (mean ± std over seeds), paper-vs-ours tables from the suite's "
+        "[[reference]] entries, plots (log-likelihood vs k, rate-distortion and sharpness vs "
+        "beta, throughput, learning curves, sample grids) and provenance.",
+    )
+    _add_results_flag(report)
+    report.add_argument("--suite", action="append", default=None, metavar="NAME",
+                        help="suite(s) to report (repeatable; default: every suite stored)")
+    report.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: RESULTS/report)")
+    _add_skip_corrupt_flag(report)
 
     data = commands.add_parser("data", help="manage data sets (fetch and cache MNIST)")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -225,11 +243,17 @@ def _add_results_flag(parser: argparse.ArgumentParser) -> None:
                         help="results directory (default: $VAEBENCH_RESULTS or ./results)")
 
 
+def _add_skip_corrupt_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="skip (with a warning) results files that cannot be read, "
+                        "instead of stopping with an error naming them")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import store
+    from bench.report import summary_text
     from bench.runner import RunOptions, plan, run_suite
     from bench.suite import load_suite, resolve_suite_path
-    from bench.summary import format_summary, summarize
 
     for flag, value, low in (("--cpus-per-run", args.cpus_per_run, 1),
                              ("--retries", args.retries, 0),
@@ -241,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(resolve_suite_path(args.suite), budget=args.budget)
     results = store.results_dir(args.results)
     if args.dry_run:
-        to_run, cached = plan(suite, results, args.filter, args.force)
+        to_run, cached = plan(suite, results, args.filter, args.force, args.skip_corrupt)
         cached_ids = {v.run_id for v in cached}
         print(f"suite {suite.name} budget {suite.budget}: {len(to_run)} to run, "
               f"{len(cached)} cached ({results})")
@@ -253,21 +277,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         results=results, executor=args.executor, address=args.address,
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,
         force=args.force, checkpoint_every=args.checkpoint_every,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, skip_corrupt=args.skip_corrupt,
     )
     summary = run_suite(suite, options, args.filter)
-    selected = {v.run_id for v in plan(suite, results, args.filter, force=True)[0]}
-    runs = store.load_runs(results, suite=suite.name)
-    runs = runs[runs["run_id"].isin(selected)] if not runs.empty else runs
     print(f"suite {suite.name} (budget {suite.budget}): {summary.total} runs, "
           f"{summary.cached} cached, {summary.statuses} -> {results}")
-    order = [v.name for v in suite.variants]
-    print(format_summary(summarize(runs, suite.grid_axes, order), suite.grid_axes))
+    if summary.total:
+        print(summary_text(results, suite.name, budget=suite.budget,
+                           skip_corrupt=args.skip_corrupt))
     if summary.interrupted:
         print("vaebench: interrupted; finished runs are stored, rerun to continue",
               file=sys.stderr)
         return 130
     return 1 if summary.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench import store
+    from bench.report import build_report
+
+    results = store.results_dir(args.results)
+    out = args.out if args.out is not None else results / "report"
+    path = build_report(results, out, suites=args.suite, skip_corrupt=args.skip_corrupt)
+    print(f"report: {path}  (html: {path.with_suffix('.html')})")
+    return 0
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
@@ -280,7 +313,8 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "run": cmd_run, "data": cmd_data_fetch}
+    handlers = {"train": cmd_train, "run": cmd_run, "report": cmd_report,
+                "data": cmd_data_fetch}
     try:
         return handlers[args.command](args)
     except BenchError as err:

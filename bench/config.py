@@ -20,6 +20,7 @@ from bench.errors import BenchError
 OBJECTIVES = ("vae", "iwae")
 LIKELIHOODS = ("bernoulli", "gaussian")
 POSTERIORS = ("gaussian",)
+KL_DIRECTIONS = ("reverse",)
 SCHEDULES = ("constant", "burda")
 DATASETS = ("digits", "mnist")
 
@@ -40,6 +41,7 @@ class RunConfig:
     latent: tuple[int, ...] = (50,)
     likelihood: str = "bernoulli"  # p(x|z): Bernoulli logits, or N(f(z), I) for continuous data
     posterior: str = "gaussian"  # q(z|x) family; flows plug in here
+    flow_steps: int = 0  # K steps of a flow posterior (0 for the plain Gaussian)
 
     # --- objective
     # vae: mean of k ELBO terms (k=1: the ELBO); iwae: log-mean-exp of k importance weights
@@ -47,6 +49,8 @@ class RunConfig:
     k: int = 1  # samples per example, drawn as one (k, B, z) tensor
     beta: float = 1.0  # weight on the KL term (vae only); beta=0 is the plain autoencoder objective
     analytic_kl: bool = True  # use the closed-form Gaussian KL where it exists
+    # how the encoder is trained: reverse = KL(q||p) via the bound's own gradient
+    kl_direction: str = "reverse"
 
     # --- optimisation (Burda et al. 2015: Adam, beta1=0.9, beta2=0.999, eps=1e-4)
     schedule: str = "constant"  # constant: `epochs` at `lr`; burda: 3^i epochs at 1e-3*10^(-i/7)
@@ -73,7 +77,14 @@ class RunConfig:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def canonical_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Sorted, compact JSON of the fields that define the experiment. Fields added after
+        the first release (`_LATER_FIELDS`) are left out while at their default, so adding
+        a field never changes the run_id of a config that does not use it."""
+        values = self.to_dict()
+        for name, default in _LATER_FIELDS.items():
+            if values[name] == default:
+                del values[name]
+        return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
     @property
     def config_hash(self) -> str:
@@ -95,7 +106,9 @@ class RunConfig:
         if len(self.latent) > 1:
             parts.append(f"{len(self.latent)}layer")
         if self.posterior != "gaussian":
-            parts.append(self.posterior)
+            parts.append(f"{self.posterior}{self.flow_steps}")
+        if self.kl_direction != "reverse":
+            parts.append(f"{self.kl_direction}kl")
         return "-".join(parts)
 
     # --------------------------------------------------------------- schedule
@@ -130,15 +143,22 @@ def config_from_dict(values: Mapping[str, Any], *, where: str = "config") -> Run
         raise BenchError(f"{where}: {err}") from None
 
 
+# New fields go here with their default (which must keep the old behaviour): a config that
+# leaves them at the default hashes exactly as before they existed.
+_LATER_FIELDS: dict[str, Any] = {}
+
+
 # ---------------------------------------------------------------------- internals
 _INT_FIELDS = {
-    "train_size", "test_size", "k", "burda_stages", "epochs", "batch_size", "seed", "k_eval"
+    "train_size", "test_size", "k", "burda_stages", "epochs", "batch_size", "seed", "k_eval",
+    "flow_steps",
 }
 _FLOAT_FIELDS = {"beta", "lr", "adam_beta1", "adam_beta2", "adam_eps"}
 _CHOICES = {
     "dataset": DATASETS,
     "likelihood": LIKELIHOODS,
     "posterior": POSTERIORS,
+    "kl_direction": KL_DIRECTIONS,
     "objective": OBJECTIVES,
     "schedule": SCHEDULES,
 }
@@ -198,6 +218,10 @@ def _validate(cfg: RunConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise BenchError(f"key '{key}' must be >= 1 (or unset for all), got {value}")
+    if cfg.posterior == "gaussian" and cfg.flow_steps != 0:
+        raise BenchError("key 'flow_steps' needs a flow posterior (posterior 'gaussian' has none)")
+    if cfg.posterior != "gaussian" and cfg.flow_steps < 1:
+        raise BenchError(f"key 'flow_steps' must be >= 1 for posterior '{cfg.posterior}'")
     if cfg.beta < 0:
         raise BenchError(f"key 'beta' must be >= 0, got {cfg.beta:g}")
     if cfg.objective == "iwae" and cfg.beta != 1.0:

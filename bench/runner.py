@@ -40,6 +40,7 @@ class RunOptions:
     force: bool = False  # rerun runs that already have a finished row
     checkpoint_every: int = 10  # epochs between checkpoints
     show_progress: bool = True
+    skip_corrupt: bool = False  # treat unreadable result files as absent (warned), not an error
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,17 @@ class RunSummary:
         return self.statuses.get("failed", 0) + self.statuses.get("diverged", 0)
 
 
-def plan(suite: Suite, results: Path, filters: Sequence[str] = (), force: bool = False):
+def plan(
+    suite: Suite,
+    results: Path,
+    filters: Sequence[str] = (),
+    force: bool = False,
+    skip_corrupt: bool = False,
+) -> tuple[list[Variant], list[Variant]]:
     """(to_run, cached): the suite's selected runs split by whether a finished row exists."""
     selected = filter_variants(suite.variants, filters)
-    done = set() if force else store.finished_run_ids(results, suite.name)
+    done = set() if force else store.finished_run_ids(results, suite.name,
+                                                       skip_corrupt=skip_corrupt)
     to_run = [v for v in selected if v.run_id not in done]
     cached = [v for v in selected if v.run_id in done]
     return to_run, cached
@@ -154,7 +162,7 @@ def execute(task: RunTask, device: str | None = None, where: dict | None = None)
 
 def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) -> RunSummary:
     """Run every selected, not yet finished run of `suite`; each result is stored as it lands."""
-    to_run, cached = plan(suite, options.results, filters, options.force)
+    to_run, cached = plan(suite, options.results, filters, options.force, options.skip_corrupt)
     summary = RunSummary(total=len(to_run) + len(cached), cached=len(cached))
     tasks = [RunTask(suite.name, suite.budget, v, options.results, options.cpus_per_run,
                      options.checkpoint_every) for v in to_run]

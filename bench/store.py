@@ -242,9 +242,10 @@ def write_run(
 
     A finished row already stored for this run_id is kept (nothing is written) unless
     `replace_finished`: two runners finishing the same run leave exactly one row, and a
-    failed or diverged attempt never replaces a finished result. Any other stored row
-    (failed, diverged, unreadable) is replaced. The curves are written first and any stale
-    curves of the replaced row removed, so a run file always sits beside its own curves.
+    failed or diverged attempt never replaces a finished result. A failed or diverged row
+    is replaced; an unreadable file is moved aside to `<run_id>.parquet.corrupt`. The
+    curves are written first and any stale curves of the replaced row removed, so a run
+    file always sits beside its own curves.
     """
     results = Path(results)
     status = row.get("status")
@@ -262,8 +263,11 @@ def write_run(
 
     run_file.parent.mkdir(parents=True, exist_ok=True)
     with _run_lock(run_file.parent / f".{run_id}.lock"):
-        if not replace_finished and _stored_status(run_file) == "finished":
+        stored = _stored_status(run_file)
+        if not replace_finished and stored == "finished":
             return run_file
+        if stored is None and run_file.exists():  # unreadable: keep it aside, never destroy it
+            os.replace(run_file, run_file.with_name(run_file.name + ".corrupt"))
         for side_file, side_table in side_tables.items():
             if side_table is not None:
                 side_file.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ def test_run_id_is_stable_across_machines_and_versions():
     cfg = RunConfig()
     assert cfg.canonical_json().startswith('{"adam_beta1":0.9,"adam_beta2":0.999,"adam_eps":0.0001')
     assert cfg.run_id == RunConfig().run_id
-    assert cfg.run_id == "a7839203520ca29c"
+    assert cfg.run_id == "a22183d31700ebeb"
 
 
 def test_int_where_float_expected_hashes_the_same():
@@ -61,3 +61,27 @@ def test_labels_are_readable():
     assert RunConfig(objective="iwae", k=50).label == "iwae-k50"
     assert RunConfig(beta=4.0).label == "vae-beta4"
     assert RunConfig(hidden=((200, 200), (100, 100)), latent=(100, 50)).label == "vae-2layer"
+
+
+def test_a_field_added_later_does_not_change_existing_run_ids(monkeypatch):
+    import hashlib
+    import json
+
+    import bench.config as config
+
+    cfg = RunConfig(objective="iwae", k=5)
+    without = {k: v for k, v in cfg.to_dict().items() if k != "flow_steps"}
+    old_hash = hashlib.sha256(
+        json.dumps(without, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    # pretend flow_steps arrived in a later release, defaulting to the old behaviour
+    monkeypatch.setitem(config._LATER_FIELDS, "flow_steps", 0)
+    assert cfg.config_hash == old_hash
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [({"flow_steps": 4}, "needs a flow posterior"), ({"kl_direction": "sideways"}, "sideways")],
+)
+def test_posterior_and_kl_direction_are_validated(values, fragment):
+    with pytest.raises(BenchError, match=fragment):
+        config_from_dict(values)

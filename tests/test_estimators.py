@@ -33,14 +33,14 @@ def exact_linear_gaussian(perturb: float = 0.0, seed: int = 0):
 
     cfg = RunConfig(dataset="digits", hidden=((),), latent=(Z,), likelihood="gaussian")
     model = build_model(cfg, D).double()
-    encoder = model.encoders[0].net
+    head = model.encoders[0].net.head  # rows [:Z] give the mean, rows [Z:] the log-variance
     with torch.no_grad():
         model.decoder.net[0].weight.copy_(w)
         model.decoder.net[0].bias.copy_(b)
-        encoder.mean.weight.copy_(post_var[:, None] * w.T * (1 + perturb))
-        encoder.mean.bias.copy_(-(post_var[:, None] * w.T) @ b + perturb)
-        encoder.logvar.weight.zero_()
-        encoder.logvar.bias.copy_(torch.log(post_var) + perturb)
+        head.weight[:Z].copy_(post_var[:, None] * w.T * (1 + perturb))
+        head.bias[:Z].copy_(-(post_var[:, None] * w.T) @ b + perturb)
+        head.weight[Z:].zero_()
+        head.bias[Z:].copy_(torch.log(post_var) + perturb)
 
     x = torch.randn(N_TEST, Z, generator=gen, dtype=torch.float64) @ w.T + b
     x = x + torch.randn(N_TEST, D, generator=gen, dtype=torch.float64)

@@ -229,6 +229,14 @@ def test_cli_reports_a_truncated_results_file_by_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(victim) in err and len(err.strip().splitlines()) == 1
 
+    # --skip-corrupt goes on: the unreadable run is rerun, the damaged file kept aside
+    damaged = victim.read_bytes()
+    with pytest.warns(UserWarning, match="skipping corrupt"):
+        assert main(["run", "smoke", "--results", str(tmp_path), "--executor", "local",
+                     "--filter", "seed=0", "--skip-corrupt", "--no-progress"]) == 0
+    assert victim.with_name(victim.name + ".corrupt").read_bytes() == damaged
+    assert set(store.load_runs(tmp_path, suite="smoke")["status"]) == {"finished"}
+
 
 def test_ctrl_c_keeps_finished_runs_and_records_no_partial_run(tmp_path):
     """SIGINT to `vaebench run` (embedded Ray): exit 130, finished rows kept, the run that

@@ -52,8 +52,11 @@ class BernoulliDecoder(nn.Module):
 
     def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         logits = self.net(z)  # (k, B, D)
-        # x log sigmoid(l) + (1 - x) log sigmoid(-l) = x l - softplus(l); broadcasts x over k
-        return (x * logits - nn.functional.softplus(logits)).sum(-1)
+        # x log sigmoid(l) + (1 - x) log sigmoid(-l), one fused kernel; x broadcast over k
+        bce = nn.functional.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none"
+        )
+        return -bce.sum(-1)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(z))
@@ -85,13 +88,17 @@ class LatentVariableModel(nn.Module):
         latent: tuple[int, ...],
         likelihood: str = "bernoulli",
         posterior: str = "gaussian",
+        flow_steps: int = 0,
     ):
         super().__init__()
         self.latent = tuple(latent)
+        self.flow_steps = flow_steps
         inputs = (n_data, *latent[:-1])  # what each inference layer conditions on
         # q(z_1 | x) uses the chosen posterior family; upper layers are conditional Gaussians.
+        # Flow families (every one but "gaussian") also take their number of steps K.
+        extra = {} if posterior == "gaussian" else {"steps": flow_steps}
         self.encoders = nn.ModuleList(
-            [POSTERIORS[posterior](inputs[0], hidden[0], latent[0])]
+            [POSTERIORS[posterior](inputs[0], hidden[0], latent[0], **extra)]
             + [GaussianPosterior(inputs[i], hidden[i], latent[i]) for i in range(1, len(latent))]
         )
         # p(z_l | z_{l+1}) mirrors q(z_{l+1} | z_l): hidden sizes reversed.

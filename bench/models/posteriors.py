@@ -43,13 +43,13 @@ class ConditionalGaussian(nn.Module):
         super().__init__()
         self.trunk = nn.Sequential(mlp([n_in, *hidden]), nn.Tanh()) if hidden else nn.Identity()
         width = hidden[-1] if hidden else n_in
-        self.mean = nn.Linear(width, n_out)
-        self.logvar = nn.Linear(width, n_out)
+        self.head = nn.Linear(width, 2 * n_out)  # [mean | logvar]: one matmul for both
 
     def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, logvar, trunk features) for input h of shape (..., n_in)."""
         features = self.trunk(h)
-        return self.mean(features), self.logvar(features), features
+        mean, logvar = self.head(features).chunk(2, dim=-1)
+        return mean, logvar, features
 
     def log_prob(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         mean, logvar, _ = self.params(h)
@@ -91,3 +91,9 @@ class GaussianPosterior(nn.Module):
 
 
 POSTERIORS: dict[str, type[nn.Module]] = {"gaussian": GaussianPosterior}
+
+# Flow posteriors live in bench.models.flows, which imports the names above from this module;
+# importing it last (everything it needs already defined) keeps the import acyclic in effect.
+from bench.models.flows import IAFPosterior, PlanarPosterior, RadialPosterior  # noqa: E402
+
+POSTERIORS.update(planar=PlanarPosterior, radial=RadialPosterior, iaf=IAFPosterior)

@@ -1,0 +1,290 @@
+"""Matplotlib rendering for the report: each function draws one prepared data set into a PNG.
+
+The data come from the pure preparation functions in `bench.report` (DataFrames and arrays);
+nothing here reads the results store or computes statistics. Every function writes one file,
+closes its figure and returns the path. The Agg backend is selected before pyplot is
+imported, so plots render on machines without a display (clusters, CI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+
+DPI = 110
+_STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_SEPARATOR = "#7aa6d6"  # between tiles of a sample grid: a colour no grayscale image has
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _plain_number(value: float, _pos: object = None) -> str:
+    return f"{value:g}"
+
+
+def ll_vs_k(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Test log-likelihood against k (log scale), one line per `line`, error bars = std.
+
+    `data`: columns line, k, mean, std, seeds (see `bench.report.ll_vs_k_data`).
+    """
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        lines = list(dict.fromkeys(data["line"]))
+        shared = data["k"].duplicated().any()  # e.g. VAE and IWAE at k = 1: dodge sideways
+        for i, line in enumerate(lines):
+            group = data[data["line"] == line].sort_values("k")
+            dodge = 10 ** (0.012 * (i - (len(lines) - 1) / 2)) if shared else 1.0
+            layers = int(group["layers"].iloc[0]) if "layers" in group.columns else 1
+            ax.errorbar(group["k"] * dodge, group["mean"], yerr=group["std"].fillna(0.0),
+                        marker="o" if layers == 1 else "s", capsize=3, linewidth=1.5,
+                        linestyle="-" if layers == 1 else "--", label=str(line))
+        ax.set_xscale("log")
+        ks = sorted(data["k"].unique())
+        ax.set_xticks(ks)
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if len(ks) == 1:
+            ax.set_xlim(ks[0] / 2, ks[0] * 2)
+        else:
+            ax.set_xlim(min(ks) / 1.5, max(ks) * 1.5)
+        ax.set_xlabel("k (samples per example in the training objective, log scale)")
+        ax.set_ylabel("test log-likelihood (nats, higher is better)")
+        ax.set_title(title)
+        ax.legend(loc="best")
+        return _save(fig, path)
+
+
+def rate_distortion(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Distortion against rate, one point per variant labelled by beta, error bars = std.
+
+    `data`: columns line, beta, rate_mean, rate_std, distortion_mean, distortion_std.
+    The rate axis is logarithmic when the rates span more than a factor of 30 (beta = 0).
+    """
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 4.6))
+        for line, group in data.groupby("line", sort=False):
+            group = group.sort_values("beta")
+            ax.errorbar(group["rate_mean"], group["distortion_mean"],
+                        xerr=group["rate_std"].fillna(0.0),
+                        yerr=group["distortion_std"].fillna(0.0), marker="o", capsize=3,
+                        linewidth=1.0, linestyle="--", label=str(line))
+            for _, row in group.iterrows():
+                ax.annotate(f"β={row['beta']:g}", (row["rate_mean"], row["distortion_mean"]),
+                            textcoords="offset points", xytext=(6, 6), fontsize=9)
+        rates = data["rate_mean"].to_numpy(dtype=float)
+        rates = rates[np.isfinite(rates) & (rates > 0)]
+        if len(rates) and rates.max() / rates.min() > 30:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+            ax.set_xlabel("rate = KL(q(z|x) || p(z)) (nats, log scale)")
+        else:
+            ax.set_xlabel("rate = KL(q(z|x) || p(z)) (nats)")
+        ax.set_ylabel("distortion = -E_q log p(x|z) (nats)")
+        ax.set_title(title)
+        ax.margins(x=0.12, y=0.12)
+        if data["line"].nunique() > 1:
+            ax.legend(loc="best")
+        return _save(fig, path)
+
+
+def sharpness_vs_beta(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Sharpness ratios (prior samples, reconstructions) against beta; 1.0 = the data's.
+
+    `data`: columns line, beta, prior_mean, prior_std, recon_mean, recon_std (NaN allowed).
+    """
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        betas = sorted(data["beta"].unique())
+        positions = {b: i for i, b in enumerate(betas)}  # categorical: beta = 0 is common
+        multi = data["line"].nunique() > 1
+        for line, group in data.groupby("line", sort=False):
+            group = group.sort_values("beta")
+            x = group["beta"].map(positions)
+            suffix = f" ({line})" if multi else ""
+            for column, label, marker in (("prior", "prior samples", "o"),
+                                          ("recon", "reconstructions", "s")):
+                mean = group[f"{column}_mean"]
+                if mean.notna().any():
+                    ax.errorbar(x, mean, yerr=group[f"{column}_std"].fillna(0.0), marker=marker,
+                                capsize=3, linewidth=1.5, label=label + suffix)
+        ax.axhline(1.0, color="black", linestyle=":", linewidth=1.2,
+                   label="as sharp as the test data")
+        ax.set_xticks(range(len(betas)))
+        ax.set_xticklabels([f"{b:g}" for b in betas])
+        ax.set_xlabel("β (weight on the KL term)")
+        ax.set_ylabel("sharpness (Laplacian variance, model / data)")
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="best")
+        return _save(fig, path)
+
+
+def throughput(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Horizontal bars of training throughput per variant (mean, error bar = std).
+
+    `data`: columns variant, mean, std, seeds.
+    """
+    with plt.rc_context(_STYLE):
+        height = max(2.4, 0.45 * len(data) + 1.4)
+        fig, ax = plt.subplots(figsize=(6.8, height))
+        y = np.arange(len(data))
+        ax.barh(y, data["mean"], xerr=data["std"].fillna(0.0), capsize=3, color="#4C72B0",
+                alpha=0.85)
+        ax.set_yticks(y)
+        ax.set_yticklabels([str(v) for v in data["variant"]])
+        ax.invert_yaxis()
+        ends = (data["mean"] + data["std"].fillna(0.0)).to_numpy(dtype=float)
+        top = float(np.nanmax(ends)) if np.isfinite(ends).any() else 0.0
+        for i, (value, end) in enumerate(zip(data["mean"], ends, strict=True)):
+            if np.isfinite(value):  # the label right of the error bar, never on it
+                ax.text(end + 0.015 * top, i, f"{value:,.0f}", va="center", fontsize=9)
+        ax.set_xlim(0, top * 1.25 if top > 0 else 1)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:,.0f}"))
+        ax.set_xlabel("training throughput (examples / s, median over epochs)")
+        ax.set_title(title)
+        ax.grid(axis="y", visible=False)
+        return _save(fig, path)
+
+
+def learning_curves(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Training bound against epoch, one line per variant (mean over seeds).
+
+    `data`: columns variant, epoch, mean, seeds. The y range leaves out the first epoch's
+    very low bound where it would flatten the rest of the curves.
+    """
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(7.2, 4.6))
+        styles = ("-", "--", ":", "-.")  # beyond 10 variants the colours repeat
+        for i, (variant, group) in enumerate(data.groupby("variant", sort=False)):
+            group = group.sort_values("epoch")
+            ax.plot(group["epoch"], group["mean"], marker="o" if len(group) <= 20 else None,
+                    markersize=3, linewidth=1.5, linestyle=styles[(i // 10) % len(styles)],
+                    label=str(variant))
+        values = data["mean"].to_numpy(dtype=float)
+        later = data.loc[data["epoch"] > data["epoch"].min(), "mean"].to_numpy(dtype=float)
+        if len(later) and np.isfinite(later).any() and np.isfinite(values).any():
+            low, high = np.nanmin(later), np.nanmax(values)
+            if np.nanmin(values) < low - 2 * (high - low):  # the first epoch dominates
+                span = high - low if high > low else 1.0
+                ax.set_ylim(low - 0.25 * span, high + 0.1 * span)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training bound (nats per example, higher is better)")
+        ax.set_title(title)
+        ax.legend(loc="best", ncol=2 if data["variant"].nunique() > 6 else 1)
+        return _save(fig, path)
+
+
+def _mosaic(images: np.ndarray, columns: int, pad: int = 1,
+            fill: float = np.nan) -> np.ndarray:
+    """Tile (n, h, w) images into rows of `columns`, separated by `pad` pixels of `fill`
+    (NaN: drawn in the separator colour, distinct from any gray level)."""
+    n, h, w = images.shape
+    rows = max(1, -(-n // columns))
+    out = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad), fill, dtype=float)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        out[top:top + h, left:left + w] = images[i]
+    return out
+
+
+def interleave_rows(originals: np.ndarray, reconstructions: np.ndarray,
+                    columns: int) -> tuple[np.ndarray, list[str]]:
+    """Rows of `columns` originals, each followed by the row of their reconstructions."""
+    n = min(len(originals), len(reconstructions))
+    stacked, labels = [], []
+    for start in range(0, n, columns):
+        chunk = slice(start, min(start + columns, n))
+        for images, label in ((originals[chunk], "original"),
+                              (reconstructions[chunk], "reconstruction")):
+            row = np.full((columns, *images.shape[1:]), np.nan)
+            row[:len(images)] = images
+            stacked.append(row)
+            labels.append(label)
+    if not stacked:
+        return np.zeros((0, 1, 1)), []
+    return np.concatenate(stacked), labels
+
+
+def sample_grid(prior: np.ndarray | None, originals: np.ndarray | None,
+                reconstructions: np.ndarray | None, path: str | Path, *, title: str,
+                columns: int = 8) -> Path:
+    """Prior samples (left) and test originals above their reconstructions (right), grayscale.
+
+    Each argument is an (n, h, w) array of intensities in [0, 1], or None/empty when absent.
+    """
+    panels: list[tuple[str, np.ndarray, list[str]]] = []
+    if prior is not None and len(prior):
+        panels.append((f"samples from the prior ({len(prior)})", _mosaic(prior, columns), []))
+    if originals is not None and reconstructions is not None and len(originals) \
+            and len(reconstructions):
+        tiles, labels = interleave_rows(originals, reconstructions, columns)
+        pairs = min(len(originals), len(reconstructions))
+        panels.append((f"test images and reconstructions ({pairs})",
+                       _mosaic(tiles, columns), labels))
+    cmap = plt.get_cmap("gray").with_extremes(bad=_SEPARATOR)
+    width = 4.4  # inches per panel; the height follows the mosaics' aspect ratio
+    aspect = max([m.shape[0] / m.shape[1] for _, m, _ in panels] or [1.0])
+    with plt.rc_context({**_STYLE, "axes.grid": False}):
+        fig, axes = plt.subplots(1, max(1, len(panels)),
+                                 figsize=(width * max(1, len(panels)) + 0.4,
+                                          min(12.0, width * aspect + 1.0)), squeeze=False)
+        for ax, (heading, mosaic, labels) in zip(axes[0], panels, strict=False):
+            ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0.0, vmax=1.0,
+                      interpolation="nearest")
+            ax.set_title(heading, fontsize=10)
+            ax.set_xticks([])
+            if labels:
+                h = (mosaic.shape[0] - 1) / len(labels)
+                ax.set_yticks([h * (i + 0.5) for i in range(len(labels))])
+                ax.set_yticklabels(["orig." if lab == "original" else "recon."
+                                    for lab in labels], fontsize=8)
+                ax.tick_params(axis="y", length=0)
+            else:
+                ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+        if not panels:
+            axes[0][0].axis("off")
+        fig.suptitle(title, fontsize=11)
+        return _save(fig, path)
+
+
+def is_png(path: str | Path) -> bool:
+    """Whether the file starts with the PNG signature."""
+    with open(path, "rb") as handle:
+        return handle.read(len(PNG_MAGIC)) == PNG_MAGIC
+
+
+__all__: Sequence[str] = (
+    "DPI", "ll_vs_k", "rate_distortion", "sharpness_vs_beta", "throughput", "learning_curves",
+    "sample_grid", "interleave_rows", "is_png",
+)

@@ -1,0 +1,402 @@
+"""The report: made from the Parquet files alone, tables and plots agree, every image is
+embedded in the HTML, published values are never passed off as reproduced at a smaller budget,
+and older results without the newer metrics or samples still make a report."""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench import plots, report, store
+from bench.config import RunConfig
+from bench.errors import BenchError
+from bench.suite import load_suite, resolve_suite_path
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PROVENANCE = {
+    "git_commit": "0123456789abcdef0123", "git_dirty": False, "python": "3.11.7",
+    "torch": "2.13.0+cpu", "numpy": "2.4.6", "ray": "2.60.0", "hostname": "node-a",
+    "platform": "Linux", "device": "cpu", "device_name": "Test CPU", "cpu_count": 4,
+    "gpu_count": 0, "torch_threads": 1, "start_time": "2026-01-02T03:04:05+00:00",
+    "end_time": "2026-01-02T03:05:05+00:00", "wall_seconds": 60.0,
+}
+SIDE = 8  # the digits are 8x8 images
+
+
+def metrics_for(cfg: RunConfig, *, new: bool = True) -> dict:
+    """Plausible metrics: IWAE-k tighter with k, beta trading rate for distortion."""
+    ll = -30.0 + 0.8 * math.log(cfg.k) - 0.3 * cfg.seed - 2.0 * abs(cfg.beta - 1.0)
+    rate = 6.0 / (0.5 + cfg.beta) + 0.1 * cfg.seed
+    distortion = 22.0 + 3.0 * cfg.beta - 0.2 * cfg.seed
+    values = {
+        "test_ll": ll, "test_elbo": -(rate + distortion), "rate": rate,
+        "distortion": distortion, "ess": 0.2 / cfg.k, "active_units": 6 + cfg.seed,
+        "train_samples_per_s": 50_000.0 / cfg.k + 1000 * cfg.seed,
+        "eval_samples_per_s": 250_000.0, "train_seconds": 0.1 * cfg.k,
+        "eval_seconds": 0.05, "epochs_done": cfg.epochs, "diverged_epoch": None,
+        "final_train_bound": ll - 1.0,
+    }
+    if new:
+        values.update({
+            "blur_data_mean": 0.20, "blur_data_min": 0.10,
+            "blur_prior_mean": 0.20 / (0.5 + 0.2 * cfg.beta),
+            "blur_prior_min": 0.08, "blur_recon_mean": 0.20 / (0.8 + 0.1 * cfg.beta),
+            "blur_recon_min": 0.09, "sharpness_prior": 0.5 + 0.2 * cfg.beta,
+            "sharpness_recon": 0.8 + 0.1 * cfg.beta, "blur_reason": None,
+            "peak_memory_bytes": 123_000_000 + cfg.k * 1_000_000,
+            "flops_per_example": 2.0e6 * cfg.k, "train_flops_per_s": 1.5e9 * cfg.k,
+        })
+    return values
+
+
+def curves_for(cfg: RunConfig) -> list[dict]:
+    return [{"epoch": e, "lr": cfg.lr, "train_bound": -40.0 + 4.0 * e - cfg.seed,
+             "samples_per_s": 40_000.0, "wall_seconds": 0.1 * e}
+            for e in range(1, cfg.epochs + 1)]
+
+
+def samples_for(cfg: RunConfig, n_prior: int = 16, n_recon: int = 8) -> list[dict]:
+    rng = np.random.default_rng(cfg.seed)
+    rows = []
+    for kind, n in (("prior", n_prior), ("original", n_recon), ("reconstruction", n_recon)):
+        for i in range(n):
+            rows.append({"kind": kind, "index": i, "height": SIDE, "width": SIDE,
+                         "pixels": rng.uniform(0, 1, SIDE * SIDE).round(3).tolist()})
+    return rows
+
+
+def write(results: Path, suite: str, variant: str, cfg: RunConfig, *, budget: str,
+          status: str = "finished", new: bool = True, samples: bool = True,
+          error: str | None = None, metrics: dict | None = None) -> None:
+    values = metrics if metrics is not None else metrics_for(cfg, new=new)
+    row = store.run_row(suite=suite, variant=variant, config=cfg, status=status,
+                        metrics=values, provenance=PROVENANCE, error=error,
+                        traceback="Traceback (most recent call last):\n..." if error else None,
+                        budget=budget)
+    images = samples_for(cfg) if samples and status == "finished" else []
+    if images and "samples" in inspect.signature(store.write_run).parameters:
+        store.write_run(results, row, curves_for(cfg), samples=images)
+        return
+    store.write_run(results, row, curves_for(cfg))
+    if images:  # a store without samples support: the same layout, written here
+        folder = results / "samples" / f"suite={suite}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist([{"run_id": cfg.run_id, "suite": suite, **r,
+                                       "schema_version": store.SCHEMA_VERSION}
+                                      for r in images])
+        pq.write_table(table, folder / f"{cfg.run_id}.parquet")
+
+
+@pytest.fixture(scope="module")
+def smoke_suite():
+    return load_suite(resolve_suite_path("smoke"), budget="smoke")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, smoke_suite) -> Path:
+    """The smoke suite at its smoke budget (2 variants x 2 seeds, one seed without the new
+    metrics or samples, one failed and one diverged run), one vae run at the cpu budget,
+    and a suite 'grid' without a suite file, in which k and beta vary."""
+    root = tmp_path_factory.mktemp("results")
+    for v in smoke_suite.variants:
+        old = v.name == "vae" and v.seed == 1  # as written before the new metrics existed
+        write(root, "smoke", v.name, v.config, budget="smoke", new=not old, samples=not old)
+    vae = next(v for v in smoke_suite.variants if v.name == "vae")
+    iwae = next(v for v in smoke_suite.variants if v.name == "iwae-k5")
+    write(root, "smoke", "vae", vae.config.replace(seed=7), budget="smoke", status="failed",
+          error="RuntimeError: out of memory on worker 3\nsecond line", metrics={})
+    write(root, "smoke", "iwae-k5", iwae.config.replace(seed=8), budget="smoke",
+          status="diverged", metrics={"diverged_epoch": 2, "epochs_done": 1})
+    cpu = load_suite(resolve_suite_path("smoke"), budget="cpu")
+    cpu_vae = next(v for v in cpu.variants if v.name == "vae" and v.seed == 0)
+    write(root, "smoke", "vae", cpu_vae.config.replace(epochs=3), budget="cpu")
+
+    base = RunConfig(dataset="digits", hidden=((16,),), latent=(4,), epochs=3, k_eval=10,
+                     train_size=200, test_size=50)
+    for seed in (0, 1):
+        for beta in (0.5, 1.0, 2.0):
+            write(root, "grid", f"vae-beta{beta:g}", base.replace(beta=beta, seed=seed),
+                  budget="smoke")
+        for k in (1, 5, 10):
+            write(root, "grid", f"iwae-k{k}", base.replace(objective="iwae", k=k, seed=seed),
+                  budget="smoke")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(results, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    path = report.build_report(results, out)
+    return path, path.read_text(encoding="utf-8")
+
+
+class ImageCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict] = []
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        elif tag not in ("meta", "br", "hr", "link"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unbalanced </{tag}> (open: {self.stack[-3:]})")
+        else:
+            self.stack.pop()
+
+
+def md_tables(text: str) -> list[list[list[str]]]:
+    """Every GFM table in `text` as rows of cells (header first, the rule row left out)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    for table in tables:  # valid GFM: a rule row of --- cells, the same width everywhere
+        assert all(re.fullmatch(r":?-{3,}:?", c) for c in table[1]), table[1]
+        assert len({len(row) for row in table}) == 1, table
+    return [[t[0], *t[2:]] for t in tables]
+
+
+def section(md: str, suite: str) -> str:
+    """The part of the report about one suite."""
+    start = md.index(f"## Suite {suite}\n")
+    end = md.find("\n## Suite ", start + 1)
+    return md[start:] if end < 0 else md[start:end]
+
+
+def find_table(text: str, first_heading: str, has: str) -> list[list[str]]:
+    for table in md_tables(text):
+        if table[0][0] == first_heading and has in table[0]:
+            return table
+    raise AssertionError(f"no table with headings {first_heading!r}, {has!r}")
+
+
+def test_report_has_summary_tables_per_budget(built, smoke_suite):
+    path, md = built
+    assert path.name == "report.md" and (path.parent / "report.html").is_file()
+    assert "## Suite smoke" in md and "## Suite grid" in md
+    assert "### Summary: budget smoke" in md and "### Summary: budget cpu" in md
+    assert md.index("Summary: budget smoke") < md.index("Summary: budget cpu")  # suite order
+    tables = [t for t in md_tables(section(md, "smoke"))
+              if t[0][:2] == ["variant", "objective"]]
+    smoke, cpu = tables
+    assert smoke[0][:9] == ["variant", "objective", "k", "seeds", "finished", "failed",
+                            "diverged", "test LL (nats)", "ELBO (nats)"]
+    names = [row[0] for row in smoke[1:]]
+    assert names == ["vae", "iwae-k5"]  # every variant, in the suite's order
+    vae = dict(zip(smoke[0], smoke[1], strict=True))
+    assert (vae["seeds"], vae["finished"], vae["failed"], vae["diverged"]) == ("3", "2", "1",
+                                                                                "0")
+    lls = [metrics_for(v.config)["test_ll"] for v in smoke_suite.variants if v.name == "vae"]
+    assert vae["test LL (nats)"] == f"{np.mean(lls):.2f} ± {np.std(lls, ddof=1):.2f}"
+    # the seed without sharpness is left out of the mean, not counted as zero
+    assert vae["sharpness prior"] == "0.700"
+    iwae = dict(zip(smoke[0], smoke[2], strict=True))
+    assert iwae["diverged"] == "1"
+    assert [row[0] for row in cpu[1:]] == ["vae"]  # budgets never pooled
+    assert dict(zip(cpu[0], cpu[1], strict=True))["seeds"] == "1"
+    cost = find_table(section(md, "smoke"), "variant", "train ex/s")
+    assert {"eval ex/s", "peak memory (MB)", "GFLOP/s"} <= set(cost[0])
+    train = dict(zip(cost[0], cost[2], strict=True))["train ex/s"]  # iwae-k5: 10,000 ± 1,000
+    assert re.fullmatch(r"10,500 ± 707", train), train
+
+
+def test_paper_vs_ours_never_calls_a_smaller_budget_a_reproduction(built, smoke_suite):
+    _, md = built
+    reference = smoke_suite.references[0]
+    table = find_table(section(md, "smoke"), "metric", "paper")
+    rows = [dict(zip(table[0], r, strict=True)) for r in table[1:]]
+    assert {r["budget"] for r in rows} == {"smoke", "cpu"}
+    for r in rows:
+        assert r["metric"] == "test\\_nll" or r["metric"] == "test_nll"
+        assert r["paper"] == f"{reference.value:.2f}"
+        assert r["source"] == reference.source
+        assert r["variant"] == "vae"  # match = {objective = "vae"}
+        assert r["comparison"] == f"{r['budget']} budget: not a reproduction"
+        assert "reproduction (paper" not in r["comparison"]
+    smoke = next(r for r in rows if r["budget"] == "smoke")
+    nll = [-metrics_for(v.config)["test_ll"] for v in smoke_suite.variants if v.name == "vae"]
+    assert smoke["ours"] == f"{np.mean(nll):.2f} ± {np.std(nll, ddof=1):.2f}"
+    assert smoke["ours - paper"] == f"{np.mean(nll) - reference.value:+.2f}"
+    assert smoke["seeds"] == "2"
+    assert "No run at the paper budget is stored" in md
+    assert "References unavailable (suite file not found)" in md  # the grid suite
+
+
+def test_reference_rows_label_the_paper_budget_a_reproduction(smoke_suite):
+    vae = next(v for v in smoke_suite.variants if v.name == "vae")
+    row = store.run_row(suite="smoke", variant="vae", config=vae.config, status="finished",
+                        metrics={"test_ll": -26.0}, provenance={}, budget="paper")
+    runs = report.prepare_runs(__import__("pandas").DataFrame([row]))
+    ref = smoke_suite.references[0]
+    (record,) = report.reference_rows(runs, [ref], ["paper"])
+    assert record["verdict"] == "reproduction (paper protocol)"
+    assert record["mean"] == pytest.approx(26.0) and record["diff"] == pytest.approx(1.0)
+    iwae_only = runs.assign(cfg_objective="iwae", cfg_k=5)
+    (missing,) = report.reference_rows(iwae_only, [ref], ["paper"])
+    assert missing["ours"] == "not run" and missing["verdict"].startswith("not run")
+
+
+def test_pngs_exist_and_html_embeds_exactly_them(built):
+    path, md = built
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(linked) == len(set(linked)) >= 8
+    for name in linked:
+        png = path.parent / name
+        assert png.is_file() and "/" not in name  # relative, next to report.md
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000
+        assert plots.is_png(png)
+    page = (path.parent / "report.html").read_text(encoding="utf-8")
+    parser = ImageCollector()
+    parser.feed(page)
+    parser.close()
+    assert not parser.errors and parser.stack == []
+    assert len(parser.images) == len(linked)
+    for img in parser.images:
+        src = img["src"]
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1], validate=True)[:8] == PNG
+        assert img.get("alt")
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert "<style>" in page
+
+
+def test_plots_made_are_those_the_data_supports(built):
+    path, md = built
+    names = set(re.findall(r"\]\(([^)]+\.png)\)", md))
+    # smoke: one k per objective and no beta axis: no LL-vs-k, no rate-distortion
+    assert {"smoke-smoke-throughput.png", "smoke-smoke-learning-curves.png",
+            "smoke-cpu-throughput.png"} <= names
+    assert not any(n.startswith("smoke-smoke-ll-vs-k") or "smoke-smoke-rate" in n
+                   for n in names)
+    # grid: k varies for iwae and beta for vae
+    assert {"grid-smoke-ll-vs-k.png", "grid-smoke-rate-distortion.png",
+            "grid-smoke-sharpness.png", "grid-smoke-throughput.png"} <= names
+    # one sample grid per variant and budget, from the lowest seed with samples
+    assert {"smoke-smoke-samples-vae.png", "smoke-smoke-samples-iwae-k5.png",
+            "smoke-cpu-samples-vae.png"} <= names
+    assert "*Figure" in md and "vae (seed 0, run" in md
+    assert "Figure 1:" in md and "nats" in md
+
+
+def test_failed_and_diverged_runs_are_listed(built):
+    _, md = built
+    table = find_table(md, "variant", "error")
+    rows = [dict(zip(table[0], r, strict=True)) for r in table[1:]]
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert failed["variant"] == "vae" and failed["seed"] == "7"
+    assert failed["error"] == "RuntimeError: out of memory on worker 3"  # first line only
+    diverged = next(r for r in rows if r["status"] == "diverged")
+    assert diverged["variant"] == "iwae-k5" and diverged["diverged at epoch"] == "2"
+
+
+def test_provenance_section(built):
+    _, md = built
+    assert "### Provenance" in md
+    assert "0123456789ab" in md and "torch 2.13.0+cpu" in md and "Ray 2.60.0" in md
+    assert "cpu: Test CPU" in md and "node-a" in md
+    assert "2026-01-02 03:04 UTC to 2026-01-02 03:05 UTC" in md
+
+
+def test_ll_vs_k_plot_data_are_the_summary_means(results):
+    runs = report.prepare_runs(store.load_runs(results, suite="grid"))
+    summary = report.summarize_variants(runs, ["objective", "k", "beta"])
+    data = report.ll_vs_k_data(summary)
+    assert set(data["line"]) == {"VAE", "IWAE"}
+    assert sorted(data.loc[data["objective"] == "iwae", "k"]) == [1, 5, 10]
+    assert list(data.loc[data["objective"] == "vae", "k"]) == [1]  # beta != 1 left out
+    by_variant = summary.set_index("variant")
+    for _, point in data.iterrows():
+        assert point["mean"] == by_variant.loc[point["variant"], "metric_test_ll_mean"]
+        assert point["std"] == by_variant.loc[point["variant"], "metric_test_ll_std"]
+        cfg = RunConfig(dataset="digits", hidden=((16,),), latent=(4,), epochs=3, k_eval=10,
+                        train_size=200, test_size=50, objective=point["objective"],
+                        k=int(point["k"]))
+        lls = [metrics_for(cfg.replace(seed=s))["test_ll"] for s in (0, 1)]
+        assert point["mean"] == pytest.approx(np.mean(lls))
+        assert point["std"] == pytest.approx(np.std(lls, ddof=1))
+    rd = report.rate_distortion_data(summary)
+    assert sorted(rd["beta"]) == [0.5, 1.0, 2.0]
+    row = rd.set_index("beta").loc[2.0]
+    assert row["rate_mean"] == by_variant.loc["vae-beta2", "metric_rate_mean"]
+    sharp = report.sharpness_data(summary).set_index("beta")
+    assert sharp.loc[0.5, "prior_mean"] == pytest.approx(0.6)
+    tp = report.throughput_data(summary).set_index("variant")
+    assert tp.loc["iwae-k5", "mean"] == pytest.approx(np.mean([10_000, 11_000]))
+
+
+def test_stored_configs_are_rebuilt_exactly(results):
+    runs = store.load_runs(results)
+    for _, row in runs.iterrows():
+        config = report.run_config(row)
+        assert config is not None and config.run_id == row["run_id"]
+
+
+def test_older_results_without_new_metrics_or_samples(tmp_path, smoke_suite):
+    for v in smoke_suite.variants:
+        write(tmp_path, "smoke", v.name, v.config, budget="smoke", new=False, samples=False)
+    path = report.build_report(tmp_path, tmp_path / "out", suites=["smoke"])
+    md = path.read_text(encoding="utf-8")
+    assert "Not recorded by these runs: FLOP/s, peak memory, sharpness" in md
+    assert "no sample images stored" in md
+    assert "sharpness prior" not in md and "GFLOP/s" not in md
+    assert "smoke-smoke-throughput.png" in md
+    text = report.summary_text(tmp_path, "smoke")
+    assert "vae" in text and "iwae-k5" in text and "test LL (nats)" in text
+
+
+def test_blur_reason_is_reported(tmp_path):
+    cfg = RunConfig(dataset="digits", hidden=((16,),), latent=(4,), epochs=2, k_eval=10)
+    values = {**metrics_for(cfg), "sharpness_prior": None, "sharpness_recon": None,
+              "blur_reason": "data has no image shape"}
+    write(tmp_path, "nosuite", "vae", cfg, budget="smoke", metrics=values, samples=False)
+    md = report.build_report(tmp_path, tmp_path / "out").read_text(encoding="utf-8")
+    assert "Blur/sharpness not computed: data has no image shape." in md
+
+
+def test_empty_store_or_unknown_suite_is_a_one_line_error(tmp_path, results):
+    with pytest.raises(BenchError, match="no runs") as err:
+        report.build_report(tmp_path / "empty", tmp_path / "out")
+    assert "\n" not in str(err.value)
+    with pytest.raises(BenchError, match="suite 'nope' has no runs") as err:
+        report.build_report(results, tmp_path / "out", suites=["nope"])
+    assert "\n" not in str(err.value) and "grid, smoke" in str(err.value)
+
+
+def test_corrupt_file_is_an_error_unless_skipped(tmp_path, smoke_suite):
+    for v in smoke_suite.variants:
+        write(tmp_path, "smoke", v.name, v.config, budget="smoke", samples=False)
+    bad = tmp_path / "runs" / "suite=smoke" / "0000000000000000.parquet"
+    bad.write_bytes(b"PAR1 truncated")
+    with pytest.raises(BenchError, match="corrupt"):
+        report.build_report(tmp_path, tmp_path / "out")
+    with pytest.warns(UserWarning, match="skipping corrupt"):
+        path = report.build_report(tmp_path, tmp_path / "out", skip_corrupt=True)
+    assert "iwae-k5" in path.read_text(encoding="utf-8")
+
+
+def test_markdown_and_html_escape_text():
+    blocks = [report.Heading(2, "a <b> & c"),
+              report.Table(["x|y", "n"], [["<script>alert(1)</script>", "1"]], [False, True])]
+    md = report.render_markdown(blocks)
+    assert "x\\|y" in md and "<script>" not in md
+    page = report.render_html(blocks, {}, "t")
+    assert "&lt;script&gt;" in page and "<script>" not in page and "a &lt;b&gt; &amp; c" in page

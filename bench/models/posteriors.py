@@ -92,8 +92,3 @@ class GaussianPosterior(nn.Module):
 
 POSTERIORS: dict[str, type[nn.Module]] = {"gaussian": GaussianPosterior}
 
-# Flow posteriors live in bench.models.flows, which imports the names above from this module;
-# importing it last (everything it needs already defined) keeps the import acyclic in effect.
-from bench.models.flows import IAFPosterior, PlanarPosterior, RadialPosterior  # noqa: E402
-
-POSTERIORS.update(planar=PlanarPosterior, radial=RadialPosterior, iaf=IAFPosterior)

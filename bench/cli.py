@@ -33,14 +33,15 @@ FIELD_HELP = {
     "'200,200' or '200,200 100,100' (IWAE 2-layer)",
     "latent": "latent size per stochastic layer, bottom first, e.g. '50' or '100 50'",
     "likelihood": f"p(x|z): {', '.join(LIKELIHOODS)} (gaussian = N(f(z), I), no binarisation)",
-    "posterior": f"q(z|x) family: {', '.join(POSTERIORS)}",
+    "posterior": f"q(z|x) family: {', '.join(POSTERIORS)} (flows: planar, radial, IAF)",
     "objective": f"{', '.join(OBJECTIVES)}: vae = mean of k ELBO terms (beta-weighted KL), "
     "iwae = importance weighted bound",
     "k": "samples per example in the training objective (>= 1)",
     "beta": "weight on the KL term for objective vae (>= 0; 0 = autoencoder, >1 = beta-VAE)",
     "analytic_kl": "closed-form Gaussian KL where it exists (else Monte Carlo)",
     "flow_steps": "steps K of a flow posterior (0 for the plain Gaussian)",
-    "kl_direction": "encoder training: reverse = KL(q||p) through the bound's gradient",
+    "kl_direction": "encoder training: reverse = KL(q||p) through the bound's gradient; "
+    "forward = KL(p||q) by reweighted wake-sleep (objective iwae, gaussian posterior)",
     "schedule": f"{', '.join(SCHEDULES)}: constant = --epochs at --lr; burda = Burda et al.'s "
     "3^i epochs at 1e-3*10^(-i/7), i < --burda-stages (3280 epochs for 8)",
     "burda_stages": "number of stages of the burda schedule",
@@ -166,6 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=None,
                         help="output directory (default: RESULTS/report)")
     _add_skip_corrupt_flag(report)
+
+    toy = commands.add_parser(
+        "toy",
+        help="small experiments with known answers (bimodal: reverse vs forward KL)",
+        description="bimodal: fit one Gaussian q to a target with two well-separated modes "
+        "by reverse KL(q||p) and by forward KL(p||q) (the wake-phi update); print the mass q "
+        "puts on each mode and both KL values, and plot the fitted densities over the target.",
+    )
+    toy.add_argument("name", choices=["bimodal"], help="which toy")
+    toy.add_argument("--out", type=Path, default=Path("results/toys"),
+                     help="directory for the plot (default: results/toys)")
+    toy.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
 
     data = commands.add_parser("data", help="manage data sets (fetch and cache MNIST)")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -303,6 +316,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_toy(args: argparse.Namespace) -> int:
+    from bench.toys import bimodal
+
+    fits, path = bimodal.report(args.out, seed=args.seed)
+    print(f"{'direction':<9}  {'mean':>6}  {'std':>5}  {'q(z<0)':>7}  {'q(z>0)':>7}  "
+          f"{'KL(q||p)':>8}  {'KL(p||q)':>8}")
+    for f in fits:
+        print(f"{f.direction:<9}  {f.mean:6.2f}  {f.std:5.2f}  {f.mass_left:7.1%}  "
+              f"{f.mass_right:7.1%}  {f.kl_reverse:8.3f}  {f.kl_forward:8.3f}")
+    print(f"plot: {path}")
+    return 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from bench.data import fetch_mnist
 
@@ -313,7 +339,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "run": cmd_run, "report": cmd_report,
+    handlers = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "toy": cmd_toy,
                 "data": cmd_data_fetch}
     try:
         return handlers[args.command](args)

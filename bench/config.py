@@ -19,8 +19,8 @@ from bench.errors import BenchError
 
 OBJECTIVES = ("vae", "iwae")
 LIKELIHOODS = ("bernoulli", "gaussian")
-POSTERIORS = ("gaussian",)
-KL_DIRECTIONS = ("reverse",)
+POSTERIORS = ("gaussian", "planar", "radial", "iaf")
+KL_DIRECTIONS = ("reverse", "forward")
 SCHEDULES = ("constant", "burda")
 DATASETS = ("digits", "mnist")
 
@@ -49,7 +49,8 @@ class RunConfig:
     k: int = 1  # samples per example, drawn as one (k, B, z) tensor
     beta: float = 1.0  # weight on the KL term (vae only); beta=0 is the plain autoencoder objective
     analytic_kl: bool = True  # use the closed-form Gaussian KL where it exists
-    # how the encoder is trained: reverse = KL(q||p) via the bound's own gradient
+    # how the encoder is trained: reverse = KL(q||p) through the bound's own gradient;
+    # forward = KL(p||q) by the reweighted wake-sleep wake-phi update (objective iwae)
     kl_direction: str = "reverse"
 
     # --- optimisation (Burda et al. 2015: Adam, beta1=0.9, beta2=0.999, eps=1e-4)
@@ -222,6 +223,11 @@ def _validate(cfg: RunConfig) -> None:
         raise BenchError("key 'flow_steps' needs a flow posterior (posterior 'gaussian' has none)")
     if cfg.posterior != "gaussian" and cfg.flow_steps < 1:
         raise BenchError(f"key 'flow_steps' must be >= 1 for posterior '{cfg.posterior}'")
+    if cfg.kl_direction == "forward" and (cfg.objective != "iwae" or cfg.posterior != "gaussian"):
+        raise BenchError(
+            "key 'kl_direction' = 'forward' needs objective 'iwae' (the decoder trains on the "
+            "IWAE bound) and posterior 'gaussian' (log q at a fixed sample)"
+        )
     if cfg.beta < 0:
         raise BenchError(f"key 'beta' must be >= 0, got {cfg.beta:g}")
     if cfg.objective == "iwae" and cfg.beta != 1.0:

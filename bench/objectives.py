@@ -6,6 +6,10 @@ All use the k samples as one (k, B) tensor; none loops over k.
     vae   (1/k) sum_i [log p(x|z_i)] - beta * KL(q(z|x) || p(z))   (Kingma & Welling 2014;
           beta-VAE: Higgins et al. 2017; k > 1 is Burda et al.'s VAE-k, the mean of k ELBOs)
     iwae  log (1/k) sum_i p(x, z_i) / q(z_i|x)                      (Burda et al. 2015)
+
+With kl_direction = "forward" the decoder still ascends the IWAE bound while the encoder
+follows the reweighted wake-sleep wake-phi update (Le et al. 2019), which descends the
+inclusive KL(p(z|x) || q(z|x)); the model then draws samples no gradient flows through.
 """
 
 from __future__ import annotations
@@ -43,11 +47,31 @@ def iwae_bound(sample: ModelSample) -> torch.Tensor:
     return log_mean_exp(sample.log_weights, dim=0)
 
 
+def wake_phi_surrogate(log_weights: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """(B,) surrogate whose gradient is the reweighted wake-sleep wake-phi update
+    (Bornschein & Bengio 2015; Le et al. 2019): sum_i w_i grad log q(z_i|x) with the
+    self-normalised importance weights w_i held constant. Its gradient descends the
+    inclusive (forward) KL(p(z|x) || q(z|x)); `log_q` must be evaluated at samples the
+    gradient does not flow through. Its value is not a bound; add it as `s - s.detach()`."""
+    weights = torch.softmax(log_weights.detach(), dim=0)  # (k, B), sums to 1 over k
+    return (weights * log_q).sum(0)
+
+
 Objective = Callable[[ModelSample], torch.Tensor]
+
+
+def forward_kl_iwae_bound(sample: ModelSample) -> torch.Tensor:
+    """(B,) the IWAE bound's value; gradients: the decoder's IWAE gradient and, for q,
+    the wake-phi update. Needs samples drawn with `detach_samples=True`."""
+    decoder_bound = log_mean_exp(sample.log_px_given_z + sample.log_pz - sample.log_qz.detach())
+    wake_phi = wake_phi_surrogate(sample.log_weights, sample.log_qz)
+    return decoder_bound + (wake_phi - wake_phi.detach())
 
 
 def objective_for(cfg: RunConfig) -> Objective:
     """The per-example bound to maximise for this config."""
+    if cfg.kl_direction == "forward":
+        return forward_kl_iwae_bound
     builders: dict[str, Callable[[], Objective]] = {
         "vae": lambda: lambda s: vae_bound(s, cfg.beta, cfg.analytic_kl),
         "iwae": lambda: iwae_bound,

@@ -443,9 +443,12 @@ def _images(rows: pd.DataFrame) -> np.ndarray:
 
 
 def reference_value_column(metric: str) -> tuple[str, float]:
-    """(runs column, sign) giving a reference metric from our runs: test_nll is -test_ll."""
+    """(runs column, sign) giving a reference metric from our runs: test_nll is -test_ll,
+    test_nelbo (a bound on -log p(x), as flow papers report) is -test_elbo."""
     if metric in ("test_nll", "nll"):
         return "metric_test_ll", -1.0
+    if metric == "test_nelbo":
+        return "metric_test_elbo", -1.0
     return (metric if metric.startswith("metric_") else f"metric_{metric}"), 1.0
 
 

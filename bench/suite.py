@@ -530,10 +530,17 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
     layers are merged; this catches a bad value even where a later layer overrides it.
     """
     values: dict[str, Any] = {key: value}
+    # companions that make a lone value a valid config where a rule ties it to another key
     if key == "latent" and isinstance(value, list):  # keep hidden/latent layer counts equal
         values["hidden"] = [[1]] * len(value)
     elif key == "hidden" and isinstance(value, list):
         values["latent"] = [1] * len(value)
+    elif key == "posterior" and value != "gaussian":
+        values["flow_steps"] = 1
+    elif key == "flow_steps" and value != 0:
+        values["posterior"] = "planar"
+    elif key == "kl_direction" and value == "forward":
+        values["objective"] = "iwae"
     config_from_dict(values, where=f"{where}: {table}")
 
 

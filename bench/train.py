@@ -94,10 +94,11 @@ def training_step(
     xb: torch.Tensor,
     k: int,
     generator: torch.Generator | None = None,
+    detach_samples: bool = False,
 ) -> torch.Tensor:
     """One Adam step on minibatch xb (B, D); returns the loss (negative mean bound) as a
     0-d tensor still on the device, so the caller decides when to synchronise."""
-    loss = -bound_fn(model(xb, k, generator=generator)).mean()
+    loss = -bound_fn(model(xb, k, generator=generator, detach_samples=detach_samples)).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -164,7 +165,8 @@ def train(
             xb = x_train[order[lo : lo + cfg.batch_size]]
             if dataset.binarized:
                 xb = binarize_dynamic(xb, generator)
-            loss = training_step(model, optimizer, bound_fn, xb, cfg.k, generator)
+            loss = training_step(model, optimizer, bound_fn, xb, cfg.k, generator,
+                                 detach_samples=cfg.kl_direction == "forward")
             loss_sum += loss * xb.shape[0]
         mean_loss = float(loss_sum) / n  # the one host sync per epoch
         now = time.perf_counter()

@@ -47,7 +47,7 @@ def blur_metrics(
     images = {
         "data": data[:n].to(device),
         "prior": model.sample_prior(n, generator=generator),
-        "recon": model.reconstruct(dataset.test[:n].to(device)),
+        "recon": model.reconstruct(dataset.test[:n].to(device), generator=generator),
     }
     out: dict = {"blur_reason": None}
     for which, x in images.items():
@@ -76,7 +76,7 @@ def sample_records(
     kinds = {
         "prior": model.sample_prior(n_prior, generator=generator),
         "original": originals,
-        "reconstruction": model.reconstruct(originals),
+        "reconstruction": model.reconstruct(originals, generator=generator),
     }
     return [
         {"kind": kind, "index": i, "height": h, "width": w,

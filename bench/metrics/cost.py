@@ -19,10 +19,14 @@ def _linear_macs(module: nn.Module) -> int:
 def training_flops_per_example(model: LatentVariableModel, k: int) -> float:
     """Analytic FLOPs of one training example: matmuls only (2 FLOPs per multiply-add),
     forward + backward ~= 3x forward. q(z_1|x) runs once per example; every network that
-    takes a sample (upper encoders, priors, the decoder) runs k times."""
-    first = _linear_macs(model.encoders[0])
+    takes a sample (upper encoders, priors, the decoder, IAF's MADEs) runs k times. The
+    elementwise work of planar and radial steps (O(d) per sample) is not counted."""
+    made = getattr(model.encoders[0], "made_steps", None)  # IAF: MADEs act on each sample
+    made_macs = _linear_macs(made) if made is not None else 0
+    first = _linear_macs(model.encoders[0]) - made_macs
     per_sample = (
-        sum(_linear_macs(e) for e in model.encoders[1:])
+        made_macs
+        + sum(_linear_macs(e) for e in model.encoders[1:])
         + sum(_linear_macs(p) for p in model.priors)
         + _linear_macs(model.decoder)
     )

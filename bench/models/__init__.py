@@ -19,6 +19,7 @@ def build_model(cfg: RunConfig, n_data: int, seed: int | None = None) -> LatentV
             latent=cfg.latent,
             likelihood=cfg.likelihood,
             posterior=cfg.posterior,
+            flow_steps=cfg.flow_steps,
         )
 
 

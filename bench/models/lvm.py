@@ -112,15 +112,22 @@ class LatentVariableModel(nn.Module):
         self.analytic_kl_available = len(latent) == 1
 
     def forward(
-        self, x: torch.Tensor, k: int, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        k: int,
+        generator: torch.Generator | None = None,
+        detach_samples: bool = False,
     ) -> ModelSample:
-        """Draw k samples per example of x (B, D); all tensors in the result are (k, B, ...)."""
+        """Draw k samples per example of x (B, D); all tensors in the result are (k, B, ...).
+        `detach_samples` (Gaussian posteriors): gradients reach q only through log q at
+        fixed samples, for the forward-KL (wake-phi) update."""
+        extra = {"detach_sample": True} if detach_samples else {}
         log_qz = x.new_zeros(())
         zs, z_means = [], []
         kl = None
         h, draws = x, k
         for encoder in self.encoders:
-            sample = encoder(h, draws, generator=generator)
+            sample = encoder(h, draws, generator=generator, **extra)
             log_qz = log_qz + sample.log_q
             zs.append(sample.z)
             z_means.append(sample.mean)
@@ -153,9 +160,11 @@ class LatentVariableModel(nn.Module):
         return self.decoder.mean(z)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder means at the posterior mean of z_1 (one deterministic pass), (B, D)."""
-        mean = self.encoders[0](x, 1).mean[0]
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None
+                    ) -> torch.Tensor:
+        """Decoder means at E_q[z_1|x] (B, D): exact for the Gaussian; for a flow posterior,
+        whose mean has no closed form, at one draw of z_1 from `generator`."""
+        mean = self.encoders[0](x, 1, generator=generator).mean[0]
         return self.decoder.mean(mean)
 
 

@@ -73,17 +73,26 @@ class GaussianPosterior(nn.Module):
         self.net = ConditionalGaussian(n_in, hidden, n_latent)
 
     def forward(
-        self, h: torch.Tensor, k: int | None, generator: torch.Generator | None = None
+        self,
+        h: torch.Tensor,
+        k: int | None,
+        generator: torch.Generator | None = None,
+        detach_sample: bool = False,
     ) -> PosteriorSample:
         """Sample from q(z|h). h is (B, n_in) with k samples drawn per row, or already
-        (k, B, n_in) (one sample per row, k=None) when this layer sits on top of another."""
+        (k, B, n_in) (one sample per row, k=None) when this layer sits on top of another.
+        With `detach_sample` no gradient flows through z and log q is that of the fixed
+        sample (its gradient is the score, as the wake-phi update needs)."""
         mean, logvar, _ = self.net.params(h)
         shape = (k, *mean.shape) if k is not None else mean.shape
         eps = torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
         std = torch.exp(0.5 * logvar)
         z = mean + std * eps  # (k, B, d)
-        # log q at the reparameterised sample, written via eps: identical value and gradient.
-        log_q = -0.5 * (eps**2 + logvar + LOG_2PI).sum(-1)
+        if detach_sample:
+            z = z.detach()
+            log_q = gaussian_log_prob(z, mean, logvar)  # mean (B, d) broadcasts over k
+        else:  # log q at the reparameterised sample via eps: identical value and gradient
+            log_q = -0.5 * (eps**2 + logvar + LOG_2PI).sum(-1)
         kl = 0.5 * (mean**2 + torch.exp(logvar) - 1.0 - logvar).sum(-1)
         return PosteriorSample(
             z=z, log_q=log_q, mean=mean if k is None else mean.unsqueeze(0), kl_standard_normal=kl
@@ -92,3 +101,9 @@ class GaussianPosterior(nn.Module):
 
 POSTERIORS: dict[str, type[nn.Module]] = {"gaussian": GaussianPosterior}
 
+# Flow posteriors live in bench.models.flows, which imports the names above from this module.
+# Imported last, once everything it needs is defined. This relies on this module being loaded
+# before flows, which bench/models/__init__.py guarantees (it imports lvm, which imports us).
+from bench.models.flows import IAFPosterior, PlanarPosterior, RadialPosterior  # noqa: E402
+
+POSTERIORS.update(planar=PlanarPosterior, radial=RadialPosterior, iaf=IAFPosterior)

@@ -1,0 +1,138 @@
+"""Reverse vs forward KL on a target with two well-separated modes.
+
+The target p(z) = 1/2 N(-m, s^2) + 1/2 N(m, s^2) is fitted by a single Gaussian
+q(z) = N(mu, sigma^2) from the same start in two ways:
+
+    reverse  min KL(q || p): the ELBO/IWAE direction, reparameterised gradient of
+             E_q[log q(z) - log p(z)]; mode-seeking, q settles on one mode.
+    forward  min KL(p || q): the reweighted wake-sleep wake-phi update with k samples from
+             q and self-normalised weights p(z_i)/q(z_i) (`wake_phi_surrogate`, the same
+             function the forward-KL encoder uses); mass-covering, q spans both modes.
+
+`fit` returns the fitted q, the probability mass it puts on each mode (z < 0, z > 0) and
+both KL values computed by quadrature on a fine grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.objectives import wake_phi_surrogate
+
+DIRECTIONS = ("reverse", "forward")
+
+
+@dataclass(frozen=True)
+class Target:
+    separation: float = 4.0  # m: the modes sit at -m and +m
+    scale: float = 0.6  # s: each mode's standard deviation
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        modes = torch.stack([z + self.separation, z - self.separation])
+        log_component = -0.5 * (modes / self.scale) ** 2 - math.log(
+            self.scale * math.sqrt(2 * math.pi))
+        return torch.logsumexp(log_component, dim=0) - math.log(2.0)
+
+
+@dataclass(frozen=True)
+class Fit:
+    direction: str
+    mean: float
+    std: float
+    mass_left: float  # q(z < 0)
+    mass_right: float  # q(z > 0)
+    kl_reverse: float  # KL(q || p), nats
+    kl_forward: float  # KL(p || q), nats
+
+    @property
+    def mass_on_dominant_mode(self) -> float:
+        return max(self.mass_left, self.mass_right)
+
+
+def fit(
+    direction: str,
+    target: Target = Target(),
+    *,
+    steps: int = 2000,
+    k: int = 64,
+    lr: float = 0.05,
+    start: tuple[float, float] = (0.5, 0.0),
+    seed: int = 0,
+) -> Fit:
+    """Fit q = N(mu, sigma^2) to `target` by `direction` KL from (mu, log sigma) = `start`."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    generator = torch.Generator().manual_seed(seed)
+    params = torch.tensor(start, dtype=torch.float64, requires_grad=True)  # (mu, log sigma)
+    optimizer = torch.optim.Adam([params], lr=lr)
+    for _ in range(steps):
+        mu, log_sigma = params[0], params[1]
+        eps = torch.randn(k, generator=generator, dtype=torch.float64)
+        z = mu + torch.exp(log_sigma) * eps  # (k,)
+        if direction == "reverse":
+            log_q = -0.5 * eps**2 - log_sigma - 0.5 * math.log(2 * math.pi)
+            loss = (log_q - target.log_prob(z)).mean()
+        else:
+            z = z.detach()
+            log_q = _normal_log_prob(z, mu, log_sigma)
+            log_w = target.log_prob(z) - log_q
+            loss = -wake_phi_surrogate(log_w.unsqueeze(1), log_q.unsqueeze(1)).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    mu, sigma = (float(v) for v in (params[0].detach(), torch.exp(params[1].detach())))
+    return _describe(direction, target, mu, sigma)
+
+
+def density_grid(target: Target, fitted: Fit, n: int = 4001) -> dict[str, torch.Tensor]:
+    """z, target density and fitted density on a grid covering both modes (for plots)."""
+    reach = max(target.separation + 4 * target.scale, abs(fitted.mean) + 4 * fitted.std)
+    z = torch.linspace(-reach, reach, n, dtype=torch.float64)
+    log_q = _normal_log_prob(z, torch.tensor(fitted.mean), torch.tensor(math.log(fitted.std)))
+    return {"z": z, "target": target.log_prob(z).exp(), "fitted": log_q.exp()}
+
+
+def _normal_log_prob(z, mu, log_sigma):
+    return -0.5 * ((z - mu) / torch.exp(log_sigma)) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
+
+
+def _describe(direction: str, target: Target, mu: float, sigma: float) -> Fit:
+    normal = torch.distributions.Normal(torch.tensor(mu, dtype=torch.float64),
+                                        torch.tensor(sigma, dtype=torch.float64))
+    left = float(normal.cdf(torch.tensor(0.0, dtype=torch.float64)))
+    # quadrature over a grid covering both modes and q's bulk
+    reach = max(target.separation + 10 * target.scale, abs(mu) + 10 * sigma)
+    z = torch.linspace(-reach, reach, 40001, dtype=torch.float64)
+    dz = z[1] - z[0]
+    log_p, log_q = target.log_prob(z), normal.log_prob(z)
+    p, q = log_p.exp(), log_q.exp()
+    kl_reverse = float(torch.sum(q * (log_q - log_p)) * dz)
+    kl_forward = float(torch.sum(p * (log_p - log_q)) * dz)
+    return Fit(direction, mu, sigma, left, 1.0 - left, kl_reverse, kl_forward)
+
+
+def report(out: Path, target: Target = Target(), seed: int = 0) -> tuple[list[Fit], Path]:
+    """Fit both directions, plot the fitted densities over the target into `out`, and
+    return the fits and the PNG's path."""
+    from bench import plots
+
+    fits = [fit(direction, target, seed=seed) for direction in DIRECTIONS]
+    grids = {f.direction: density_grid(target, f) for f in fits}
+    reach = max(float(g["z"].abs().max()) for g in grids.values())
+    z = torch.linspace(-reach, reach, 4001, dtype=torch.float64)
+    fitted = {
+        f.direction: _normal_log_prob(z, torch.tensor(f.mean), torch.tensor(math.log(f.std)))
+        .exp().numpy()
+        for f in fits
+    }
+    labels = {f.direction: f"{f.direction} KL: N({f.mean:.2f}, {f.std:.2f}^2), "
+              f"mass {f.mass_left:.0%} / {f.mass_right:.0%}" for f in fits}
+    out.mkdir(parents=True, exist_ok=True)
+    path = plots.bimodal_fits(z.numpy(), target.log_prob(z).exp().numpy(), fitted, labels,
+                              out / "bimodal-toy.png",
+                              title="One Gaussian fitted to two modes: reverse vs forward KL")
+    return fits, path

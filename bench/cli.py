@@ -170,12 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     toy = commands.add_parser(
         "toy",
-        help="small experiments with known answers (bimodal: reverse vs forward KL)",
+        help="small experiments with known answers: reverse vs forward KL",
         description="bimodal: fit one Gaussian q to a target with two well-separated modes "
         "by reverse KL(q||p) and by forward KL(p||q) (the wake-phi update); print the mass q "
-        "puts on each mode and both KL values, and plot the fitted densities over the target.",
+        "puts on each mode and both KL values, and plot the fitted densities over the target. "
+        "gmm: the Gaussian mixture of Le et al. 2019 (20 components, means 10c, std 5, weights "
+        "proportional to c+5) learned by IWAE (reverse) and RWS (forward) with K in "
+        "{2, 5, 10, 20}; print the mixture-weight error and the exact posterior KL of q.",
     )
-    toy.add_argument("name", choices=["bimodal"], help="which toy")
+    toy.add_argument("name", choices=["bimodal", "gmm"], help="which toy")
+    toy.add_argument("--iterations", type=int, default=1500,
+                     help="gmm: training iterations of 100 examples (default: 1500)")
     toy.add_argument("--out", type=Path, default=Path("results/toys"),
                      help="directory for the plot (default: results/toys)")
     toy.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -317,8 +322,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
-    from bench.toys import bimodal
+    from bench.toys import bimodal, gmm
 
+    if args.name == "gmm":
+        if args.iterations < 1:
+            raise BenchError(f"--iterations must be >= 1, got {args.iterations}")
+        print(f"{'K':>3}  {'direction':<9}  {'weight error':>12}  {'KL(p(c|x)||q)':>13}")
+        for particles in (2, 5, 10, 20):
+            for direction in gmm.DIRECTIONS:
+                r = gmm.train(direction, particles, iterations=args.iterations, seed=args.seed)
+                print(f"{particles:>3}  {direction:<9}  {r.mixture_weight_error:12.4f}  "
+                      f"{r.posterior_kl:13.4f}", flush=True)
+        return 0
     fits, path = bimodal.report(args.out, seed=args.seed)
     print(f"{'direction':<9}  {'mean':>6}  {'std':>5}  {'q(z<0)':>7}  {'q(z>0)':>7}  "
           f"{'KL(q||p)':>8}  {'KL(p||q)':>8}")

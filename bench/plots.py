@@ -173,6 +173,29 @@ def throughput(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
         return _save(fig, path)
 
 
+def posterior_bounds(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Per variant: test LL and ELBO as points with std error bars (nats, higher better).
+
+    `data`: columns variant, ll_mean, ll_std, elbo_mean, elbo_std.
+    """
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.8, max(2.6, 0.45 * len(data) + 1.4)))
+        y = np.arange(len(data))
+        ax.errorbar(data["ll_mean"], y - 0.12, xerr=data["ll_std"].fillna(0.0), fmt="o",
+                    capsize=3, label="test log-likelihood (IWAE, k_eval)")
+        ax.errorbar(data["elbo_mean"], y + 0.12, xerr=data["elbo_std"].fillna(0.0), fmt="s",
+                    capsize=3, label="test ELBO")
+        ax.set_yticks(y)
+        ax.set_yticklabels([str(v) for v in data["variant"]])
+        ax.invert_yaxis()
+        ax.set_xlabel("nats per example (higher is better)")
+        ax.set_title(title)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8,
+                  frameon=False)
+        fig.subplots_adjust(bottom=0.22)
+        return _save(fig, path)
+
+
 def learning_curves(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
     """Training bound against epoch, one line per variant (mean over seeds).
 

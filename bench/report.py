@@ -361,6 +361,24 @@ def throughput_data(summary: pd.DataFrame) -> pd.DataFrame | None:
     })
 
 
+def posterior_bounds_data(summary: pd.DataFrame) -> pd.DataFrame | None:
+    """Test LL and ELBO per variant when the posterior family varies (what a flow buys).
+    Columns: variant, ll_mean, ll_std, elbo_mean, elbo_std; None otherwise."""
+    needed = {"cfg_posterior", "metric_test_ll_mean", "metric_test_elbo_mean"}
+    if summary.empty or not needed <= set(summary.columns):
+        return None
+    table = summary[summary["metric_test_ll_mean"].notna()]
+    if table["cfg_posterior"].nunique() < 2:
+        return None
+    return pd.DataFrame({
+        "variant": table["variant"].to_numpy(),
+        "ll_mean": table["metric_test_ll_mean"].to_numpy(dtype=float),
+        "ll_std": table["metric_test_ll_std"].to_numpy(dtype=float),
+        "elbo_mean": table["metric_test_elbo_mean"].to_numpy(dtype=float),
+        "elbo_std": table["metric_test_elbo_std"].to_numpy(dtype=float),
+    })
+
+
 def curve_data(runs: pd.DataFrame, curves: pd.DataFrame,
                order: Sequence[str] = ()) -> pd.DataFrame | None:
     """Mean training bound over the finished seeds per variant and epoch.
@@ -972,6 +990,15 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
         else:
             report.add(Paragraph("Sharpness vs beta: no sharpness recorded by these runs.",
                                  emphasis=True))
+
+    bounds = posterior_bounds_data(summary)
+    if bounds is not None:
+        report.figure(
+            f"{stem}-posteriors",
+            f"Test log-likelihood (IWAE estimate) and ELBO per posterior ({where}; {seeds}): "
+            "a richer q closes the gap between the ELBO and log p(x).",
+            f"What the posterior buys ({name}, {budget})",
+            lambda path, title: plots.posterior_bounds(bounds, path, title=title))
 
     table = throughput_data(summary)
     if table is not None:

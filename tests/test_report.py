@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -400,3 +401,16 @@ def test_markdown_and_html_escape_text():
     assert "x\\|y" in md and "<script>" not in md
     page = report.render_html(blocks, {}, "t")
     assert "&lt;script&gt;" in page and "<script>" not in page and "a &lt;b&gt; &amp; c" in page
+
+
+def test_posterior_bounds_plot_only_when_the_posterior_varies_and_shows_the_means():
+    summary = pd.DataFrame({
+        "variant": ["gaussian", "planar-k8"],
+        "cfg_posterior": ["gaussian", "planar"],
+        "metric_test_ll_mean": [-100.0, -98.0], "metric_test_ll_std": [0.5, float("nan")],
+        "metric_test_elbo_mean": [-104.0, -99.5], "metric_test_elbo_std": [0.1, 0.2],
+    })
+    data = report.posterior_bounds_data(summary).set_index("variant")
+    assert data.loc["planar-k8", "ll_mean"] == -98.0
+    assert data.loc["gaussian", "elbo_mean"] == -104.0
+    assert report.posterior_bounds_data(summary.iloc[:1]) is None  # one family: no plot

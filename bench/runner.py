@@ -182,6 +182,7 @@ def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) ->
             elif options.executor == "local":
                 for task in tasks:
                     progress.running = 1
+                    progress.refresh()
                     land(task, execute(task, device=None))
             else:
                 _run_on_ray(tasks, options, land, progress)
@@ -292,7 +293,7 @@ class Progress:
 
     def refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self._line())
+            self._live.update(self._line(), refresh=True)
 
     def landed(self, variant: Variant, row: dict) -> None:
         if not self.enabled:

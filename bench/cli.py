@@ -94,8 +94,9 @@ def _show(value: object) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaebench",
-        description="Benchmark and reproduce latent-variable generative models "
-        "(VAE, IWAE-k, beta-VAE): train, evaluate, compare.",
+        description="Benchmark and reproduce latent-variable generative models (VAE, IWAE-k, "
+        "beta-VAE, flow posteriors, forward vs reverse KL): train one variant, run a suite's "
+        "grid on Ray, and report the stored results beside published values.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -170,21 +170,20 @@ def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) ->
 
     def land(task: RunTask, landed: Landed) -> None:
         row = landed.row
+        # --force replaces a finished result only with a new finished one, never a failure
         store.write_run(options.results, row, landed.curves, samples=landed.samples,
-                        replace_finished=options.force)
+                        replace_finished=options.force and row["status"] == "finished")
         summary.statuses[row["status"]] = summary.statuses.get(row["status"], 0) + 1
         progress.landed(task.variant, row)
 
     with progress:
         try:
-            if not tasks:
-                pass
-            elif options.executor == "local":
+            if options.executor == "local":
                 for task in tasks:
                     progress.running = 1
                     progress.refresh()
                     land(task, execute(task, device=None))
-            else:
+            elif tasks:
                 _run_on_ray(tasks, options, land, progress)
         except KeyboardInterrupt:
             summary.interrupted = True

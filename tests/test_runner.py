@@ -269,3 +269,24 @@ epochs = 100000
     assert set(runs["run_id"]) == fast_ids and (runs["status"] == "finished").all()
     to_run, cached = plan(load_suite(path), results)
     assert {v.name for v in to_run} == {"slow"} and {v.run_id for v in cached} == fast_ids
+
+
+def test_force_reruns_but_a_failed_rerun_never_replaces_a_finished_result(tmp_path, monkeypatch):
+    import bench.runner as runner
+
+    suite = load_suite(resolve_suite_path("smoke"), budget="smoke")
+    options = RunOptions(results=tmp_path, executor="local", show_progress=False)
+    run_suite(suite, options, filters=["seed=0", "name=vae"])
+    before = store.load_runs(tmp_path, suite="smoke")
+    assert list(before["status"]) == ["finished"]
+
+    def broken_train(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr("bench.train.train", broken_train)
+    forced = RunOptions(results=tmp_path, executor="local", show_progress=False, force=True)
+    summary = runner.run_suite(suite, forced, filters=["seed=0", "name=vae"])
+    assert summary.statuses == {"failed": 1}
+    after = store.load_runs(tmp_path, suite="smoke")
+    assert list(after["status"]) == ["finished"]
+    assert after["metric_test_ll"].equals(before["metric_test_ll"])

@@ -26,7 +26,8 @@ from bench.runner import DEFAULT_GPU_FRACTION
 
 # Help for every RunConfig field; the train command gets one flag per field.
 FIELD_HELP = {
-    "dataset": f"data set: {', '.join(DATASETS)} (digits is embedded; mnist is fetched once)",
+    "dataset": f"data set: {', '.join(DATASETS)} (digits is embedded; mnist is fetched once; "
+    "gmm and bimodal are the toys of `vaebench toy`)",
     "train_size": "use only the first N training examples (fast runs); default all",
     "test_size": "evaluate on the first N test examples only; default all",
     "hidden": "deterministic hidden sizes per stochastic layer, bottom first, e.g. "
@@ -53,6 +54,7 @@ FIELD_HELP = {
     "adam_eps": "Adam epsilon (1e-4 as in Burda et al.)",
     "seed": "seed for initialisation, shuffling, binarisation and sampling",
     "k_eval": "importance samples per test example for the log-likelihood estimate",
+    "iterations": "optimisation steps of a toy (datasets gmm, bimodal); 0 otherwise",
 }
 
 

@@ -49,8 +49,12 @@ def _plain_number(value: float, _pos: object = None) -> str:
     return f"{value:g}"
 
 
-def ll_vs_k(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
-    """Test log-likelihood against k (log scale), one line per `line`, error bars = std.
+def ll_vs_k(data: pd.DataFrame, path: str | Path, *, title: str,
+            ylabel: str = "test log-likelihood (nats, higher is better)",
+            xlabel: str = "k (samples per example in the training objective, log scale)",
+            ) -> Path:
+    """A metric (default: test log-likelihood) against k (log scale), one line per `line`,
+    error bars = std.
 
     `data`: columns line, k, mean, std, seeds (see `bench.report.ll_vs_k_data`).
     """
@@ -74,8 +78,8 @@ def ll_vs_k(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
             ax.set_xlim(ks[0] / 2, ks[0] * 2)
         else:
             ax.set_xlim(min(ks) / 1.5, max(ks) * 1.5)
-        ax.set_xlabel("k (samples per example in the training objective, log scale)")
-        ax.set_ylabel("test log-likelihood (nats, higher is better)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.legend(loc="best")
         return _save(fig, path)

@@ -75,6 +75,12 @@ QUALITY_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("metric_ess", "ESS / k_eval", 3),
     MetricSpec("metric_sharpness_prior", "sharpness prior", 3),
     MetricSpec("metric_sharpness_recon", "sharpness recon", 3),
+    # toys (bench.toys): how well q matches the exact posterior / which modes it covers
+    MetricSpec("metric_posterior_kl", "KL(p(z|x)||q) (nats)", 3),
+    MetricSpec("metric_mixture_weight_error", "mixture weight error", 4),
+    MetricSpec("metric_mass_dominant_mode", "q mass on dominant mode", 3),
+    MetricSpec("metric_kl_reverse", "KL(q||p) (nats)", 3),
+    MetricSpec("metric_kl_forward", "KL(p||q) (nats)", 3),
 )
 #: what it costs
 COST_METRICS: tuple[MetricSpec, ...] = (
@@ -277,6 +283,25 @@ def ll_vs_k_data(summary: pd.DataFrame) -> pd.DataFrame | None:
         "mean": table["metric_test_ll_mean"].to_numpy(dtype=float),
         "std": table["metric_test_ll_std"].to_numpy(dtype=float),
         "seeds": table["metric_test_ll_n"].to_numpy(),
+        "variant": table["variant"].to_numpy(),
+    })
+
+
+def posterior_kl_vs_k_data(summary: pd.DataFrame) -> pd.DataFrame | None:
+    """The mixture toy: exact KL(p(c|x) || q(c|x)) against the particles K, one line per
+    kl_direction. Same columns as `ll_vs_k_data`; None without such runs."""
+    needed = {"cfg_k", "cfg_kl_direction", "metric_posterior_kl_mean"}
+    if summary.empty or not needed <= set(summary.columns):
+        return None
+    table = summary[summary["metric_posterior_kl_mean"].notna()]
+    if table.empty or table["cfg_k"].nunique() < 2:
+        return None
+    return pd.DataFrame({
+        "line": [f"{d} KL" for d in table["cfg_kl_direction"]],
+        "k": table["cfg_k"].astype(int).to_numpy(),
+        "mean": table["metric_posterior_kl_mean"].to_numpy(dtype=float),
+        "std": table["metric_posterior_kl_std"].to_numpy(dtype=float),
+        "seeds": table["metric_posterior_kl_n"].to_numpy(),
         "variant": table["variant"].to_numpy(),
     })
 
@@ -968,6 +993,18 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
             "beta = 1).",
             f"Test log-likelihood vs k ({name}, {budget})",
             lambda path, title: plots.ll_vs_k(table, path, title=title))
+
+    table = posterior_kl_vs_k_data(summary)
+    if table is not None:
+        report.figure(
+            f"{stem}-posterior-kl-vs-k",
+            "Gaussian mixture of Le et al. 2019: exact KL(p(c|x) || q(c|x)) of the learned "
+            f"inference network against the particles K, reverse (IWAE) vs forward (RWS) "
+            f"({where}; {seeds}). Lower is a better inference network.",
+            f"Inference network quality vs K ({name}, {budget})",
+            lambda path, title: plots.ll_vs_k(
+                table, path, title=title, ylabel="KL(p(c|x) || q(c|x)) (nats, lower is better)",
+                xlabel="K (particles, log scale)"))
 
     table = rate_distortion_data(summary)
     if table is not None:

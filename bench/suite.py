@@ -65,7 +65,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig, config_from_dict
+from bench.config import TOY_DATASETS, RunConfig, config_from_dict
 from bench.errors import BenchError
 
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
@@ -541,6 +541,10 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
         values["posterior"] = "planar"
     elif key == "kl_direction" and value == "forward":
         values["objective"] = "iwae"
+    elif key == "dataset" and value in TOY_DATASETS:
+        values.update(iterations=1, objective="iwae")
+    elif key == "iterations" and value != 0:
+        values.update(dataset=TOY_DATASETS[0], objective="iwae")
     config_from_dict(values, where=f"{where}: {table}")
 
 

@@ -70,7 +70,11 @@ def test_a_field_added_later_does_not_change_existing_run_ids(monkeypatch):
     import bench.config as config
 
     cfg = RunConfig(objective="iwae", k=5)
-    without = {k: v for k, v in cfg.to_dict().items() if k != "flow_steps"}
+    # `iterations` (the toys) really did arrive later: absent from the JSON at its default
+    assert '"iterations"' not in cfg.canonical_json()
+    toy = RunConfig(dataset="gmm", objective="iwae", iterations=10)
+    assert '"iterations":10' in toy.canonical_json()
+    without = {k: v for k, v in cfg.to_dict().items() if k not in ("flow_steps", "iterations")}
     old_hash = hashlib.sha256(
         json.dumps(without, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     # pretend flow_steps arrived in a later release, defaulting to the old behaviour
@@ -83,5 +87,18 @@ def test_a_field_added_later_does_not_change_existing_run_ids(monkeypatch):
     [({"flow_steps": 4}, "needs a flow posterior"), ({"kl_direction": "sideways"}, "sideways")],
 )
 def test_posterior_and_kl_direction_are_validated(values, fragment):
+    with pytest.raises(BenchError, match=fragment):
+        config_from_dict(values)
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"dataset": "gmm", "objective": "iwae"}, "needs key 'iterations' >= 1"),
+        ({"dataset": "gmm", "iterations": 10}, "objective 'iwae'"),
+        ({"dataset": "mnist", "iterations": 10}, "applies to the toys"),
+    ],
+)
+def test_toy_datasets_are_validated(values, fragment):
     with pytest.raises(BenchError, match=fragment):
         config_from_dict(values)

@@ -414,3 +414,18 @@ def test_posterior_bounds_plot_only_when_the_posterior_varies_and_shows_the_mean
     assert data.loc["planar-k8", "ll_mean"] == -98.0
     assert data.loc["gaussian", "elbo_mean"] == -104.0
     assert report.posterior_bounds_data(summary.iloc[:1]) is None  # one family: no plot
+
+
+def test_posterior_kl_vs_k_lines_per_direction_carry_the_summary_means():
+    summary = pd.DataFrame({
+        "variant": ["gmm-k2,r", "gmm-k20,r", "gmm-k2,f", "gmm-k20,f", "mnist"],
+        "cfg_k": [2, 20, 2, 20, 5],
+        "cfg_kl_direction": ["reverse", "reverse", "forward", "forward", "reverse"],
+        "metric_posterior_kl_mean": [1.5, 1.9, 2.6, 0.3, float("nan")],
+        "metric_posterior_kl_std": [float("nan")] * 5,
+        "metric_posterior_kl_n": [1, 1, 1, 1, 0],
+    })
+    data = report.posterior_kl_vs_k_data(summary)
+    assert len(data) == 4  # the MNIST row has no posterior KL
+    forward = data[data["line"] == "forward KL"].set_index("k")["mean"]
+    assert forward.to_dict() == {2: 2.6, 20: 0.3}

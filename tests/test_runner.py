@@ -290,3 +290,37 @@ def test_force_reruns_but_a_failed_rerun_never_replaces_a_finished_result(tmp_pa
     after = store.load_runs(tmp_path, suite="smoke")
     assert list(after["status"]) == ["finished"]
     assert after["metric_test_ll"].equals(before["metric_test_ll"])
+
+
+def test_toys_run_as_suite_runs_and_land_with_their_metrics(tmp_path):
+    path = write_suite(tmp_path, """
+[suite]
+name = "toys"
+description = "toys through the runner"
+
+[base]
+objective = "iwae"
+k = 5
+
+[grid]
+kl_direction = ["reverse", "forward"]
+
+[[variant]]
+name = "gmm"
+dataset = "gmm"
+iterations = 50
+
+[[variant]]
+name = "bimodal"
+dataset = "bimodal"
+iterations = 200
+""")
+    summary = run_suite(load_suite(path), RunOptions(results=tmp_path / "r", executor="local",
+                                                     show_progress=False))
+    assert summary.statuses == {"finished": 4}
+    runs = store.load_runs(tmp_path / "r", suite="toys").set_index("variant")
+    gmm = runs.loc[["gmm,kl_direction=reverse", "gmm,kl_direction=forward"]]
+    assert (gmm["metric_posterior_kl"] > 0).all()
+    assert gmm["metric_mixture_weight_error"].notna().all()
+    bimodal = runs.loc["bimodal,kl_direction=reverse"]
+    assert bimodal["metric_mass_left"] + bimodal["metric_mass_right"] == pytest.approx(1.0)

@@ -41,6 +41,7 @@ from bench import store
 from bench.config import RunConfig, config_from_dict
 from bench.errors import BenchError
 from bench.suite import Reference, Suite, load_suite, resolve_suite_path
+from bench.toys import bimodal
 
 UNSPECIFIED_BUDGET = "unspecified"
 SAMPLE_KINDS = ("prior", "reconstruction", "original")
@@ -304,6 +305,25 @@ def posterior_kl_vs_k_data(summary: pd.DataFrame) -> pd.DataFrame | None:
         "seeds": table["metric_posterior_kl_n"].to_numpy(),
         "variant": table["variant"].to_numpy(),
     })
+
+
+def bimodal_fit_data(runs: pd.DataFrame) -> dict[str, tuple[float, float]] | None:
+    """The bimodal toy: {label: (mean, std)} of the fitted q per kl_direction, from the
+    lowest-seed finished run; None without such runs."""
+    needed = {"cfg_dataset", "cfg_kl_direction", "metric_q_mean", "metric_q_std"}
+    if runs.empty or not needed <= set(runs.columns):
+        return None
+    toy = runs[(runs["cfg_dataset"] == "bimodal") & (runs["status"] == "finished")]
+    if toy.empty:
+        return None
+    fits = {}
+    for direction, group in toy.sort_values("cfg_seed").groupby("cfg_kl_direction", sort=False):
+        row = group.iloc[0]
+        fits[f"{direction} KL: N({row['metric_q_mean']:.2f}, {row['metric_q_std']:.2f}^2), "
+             f"mass {row['metric_mass_left']:.0%} / {row['metric_mass_right']:.0%} "
+             f"(seed {int(row['cfg_seed'])})"] = (float(row["metric_q_mean"]),
+                                                  float(row["metric_q_std"]))
+    return fits
 
 
 def _beta_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame | None:
@@ -1005,6 +1025,16 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
             lambda path, title: plots.ll_vs_k(
                 table, path, title=title, ylabel="KL(p(c|x) || q(c|x)) (nats, lower is better)",
                 xlabel="K (particles, log scale)"))
+
+    fits = bimodal_fit_data(runs)
+    if fits is not None:
+        report.figure(
+            f"{stem}-bimodal",
+            "Bimodal toy: one Gaussian q fitted to a target with two well-separated modes by "
+            "reverse KL(q||p) (mode-seeking) and forward KL(p||q) (mass-covering), drawn over "
+            f"the target density ({where}).",
+            f"One Gaussian fitted to two modes ({name}, {budget})",
+            lambda path, title: bimodal.plot_fits(fits, path, title=title))
 
     table = rate_distortion_data(summary)
     if table is not None:

@@ -429,3 +429,20 @@ def test_posterior_kl_vs_k_lines_per_direction_carry_the_summary_means():
     assert len(data) == 4  # the MNIST row has no posterior KL
     forward = data[data["line"] == "forward KL"].set_index("k")["mean"]
     assert forward.to_dict() == {2: 2.6, 20: 0.3}
+
+
+def test_bimodal_toy_runs_are_drawn_from_their_stored_fit():
+    runs = pd.DataFrame({
+        "cfg_dataset": ["bimodal", "bimodal", "mnist"],
+        "cfg_kl_direction": ["reverse", "forward", "reverse"],
+        "cfg_seed": [0, 0, 0],
+        "status": ["finished", "finished", "finished"],
+        "metric_q_mean": [3.95, -0.05, float("nan")],
+        "metric_q_std": [0.62, 4.01, float("nan")],
+        "metric_mass_left": [0.0, 0.51, float("nan")],
+        "metric_mass_right": [1.0, 0.49, float("nan")],
+    })
+    fits = report.bimodal_fit_data(runs)
+    assert sorted(fits.values()) == [(-0.05, 4.01), (3.95, 0.62)]
+    assert any(label.startswith("reverse KL") and "100%" in label for label in fits)
+    assert report.bimodal_fit_data(runs[runs["cfg_dataset"] == "mnist"]) is None

@@ -23,7 +23,8 @@ def run_toy(cfg: RunConfig) -> dict:
                    "posterior_kl": result.posterior_kl}
     elif cfg.dataset == "bimodal":
         fit = bimodal.fit(cfg.kl_direction, steps=cfg.iterations, k=cfg.k, seed=cfg.seed)
-        metrics = {"mass_left": fit.mass_left, "mass_right": fit.mass_right,
+        metrics = {"q_mean": fit.mean, "q_std": fit.std,
+                   "mass_left": fit.mass_left, "mass_right": fit.mass_right,
                    "mass_dominant_mode": fit.mass_on_dominant_mode,
                    "kl_reverse": fit.kl_reverse, "kl_forward": fit.kl_forward}
     else:

@@ -115,24 +115,27 @@ def _describe(direction: str, target: Target, mu: float, sigma: float) -> Fit:
     return Fit(direction, mu, sigma, left, 1.0 - left, kl_reverse, kl_forward)
 
 
+def plot_fits(fits: dict[str, tuple[float, float]], path: Path, *, title: str,
+              target: Target = Target()) -> Path:
+    """Draw the target density and each fitted N(mean, std^2) ({label: (mean, std)})."""
+    from bench import plots
+
+    reach = max([target.separation + 4 * target.scale]
+                + [abs(m) + 4 * s for m, s in fits.values()])
+    z = torch.linspace(-reach, reach, 4001, dtype=torch.float64)
+    fitted = {label: _normal_log_prob(z, torch.tensor(m), torch.tensor(math.log(s))).exp().numpy()
+              for label, (m, s) in fits.items()}
+    return plots.bimodal_fits(z.numpy(), target.log_prob(z).exp().numpy(), fitted,
+                              {label: label for label in fits}, path, title=title)
+
+
 def report(out: Path, target: Target = Target(), seed: int = 0) -> tuple[list[Fit], Path]:
     """Fit both directions, plot the fitted densities over the target into `out`, and
     return the fits and the PNG's path."""
-    from bench import plots
-
     fits = [fit(direction, target, seed=seed) for direction in DIRECTIONS]
-    grids = {f.direction: density_grid(target, f) for f in fits}
-    reach = max(float(g["z"].abs().max()) for g in grids.values())
-    z = torch.linspace(-reach, reach, 4001, dtype=torch.float64)
-    fitted = {
-        f.direction: _normal_log_prob(z, torch.tensor(f.mean), torch.tensor(math.log(f.std)))
-        .exp().numpy()
-        for f in fits
-    }
-    labels = {f.direction: f"{f.direction} KL: N({f.mean:.2f}, {f.std:.2f}^2), "
-              f"mass {f.mass_left:.0%} / {f.mass_right:.0%}" for f in fits}
+    labelled = {f"{f.direction} KL: N({f.mean:.2f}, {f.std:.2f}^2), mass {f.mass_left:.0%} / "
+                f"{f.mass_right:.0%}": (f.mean, f.std) for f in fits}
     out.mkdir(parents=True, exist_ok=True)
-    path = plots.bimodal_fits(z.numpy(), target.log_prob(z).exp().numpy(), fitted, labels,
-                              out / "bimodal-toy.png",
-                              title="One Gaussian fitted to two modes: reverse vs forward KL")
+    path = plot_fits(labelled, out / "bimodal-toy.png", target=target,
+                     title="One Gaussian fitted to two modes: reverse vs forward KL")
     return fits, path

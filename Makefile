@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # torch is pinned to the CPU build installed first, so nothing pulls CUDA wheels here.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test bench reproduce microbench lint data clean help
+.PHONY: install test bench reproduce baseline regress profile microbench lint data clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,8 +32,24 @@ reproduce: install  ## run SUITE at BUDGET (e.g. make reproduce SUITE=iwae_table
 	$(VENV)/bin/vaebench run $(SUITE) --budget $(BUDGET); status=$$?; \
 	$(VENV)/bin/vaebench report --suite $(SUITE) && exit $$status
 
+# Baselines: results/baselines/<suite>.parquet, committed. Refresh one only when a change is
+# meant to move the numbers (a fixed bug, a new default, a new torch), never to make a
+# regression go away, and say why in the commit message.
+baseline: install  ## rerun SUITE at BUDGET (default bench/cpu) and refresh results/baselines/SUITE.parquet
+	rm -rf results/baseline-run
+	$(VENV)/bin/vaebench run $(SUITE) --budget $(BUDGET) --results results/baseline-run
+	$(VENV)/bin/vaebench baseline $(SUITE) --budget $(BUDGET) --results results/baseline-run
+
+regress: install  ## run SUITE at BUDGET and compare with its committed baseline (exit 1 on a regression)
+	rm -rf results/regress
+	$(VENV)/bin/vaebench run $(SUITE) --budget $(BUDGET) --results results/regress
+	$(VENV)/bin/vaebench compare results/baselines/$(SUITE).parquet results/regress
+
+profile: install  ## profile the default variant (bench suite, iwae-k50, budget smoke) on this machine
+	$(VENV)/bin/vaebench profile bench --variant iwae-k50 --budget smoke --steps 20
+
 microbench: install  ## pytest-benchmark: training step vs a plain PyTorch step (not in `make test`)
-	$(PY) -m pytest -q benchmarks --benchmark-autosave --benchmark-columns=min,median,max,rounds
+	$(PY) -m pytest -q benchmarks --benchmark-autosave --benchmark-columns=min,median,max,rounds $(ARGS)
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check bench tests benchmarks

@@ -171,6 +171,56 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output directory (default: RESULTS/report)")
     _add_skip_corrupt_flag(report)
 
+    compare = commands.add_parser(
+        "compare",
+        help="did a change make any variant worse or slower? verdicts per metric; exit 1 on "
+        "a regression",
+        description="Match runs of BASELINE and CANDIDATE by variant (config without the seed), "
+        "aggregate over seeds, and give each metric a verdict: improved / unchanged / "
+        "regressed / missing / not comparable. A difference counts only beyond a practical "
+        "threshold (0.1 nats for log-likelihoods and bounds, 5%% for throughput) and, with at "
+        "least 2 seeds on each side, a Welch t-test (p < 0.05); with fewer seeds the threshold "
+        "alone decides and the table says so. Throughput is only compared between runs on the "
+        "same device. Exit status: 1 if anything regressed, 0 otherwise, 2 on bad input.",
+    )
+    compare.add_argument("baseline", type=Path, help="results directory or .parquet file")
+    compare.add_argument("candidate", type=Path, help="results directory or .parquet file")
+    compare.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
+                         help="metrics to compare (default: all with a rule), e.g. test_ll")
+    compare.add_argument("--format", choices=["md", "json"], default="md",
+                         help="output format (default: md)")
+    _add_skip_corrupt_flag(compare)
+
+    baseline = commands.add_parser(
+        "baseline",
+        help="write a suite's finished runs as one Parquet file (a baseline to commit)",
+        description="Export the finished runs of SUITE from the results store into one "
+        "Parquet file, by default results/baselines/SUITE.parquet, which `vaebench compare` "
+        "reads. Refresh a committed baseline only when a change is meant to move the numbers "
+        "(a fixed bug, a new default) and say so in the commit message.",
+    )
+    baseline.add_argument("suite", help="suite name")
+    _add_results_flag(baseline)
+    baseline.add_argument("--budget", default=None, help="only runs at this budget")
+    baseline.add_argument("--out", type=Path, default=None,
+                          help="output file (default: results/baselines/SUITE.parquet)")
+
+    profile = commands.add_parser(
+        "profile",
+        help="profile a variant's training steps (torch.profiler): trace, top ops, FLOP/s",
+        description="Run a variant's training steps under torch.profiler (CPU and, where "
+        "present, CUDA activity) and write a Chrome trace, a table of the top operators or "
+        "kernels by self time, kernels (or ops) launched per step, and the achieved FLOP/s "
+        "against a matmul peak measured now on the same device.",
+    )
+    profile.add_argument("suite", help="suite name or path")
+    profile.add_argument("--variant", required=True, help="variant name within the suite")
+    profile.add_argument("--budget", default=None, help="budget (default: the suite's)")
+    profile.add_argument("--steps", type=int, default=20, help="profiled steps (default: 20)")
+    profile.add_argument("--out", type=Path, default=Path("results/profile"),
+                         help="output directory (default: results/profile)")
+    profile.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
     toy = commands.add_parser(
         "toy",
         help="small experiments with known answers: reverse vs forward KL",
@@ -324,6 +374,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import run_compare
+
+    text, code = run_compare(args.baseline, args.candidate, metrics=args.metrics,
+                             fmt=args.format, skip_corrupt=args.skip_corrupt)
+    print(text)
+    return code
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from bench import store
+
+    out = args.out if args.out is not None else Path("results/baselines") / f"{args.suite}.parquet"
+    print(store.export_runs(store.results_dir(args.results), args.suite, out, budget=args.budget))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from bench.profile import format_profile, profile_suite_variant
+
+    if args.steps < 1:
+        raise BenchError(f"--steps must be >= 1, got {args.steps}")
+    result = profile_suite_variant(args.suite, args.variant, budget=args.budget,
+                                   steps=args.steps, out_dir=args.out,
+                                   device=_resolve_device(args.device))
+    print(format_profile(result))
+    return 0
+
+
 def cmd_toy(args: argparse.Namespace) -> int:
     from bench.toys import bimodal, gmm
 
@@ -357,8 +436,9 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "toy": cmd_toy,
-                "data": cmd_data_fetch}
+    handlers = {"train": cmd_train, "run": cmd_run, "report": cmd_report,
+                "compare": cmd_compare, "baseline": cmd_baseline, "profile": cmd_profile,
+                "toy": cmd_toy, "data": cmd_data_fetch}
     try:
         return handlers[args.command](args)
     except BenchError as err:

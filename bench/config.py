@@ -83,10 +83,10 @@ class RunConfig:
 
     def canonical_json(self) -> str:
         """Sorted, compact JSON of the fields that define the experiment. Fields added after
-        the first release (`_LATER_FIELDS`) are left out while at their default, so adding
+        the first release (`LATER_FIELDS`) are left out while at their default, so adding
         a field never changes the run_id of a config that does not use it."""
         values = self.to_dict()
-        for name, default in _LATER_FIELDS.items():
+        for name, default in LATER_FIELDS.items():
             if values[name] == default:
                 del values[name]
         return json.dumps(values, sort_keys=True, separators=(",", ":"))
@@ -150,7 +150,7 @@ def config_from_dict(values: Mapping[str, Any], *, where: str = "config") -> Run
 
 # New fields go here with their default (which must keep the old behaviour): a config that
 # leaves them at the default hashes exactly as before they existed.
-_LATER_FIELDS: dict[str, Any] = {"iterations": 0}
+LATER_FIELDS: dict[str, Any] = {"iterations": 0}
 
 
 # ---------------------------------------------------------------------- internals

@@ -356,6 +356,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def export_runs(results: str | Path, suite: str, path: str | Path, *,
+                budget: str | None = None) -> Path:
+    """Write the finished runs of `suite` (at `budget`, if given) as ONE Parquet file,
+    atomically: a baseline to commit and compare against (`load_runs(path)` reads it)."""
+    runs = load_runs(results, suite=suite)
+    if not runs.empty:
+        runs = runs[runs["status"] == "finished"]
+        if budget is not None:
+            runs = runs[runs["budget"] == budget]
+    if runs.empty:
+        raise BenchError(f"no finished runs of suite '{suite}'"
+                         f"{f' at budget {budget!r}' if budget else ''} in {results}")
+    rows = [{k: v for k, v in row.items() if not _isnan(v)} for row in
+            runs.astype(object).where(runs.notna(), None).to_dict("records")]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(_table(rows, curves=False), path)
+    return path
+
+
 # ----------------------------------------------------------------------------- read
 def finished_run_ids(results: str | Path, suite: str, *, skip_corrupt: bool = False) -> set[str]:
     """run_ids of `suite` with a finished row (reads only the run_id and status columns)."""

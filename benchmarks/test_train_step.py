@@ -110,3 +110,51 @@ def test_step_overhead_ratio(benchmark, batch, case):
     print(f"\n{case}: median step ratio vaebench/plain = {ratio:.3f}, "
           f"{BATCH / statistics.median(mine_times):,.0f} samples/s")
     assert ratio < 1.15, f"vaebench's step is {ratio:.2f}x the plain PyTorch step"
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+POSTERIOR_CASES = {  # (posterior, flow_steps, objective, k)
+    "gaussian-elbo": ("gaussian", 0, "vae", 1),
+    "gaussian-iwae5": ("gaussian", 0, "iwae", 5),
+    "gaussian-iwae50": ("gaussian", 0, "iwae", 50),
+    "planar8-elbo": ("planar", 8, "vae", 1),
+    "iaf2-elbo": ("iaf", 2, "vae", 1),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(POSTERIOR_CASES))
+def test_training_step_by_posterior(benchmark, case, device):
+    """One Adam step of the MNIST-sized model per posterior and objective, per device."""
+    posterior, steps, objective, k = POSTERIOR_CASES[case]
+    cfg = RunConfig(dataset="mnist", objective=objective, k=k, posterior=posterior,
+                    flow_steps=steps)
+    model = build_model(cfg, D).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4)
+    bound_fn, generator = objective_for(cfg), make_generator(0, device)
+    x = torch.bernoulli(torch.full((BATCH, D), 0.13, device=device), generator=generator)
+
+    def step():
+        loss = training_step(model, optimizer, bound_fn, x, k, generator)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return loss
+
+    benchmark.group = f"train-step by posterior ({device})"
+    benchmark.extra_info.update(samples_per_step=BATCH, device=device)
+    benchmark(step)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_iwae_evaluation_chunk(benchmark, device):
+    """The evaluator on 100 test examples x k_eval 1000 (one chunk of the test-set pass)."""
+    from bench.metrics.likelihood import evaluate
+
+    cfg = RunConfig(dataset="mnist")
+    model = build_model(cfg, D).to(device)
+    generator = make_generator(0, device)
+    x = torch.bernoulli(torch.full((100, D), 0.13, device=device), generator=generator)
+    benchmark.group = f"iwae evaluation ({device})"
+    benchmark.extra_info.update(examples=100, k_eval=1000)
+    result = benchmark(lambda: evaluate(model, x, 1000, generator=generator))
+    assert math.isfinite(result.test_ll)

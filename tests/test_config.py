@@ -78,7 +78,7 @@ def test_a_field_added_later_does_not_change_existing_run_ids(monkeypatch):
     old_hash = hashlib.sha256(
         json.dumps(without, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     # pretend flow_steps arrived in a later release, defaulting to the old behaviour
-    monkeypatch.setitem(config._LATER_FIELDS, "flow_steps", 0)
+    monkeypatch.setitem(config.LATER_FIELDS, "flow_steps", 0)
     assert cfg.config_hash == old_hash
 
 

@@ -1,0 +1,291 @@
+"""Profile training steps of one variant with torch.profiler.
+
+`profile_variant(cfg, out_dir=...)` runs a few unprofiled warm-up steps, then `steps` training
+steps (the trainer's own `training_step`) under `torch.profiler.profile`, each wrapped in a
+`record_function("train_step")`, and writes into `out_dir`:
+
+* ``trace.json``   Chrome trace (open in chrome://tracing or https://ui.perfetto.dev)
+* ``top_ops.txt``  the profiler's table of the top operators by self time
+* ``summary.json`` step time, top operators with their share of self time, kernel launches
+  (CUDA) or operator calls (CPU) per step, analytic FLOP/step, achieved FLOP/s and the
+  fraction of a float32 matmul peak measured on the same device just before.
+
+The FLOP count is analytic (`training_flops_per_example * batch_size`, matmuls only), so
+`peak_fraction` says how close the step comes to what the device does on a large matmul.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from bench.config import TOY_DATASETS, RunConfig
+from bench.data import binarize_dynamic, load_dataset
+from bench.errors import BenchError
+from bench.metrics.cost import training_flops_per_example
+from bench.models import build_model
+from bench.objectives import objective_for
+from bench.suite import load_suite, resolve_suite_path
+from bench.train import make_generator, training_step
+
+TOP_N = 15
+_STEP_LABEL = "train_step"
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    out_dir: Path
+    trace_path: Path  # Chrome trace JSON
+    table_path: Path  # text table of the top operators
+    summary_path: Path  # JSON summary
+    device: str
+    steps: int
+    step_seconds_median: float
+    # name, self_cpu_time_us, self_device_time_us (0 on CPU), calls, share (of total self time)
+    top_ops: list[dict] = field(default_factory=list)
+    kernels_per_step: float = 0.0  # CUDA kernel launches (CUDA) or aten:: op calls (CPU)
+    kernels_unit: str = "aten ops"  # what kernels_per_step counts
+    flops_per_step: float = 0.0  # analytic: training_flops_per_example(model, k) * batch_size
+    achieved_flops_per_s: float = 0.0
+    matmul_peak_flops_per_s: float = 0.0  # float32 matmul measured on the same device
+    peak_fraction: float = 0.0
+    label: str = ""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(device: str, size: int | None = None, reps: int = 5) -> float:
+    """FLOP/s of a large float32 matmul on `device` (median of `reps` timed runs, after one
+    warm-up): size 2048 on CPU, 8192 on CUDA unless given."""
+    dev = torch.device(device)
+    if size is None:
+        size = 8192 if dev.type == "cuda" else 2048
+    if reps < 1:
+        raise BenchError(f"reps must be >= 1, got {reps}")
+    gen = make_generator(0, dev)
+    a = torch.randn(size, size, device=dev, generator=gen)
+    b = torch.randn(size, size, device=dev, generator=gen)
+    torch.matmul(a, b)  # warm-up (allocations, library initialisation)
+    _sync(dev)
+    times = []
+    for _ in range(reps):
+        _sync(dev)
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+    return 2.0 * size**3 / statistics.median(times)
+
+
+def _self_device_us(evt) -> float:
+    for attr in ("self_device_time_total", "self_cuda_time_total"):
+        value = getattr(evt, attr, None)
+        if value is not None:
+            return float(value)
+    return 0.0
+
+
+def _is_device_event(evt) -> bool:
+    dtype = getattr(evt, "device_type", None)
+    return dtype is not None and "CUDA" in str(dtype)
+
+
+def profile_variant(
+    cfg: RunConfig,
+    *,
+    steps: int = 20,
+    warmup: int = 3,
+    out_dir: Path,
+    device: str = "cpu",
+    label: str = "",
+) -> ProfileResult:
+    """Profile `steps` training steps of `cfg` on `device` after `warmup` unprofiled ones;
+    write the trace, table and summary into `out_dir` and return a ProfileResult."""
+    if steps < 1 or warmup < 0:
+        raise BenchError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, "
+                         f"warmup={warmup}")
+    if cfg.dataset in TOY_DATASETS:
+        raise BenchError(f"profiling covers the image data sets; dataset '{cfg.dataset}' is a "
+                         f"toy (bench.toys)")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"device '{device}' requested but CUDA is not available")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    dataset = load_dataset(cfg.dataset, train_size=cfg.train_size, test_size=cfg.test_size,
+                           binarize=cfg.likelihood == "bernoulli")
+    x_train = dataset.train.to(dev)
+    n = x_train.shape[0]
+    model = build_model(cfg, dataset.dim).to(dev)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
+    )
+    bound_fn = objective_for(cfg)
+    generator = make_generator(cfg.seed, dev)
+    detach = cfg.kl_direction == "forward"
+    batch = min(cfg.batch_size, n)
+
+    # minibatches as the trainer draws them: slices of a random permutation, reshuffled
+    # whenever one runs out
+    state = {"order": torch.randperm(n, generator=generator, device=dev), "lo": 0}
+
+    def next_batch() -> torch.Tensor:
+        if state["lo"] + batch > n:
+            state["order"] = torch.randperm(n, generator=generator, device=dev)
+            state["lo"] = 0
+        idx = state["order"][state["lo"] : state["lo"] + batch]
+        state["lo"] += batch
+        xb = x_train[idx]
+        return binarize_dynamic(xb, generator) if dataset.binarized else xb
+
+    def step() -> None:
+        training_step(model, optimizer, bound_fn, next_batch(), cfg.k, generator,
+                      detach_samples=detach)
+
+    model.train()
+    for _ in range(warmup):
+        step()
+    _sync(dev)
+
+    activities = [ProfilerActivity.CPU]
+    if dev.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    times: list[float] = []
+    with profile(activities=activities, record_shapes=False) as prof:
+        for _ in range(steps):
+            _sync(dev)
+            start = time.perf_counter()
+            with record_function(_STEP_LABEL):
+                step()
+            _sync(dev)
+            times.append(time.perf_counter() - start)
+
+    trace_path = out_dir / "trace.json"
+    table_path = out_dir / "top_ops.txt"
+    summary_path = out_dir / "summary.json"
+    prof.export_chrome_trace(str(trace_path))
+
+    on_gpu = dev.type == "cuda"
+    sort_key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    averages = [e for e in prof.key_averages() if e.key != _STEP_LABEL]
+    table = prof.key_averages().table(sort_by=sort_key, row_limit=TOP_N)
+    table_path.write_text(table + "\n")
+
+    def self_time(evt) -> float:
+        return _self_device_us(evt) if on_gpu else float(evt.self_cpu_time_total)
+
+    total_self = sum(self_time(e) for e in averages) or 1.0
+    ranked = sorted(averages, key=self_time, reverse=True)[:TOP_N]
+    top_ops = [
+        {
+            "name": e.key,
+            "self_cpu_time_us": float(e.self_cpu_time_total),
+            "self_device_time_us": _self_device_us(e) if on_gpu else 0.0,
+            "calls": int(e.count),
+            "share": self_time(e) / total_self,
+        }
+        for e in ranked
+    ]
+
+    if on_gpu:
+        launches = sum(1 for e in prof.events() if _is_device_event(e) and e.name != _STEP_LABEL)
+        unit = "CUDA kernels"
+    else:
+        launches = sum(e.count for e in averages if e.key.startswith("aten::"))
+        unit = "aten ops"
+    kernels_per_step = launches / steps
+
+    step_median = statistics.median(times)
+    flops_per_step = training_flops_per_example(model, cfg.k) * batch
+    achieved = flops_per_step / step_median if step_median > 0 else 0.0
+    peak = measure_matmul_peak(device)
+    fraction = achieved / peak if peak > 0 else 0.0
+
+    result = ProfileResult(
+        out_dir=out_dir, trace_path=trace_path, table_path=table_path,
+        summary_path=summary_path, device=_device_name(dev), steps=steps,
+        step_seconds_median=step_median, top_ops=top_ops, kernels_per_step=kernels_per_step,
+        kernels_unit=unit, flops_per_step=flops_per_step, achieved_flops_per_s=achieved,
+        matmul_peak_flops_per_s=peak, peak_fraction=fraction, label=label or cfg.label,
+    )
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    summary.update(
+        kernels_per_step_counts=("CUDA kernel launches per step" if on_gpu
+                                 else "aten:: operator calls per step"),
+        step_seconds=times, warmup=warmup, batch_size=batch, k=cfg.k,
+        config_hash=cfg.config_hash, torch_version=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def profile_suite_variant(
+    suite: str,
+    variant: str,
+    *,
+    budget: str | None = None,
+    steps: int = 20,
+    out_dir: Path,
+    device: str = "cpu",
+) -> ProfileResult:
+    """Profile the named variant of a suite (its first seed) at `budget`."""
+    loaded = load_suite(resolve_suite_path(suite), budget)
+    names: list[str] = []
+    for v in loaded.variants:
+        if v.name not in names:
+            names.append(v.name)
+    for v in loaded.variants:
+        if v.name == variant:
+            label = f"{loaded.name}/{v.name} (budget {loaded.budget}, seed {v.seed})"
+            return profile_variant(v.config, steps=steps, out_dir=out_dir, device=device,
+                                   label=label)
+    raise BenchError(f"suite '{loaded.name}' has no variant '{variant}' "
+                     f"(known: {', '.join(names)})")
+
+
+def _short(name: str, width: int = 40) -> str:
+    name = re.sub(r"\s+", " ", name)
+    return name if len(name) <= width else name[: width - 1] + "~"
+
+
+def format_profile(result: ProfileResult, top: int = 8) -> str:
+    """A human-readable summary of a ProfileResult."""
+    on_gpu = result.device.startswith("cuda")
+    lines = [
+        f"profile {result.label}".rstrip(),
+        f"  device        {result.device}",
+        f"  step time     {result.step_seconds_median * 1e3:.3f} ms (median of {result.steps})",
+        f"  top ops by self {'device' if on_gpu else 'CPU'} time:",
+    ]
+    for op in result.top_ops[:top]:
+        us = op["self_device_time_us"] if on_gpu else op["self_cpu_time_us"]
+        lines.append(f"    {op['share'] * 100:5.1f}%  {_short(op['name']):40s} "
+                     f"{us / result.steps:9.1f} us/step  {op['calls'] / result.steps:6.1f} "
+                     f"calls/step")
+    lines += [
+        f"  {result.kernels_unit} per step  {result.kernels_per_step:.1f}",
+        f"  FLOP/step     {result.flops_per_step:.3e} (analytic, matmuls)",
+        f"  achieved      {result.achieved_flops_per_s / 1e9:.2f} GFLOP/s vs measured "
+        f"matmul peak {result.matmul_peak_flops_per_s / 1e9:.2f} GFLOP/s "
+        f"= {result.peak_fraction * 100:.1f}% of peak",
+        f"  files         {result.trace_path}, {result.table_path}, {result.summary_path}",
+    ]
+    return "\n".join(lines)

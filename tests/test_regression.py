@@ -1,0 +1,26 @@
+"""The merge gate: the smoke suite, run now, against its committed baseline
+(results/baselines/smoke.parquet) on the metrics that do not depend on the machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import store
+from bench.compare import STABLE_METRICS, compare, has_regression, render_markdown, select_rules
+from bench.runner import RunOptions, run_suite
+from bench.suite import load_suite, resolve_suite_path
+
+BASELINE = Path(__file__).resolve().parents[1] / "results" / "baselines" / "smoke.parquet"
+
+
+def test_smoke_suite_has_not_regressed_against_its_committed_baseline(tmp_path):
+    suite = load_suite(resolve_suite_path("smoke"), budget="smoke")
+    summary = run_suite(suite, RunOptions(results=tmp_path, executor="local",
+                                          show_progress=False))
+    assert summary.statuses == {"finished": len(suite.variants)}
+    verdicts = compare(store.load_runs(BASELINE), store.load_runs(tmp_path),
+                       rules=select_rules(STABLE_METRICS))
+    table = render_markdown(verdicts)
+    assert not has_regression(verdicts), table
+    assert {v.verdict for v in verdicts} == {"unchanged"}, table  # nothing missing either
+    assert len(verdicts) == len(STABLE_METRICS) * len({v.name for v in suite.variants})

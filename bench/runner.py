@@ -104,7 +104,18 @@ def log_path(results: Path, suite: str, run_id: str) -> Path:
 
 def execute(task: RunTask, device: str | None = None, where: dict | None = None) -> Landed:
     """Run one variant in this process and return its row, curves and sample images;
-    exceptions become a `failed` row. Progress goes to the run's log file."""
+    exceptions become a `failed` row. Progress goes to the run's log file. Torch runs with
+    `task.threads` threads meanwhile; the caller's thread count is restored afterwards."""
+    import torch
+
+    threads_before = torch.get_num_threads()
+    try:
+        return _execute(task, device, where)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
     import torch
 
     from bench.data import load_dataset

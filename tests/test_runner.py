@@ -324,3 +324,17 @@ iterations = 200
     assert gmm["metric_mixture_weight_error"].notna().all()
     bimodal = runs.loc["bimodal,kl_direction=reverse"]
     assert bimodal["metric_mass_left"] + bimodal["metric_mass_right"] == pytest.approx(1.0)
+
+
+def test_the_local_executor_restores_the_callers_torch_thread_count(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        suite = load_suite(resolve_suite_path("smoke"), budget="smoke")
+        run_suite(suite, RunOptions(results=tmp_path, executor="local", cpus_per_run=1,
+                                    show_progress=False), filters=["seed=0", "name=vae"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

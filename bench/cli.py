@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(train)
     execution = train.add_argument_group("execution (not part of the variant's identity)")
-    execution.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    _add_device_flag(execution)
     execution.add_argument("--threads", type=int, default=None,
                      help="torch CPU threads (default: torch's choice)")
     execution.add_argument("--json", action="store_true",
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--steps", type=int, default=20, help="profiled steps (default: 20)")
     profile.add_argument("--out", type=Path, default=Path("results/profile"),
                          help="output directory (default: results/profile)")
-    profile.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    _add_device_flag(profile)
 
     toy = commands.add_parser(
         "toy",
@@ -257,8 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.data import load_dataset
-    from bench.train import train
+    from bench.train import load_data, train
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     cfg = config_from_dict({k: v for k, v in values.items() if v is not None}, where="train")
@@ -267,12 +266,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise BenchError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    dataset = load_dataset(
-        cfg.dataset,
-        train_size=cfg.train_size,
-        test_size=cfg.test_size,
-        binarize=cfg.likelihood == "bernoulli",
-    )
+    dataset = load_data(cfg)
 
     def progress(record, total):
         print(
@@ -307,6 +301,10 @@ def _resolve_device(name: str) -> str:
     if name != "cpu" and not name.startswith("cuda"):
         raise BenchError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
     return name
+
+
+def _add_device_flag(parser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
 
 def _add_results_flag(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bench.data import DATASETS as IMAGE_DATASETS
 from bench.errors import BenchError
 
 OBJECTIVES = ("vae", "iwae")
@@ -22,8 +23,8 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 POSTERIORS = ("gaussian", "planar", "radial", "iaf")
 KL_DIRECTIONS = ("reverse", "forward")
 SCHEDULES = ("constant", "burda")
-DATASETS = ("digits", "mnist", "gmm", "bimodal")
 TOY_DATASETS = ("gmm", "bimodal")  # experiments with known answers (bench.toys), not images
+DATASETS = IMAGE_DATASETS + TOY_DATASETS
 
 
 @dataclass(frozen=True)

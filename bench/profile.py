@@ -27,13 +27,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.config import TOY_DATASETS, RunConfig
-from bench.data import binarize_dynamic, load_dataset
+from bench.data import binarize_dynamic
 from bench.errors import BenchError
 from bench.metrics.cost import training_flops_per_example
 from bench.models import build_model
 from bench.objectives import objective_for
 from bench.suite import load_suite, resolve_suite_path
-from bench.train import make_generator, training_step
+from bench.train import load_data, make_generator, make_optimizer, training_step
 
 TOP_N = 15
 _STEP_LABEL = "train_step"
@@ -123,14 +123,11 @@ def profile_variant(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    dataset = load_dataset(cfg.dataset, train_size=cfg.train_size, test_size=cfg.test_size,
-                           binarize=cfg.likelihood == "bernoulli")
+    dataset = load_data(cfg)
     x_train = dataset.train.to(dev)
     n = x_train.shape[0]
     model = build_model(cfg, dataset.dim).to(dev)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
-    )
+    optimizer = make_optimizer(model, cfg)
     bound_fn = objective_for(cfg)
     generator = make_generator(cfg.seed, dev)
     detach = cfg.kl_direction == "forward"

@@ -118,8 +118,7 @@ def execute(task: RunTask, device: str | None = None, where: dict | None = None)
 def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
     import torch
 
-    from bench.data import load_dataset
-    from bench.train import Checkpointing, train
+    from bench.train import Checkpointing, load_data, train
 
     torch.set_num_threads(task.threads)
     cfg, run_id = task.variant.config, task.variant.run_id
@@ -146,10 +145,7 @@ def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
             if cfg.dataset in TOY_DATASETS:  # a toy with a known answer: seconds, on the CPU
                 metrics, status = run_toy(cfg), "finished"
             else:
-                dataset = load_dataset(cfg.dataset, train_size=cfg.train_size,
-                                       test_size=cfg.test_size,
-                                       binarize=cfg.likelihood == "bernoulli")
-                result = train(cfg, dataset, device=device, on_epoch=on_epoch,
+                result = train(cfg, load_data(cfg), device=device, on_epoch=on_epoch,
                                checkpointing=Checkpointing(checkpoint, task.checkpoint_every))
                 metrics = result.metrics()
                 status = metrics.pop("status")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from bench.config import RunConfig
-from bench.data import Dataset, binarize_dynamic
+from bench.config import TOY_DATASETS, RunConfig
+from bench.data import Dataset, binarize_dynamic, load_dataset
 from bench.errors import BenchError
 from bench.metrics.blur import blur_metrics, sample_records
 from bench.metrics.cost import PeakMemory, training_flops_per_example
@@ -105,6 +105,23 @@ def training_step(
     return loss.detach()
 
 
+def load_data(cfg: RunConfig) -> Dataset:
+    """The data set a config trains on: its first train_size / test_size examples, binarized
+    (dynamically for training, once for the test set) when the likelihood is Bernoulli."""
+    if cfg.dataset in TOY_DATASETS:
+        raise BenchError(f"dataset '{cfg.dataset}' is a toy with no data to load: run it with "
+                         f"`vaebench toy {cfg.dataset}` or as a suite run")
+    return load_dataset(cfg.dataset, train_size=cfg.train_size, test_size=cfg.test_size,
+                        binarize=cfg.likelihood == "bernoulli")
+
+
+def make_optimizer(model: LatentVariableModel, cfg: RunConfig) -> torch.optim.Adam:
+    """Adam with the config's learning rate, betas and epsilon."""
+    return torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
+    )
+
+
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
@@ -139,9 +156,7 @@ def train(
     x_test = dataset.test.to(device)
     n = x_train.shape[0]
     model = build_model(cfg, dataset.dim).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
-    )
+    optimizer = make_optimizer(model, cfg)
     bound_fn = objective_for(cfg)
     generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
     epoch_lrs = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]

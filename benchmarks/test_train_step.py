@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from bench.config import RunConfig
 from bench.models import build_model
 from bench.objectives import objective_for
-from bench.train import make_generator, training_step
+from bench.train import make_generator, make_optimizer, training_step
 
 D, BATCH = 784, 100  # MNIST-sized, the IWAE paper's 1-layer model
 CASES = {"vae-k1": ("vae", 1), "iwae-k5": ("iwae", 5), "iwae-k50": ("iwae", 50)}
@@ -60,7 +60,7 @@ def plain_step(encoder, decoder, optimizer, x, k, objective):
 def ours(objective: str, k: int):
     cfg = RunConfig(dataset="mnist", objective=objective, k=k)
     model = build_model(cfg, D)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4)
+    optimizer = make_optimizer(model, cfg)  # the trainer's: lr 1e-3, eps 1e-4 by default
     bound_fn, generator = objective_for(cfg), make_generator(0, "cpu")
     return lambda x: training_step(model, optimizer, bound_fn, x, k, generator)
 
@@ -130,7 +130,7 @@ def test_training_step_by_posterior(benchmark, case, device):
     cfg = RunConfig(dataset="mnist", objective=objective, k=k, posterior=posterior,
                     flow_steps=steps)
     model = build_model(cfg, D).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4)
+    optimizer = make_optimizer(model, cfg)
     bound_fn, generator = objective_for(cfg), make_generator(0, device)
     x = torch.bernoulli(torch.full((BATCH, D), 0.13, device=device), generator=generator)
 

@@ -39,6 +39,7 @@ def run_cli(capsys, *argv):
         (["--hidden", "200,200", "100,100", "--latent", "50"], "one entry per stochastic layer"),
         (["--train-size", "100000"], "train_size"),
         (BAD_DEVICE, "device"),
+        (["--dataset", "gmm", "--objective", "iwae", "--iterations", "5"], "is a toy"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):

@@ -167,6 +167,3 @@ class LatentVariableModel(nn.Module):
         mean = self.encoders[0](x, 1, generator=generator).mean[0]
         return self.decoder.mean(mean)
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

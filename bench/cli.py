@@ -54,7 +54,17 @@ FIELD_HELP = {
     "adam_eps": "Adam epsilon (1e-4 as in Burda et al.)",
     "seed": "seed for initialisation, shuffling, binarisation and sampling",
     "k_eval": "importance samples per test example for the log-likelihood estimate",
-    "iterations": "optimisation steps of a toy (datasets gmm, bimodal); 0 otherwise",
+    "iterations": "optimisation steps of a toy (datasets gmm, bimodal) or EM iterations of "
+    "model mixture; 0 otherwise",
+    "model": "model family: lvm (the VAE family), mixture (Bernoulli mixture by EM), cvae, "
+    "conditional_nn (cvae's deterministic baseline), m2 (semi-supervised VAE)",
+    "components": "mixture components K (model mixture)",
+    "condition": "what cvae / conditional_nn condition on: label or quadrants",
+    "given_quadrants": "condition quadrants: how many image quadrants are given (1-3)",
+    "labelled": "model m2: class-balanced labelled training examples",
+    "alpha": "model m2: weight of the classification loss (alpha * N * cross-entropy)",
+    "input_dropout": "model lvm: probability of zeroing each input pixel in training",
+    "eval_inpainting": "model lvm: score imputation of masked test images",
 }
 
 
@@ -257,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.train import load_data, train
+    from bench.families import train_model
+    from bench.train import load_data
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     cfg = config_from_dict({k: v for k, v in values.items() if v is not None}, where="train")
@@ -280,7 +291,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"training {cfg.label} ({cfg.run_id}) on {cfg.dataset} "
               f"[{dataset.train.shape[0]} train / {dataset.test.shape[0]} test] on {device}",
               file=sys.stderr)
-    result = train(cfg, dataset, device=device, on_epoch=None if args.quiet else progress)
+    result = train_model(cfg, dataset, device=device,
+                         on_epoch=None if args.quiet else progress)
     metrics = result.metrics()
     if args.json:
         print(json.dumps({"run_id": cfg.run_id, "label": cfg.label, "config": cfg.to_dict(),

@@ -23,6 +23,8 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 POSTERIORS = ("gaussian", "planar", "radial", "iaf")
 KL_DIRECTIONS = ("reverse", "forward")
 SCHEDULES = ("constant", "burda")
+MODELS = ("lvm", "mixture", "cvae", "conditional_nn", "m2")
+CONDITIONS = ("none", "label", "quadrants")
 TOY_DATASETS = ("gmm", "bimodal")  # experiments with known answers (bench.toys), not images
 DATASETS = IMAGE_DATASETS + TOY_DATASETS
 
@@ -69,8 +71,22 @@ class RunConfig:
     # --- evaluation
     k_eval: int = 5000  # importance samples for the test log-likelihood estimate
 
-    # --- toys (dataset gmm or bimodal): optimisation steps; 0 for the image data sets
+    # --- toys (dataset gmm or bimodal): optimisation steps; model mixture: EM iterations;
+    # 0 for everything trained by epochs
     iterations: int = 0
+
+    # --- model family (bench.families). lvm: the VAE family above (the default);
+    # mixture: a mixture of Bernoullis fitted by EM, exact log p(x);
+    # cvae: conditional VAE q(z|x,y), p(x|y,z); conditional_nn: its deterministic baseline;
+    # m2: the semi-supervised VAE of Kingma et al. 2014
+    model: str = "lvm"
+    components: int = 0  # mixture: number of components K
+    condition: str = "none"  # cvae / conditional_nn: "label" (the class) or "quadrants"
+    given_quadrants: int = 0  # condition "quadrants": 1, 2 or 3 quadrants given
+    labelled: int = 0  # m2: class-balanced labelled training examples N
+    alpha: float = 0.1  # m2: weight of the classification loss (alpha * N_total * CE)
+    input_dropout: float = 0.0  # lvm: zero each input pixel with this probability in training
+    eval_inpainting: bool = False  # lvm: score imputation of masked test images
 
     def __post_init__(self) -> None:
         if self.schedule == "burda":  # the schedule fixes the epoch count; resolve it here
@@ -115,6 +131,15 @@ class RunConfig:
             parts.append(f"{self.posterior}{self.flow_steps}")
         if self.kl_direction != "reverse":
             parts.append(f"{self.kl_direction}kl")
+        if self.input_dropout:
+            parts.append(f"drop{self.input_dropout:g}")
+        if self.model == "mixture":
+            return f"mixture-K{self.components}"
+        if self.model in ("cvae", "conditional_nn"):
+            what = "label" if self.condition == "label" else f"q{self.given_quadrants}"
+            return f"{'cvae' if self.model == 'cvae' else 'nn'}-{what}"
+        if self.model == "m2":
+            return f"m2-n{self.labelled}"
         return "-".join(parts)
 
     # --------------------------------------------------------------- schedule
@@ -151,15 +176,19 @@ def config_from_dict(values: Mapping[str, Any], *, where: str = "config") -> Run
 
 # New fields go here with their default (which must keep the old behaviour): a config that
 # leaves them at the default hashes exactly as before they existed.
-LATER_FIELDS: dict[str, Any] = {"iterations": 0}
+LATER_FIELDS: dict[str, Any] = {
+    "iterations": 0, "model": "lvm", "components": 0, "condition": "none", "given_quadrants": 0,
+    "labelled": 0, "alpha": 0.1, "input_dropout": 0.0, "eval_inpainting": False,
+}
 
 
 # ---------------------------------------------------------------------- internals
 _INT_FIELDS = {
     "train_size", "test_size", "k", "burda_stages", "epochs", "batch_size", "seed", "k_eval",
-    "flow_steps", "iterations",
+    "flow_steps", "iterations", "components", "given_quadrants", "labelled",
 }
-_FLOAT_FIELDS = {"beta", "lr", "adam_beta1", "adam_beta2", "adam_eps"}
+_FLOAT_FIELDS = {"beta", "lr", "adam_beta1", "adam_beta2", "adam_eps", "alpha", "input_dropout"}
+_BOOL_FIELDS = {"analytic_kl", "eval_inpainting"}
 _CHOICES = {
     "dataset": DATASETS,
     "likelihood": LIKELIHOODS,
@@ -167,6 +196,8 @@ _CHOICES = {
     "kl_direction": KL_DIRECTIONS,
     "objective": OBJECTIVES,
     "schedule": SCHEDULES,
+    "model": MODELS,
+    "condition": CONDITIONS,
 }
 
 
@@ -186,7 +217,7 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
         return float(value)
-    if key == "analytic_kl":
+    if key in _BOOL_FIELDS:
         if not isinstance(value, bool):
             raise fail("true or false")
         return value
@@ -230,9 +261,10 @@ def _validate(cfg: RunConfig) -> None:
                 f"dataset '{cfg.dataset}' is a toy: it needs key 'iterations' >= 1, objective "
                 "'iwae' and posterior 'gaussian' (k = particles, kl_direction = the method)"
             )
-    elif cfg.iterations != 0:
+    elif cfg.iterations != 0 and cfg.model != "mixture":
         raise BenchError(f"key 'iterations' applies to the toys ({', '.join(TOY_DATASETS)}) "
-                         f"only; dataset '{cfg.dataset}' trains for 'epochs'")
+                         f"and model 'mixture' only; dataset '{cfg.dataset}' trains for 'epochs'")
+    _validate_model(cfg)
     if cfg.posterior == "gaussian" and cfg.flow_steps != 0:
         raise BenchError("key 'flow_steps' needs a flow posterior (posterior 'gaussian' has none)")
     if cfg.posterior != "gaussian" and cfg.flow_steps < 1:
@@ -257,6 +289,53 @@ def _validate(cfg: RunConfig) -> None:
         )
     if any(v < 1 for v in cfg.latent) or any(v < 1 for layer in cfg.hidden for v in layer):
         raise BenchError("keys 'hidden' and 'latent' must hold sizes >= 1")
+
+
+def _validate_model(cfg: RunConfig) -> None:
+    """Rules of the model families: each family's keys apply to it alone."""
+    model = cfg.model
+    if model != "lvm" and cfg.dataset in TOY_DATASETS:
+        raise BenchError(f"model '{model}' needs an image data set, not the toy '{cfg.dataset}'")
+    if model != "lvm" and cfg.likelihood != "bernoulli":
+        raise BenchError(f"model '{model}' needs likelihood 'bernoulli'")
+    if model != "lvm" and (cfg.posterior != "gaussian" or cfg.kl_direction != "reverse"):
+        raise BenchError(f"model '{model}' supports posterior 'gaussian' and kl_direction "
+                         "'reverse' only")
+    if model == "mixture":
+        if cfg.components < 1 or cfg.iterations < 1:
+            raise BenchError("model 'mixture' needs key 'components' >= 1 and key 'iterations' "
+                             ">= 1 (EM iterations)")
+    elif cfg.components != 0:
+        raise BenchError("key 'components' applies to model 'mixture' only")
+    if model in ("cvae", "conditional_nn"):
+        if cfg.condition == "none":
+            raise BenchError(f"model '{model}' needs key 'condition' ('label' or 'quadrants')")
+        if cfg.condition == "quadrants" and cfg.given_quadrants not in (1, 2, 3):
+            raise BenchError(f"condition 'quadrants' needs key 'given_quadrants' in 1, 2, 3, "
+                             f"got {cfg.given_quadrants}")
+        if cfg.condition == "label" and cfg.given_quadrants != 0:
+            raise BenchError("key 'given_quadrants' applies to condition 'quadrants' only")
+        if model == "conditional_nn" and cfg.condition != "quadrants":
+            raise BenchError("model 'conditional_nn' (the deterministic baseline) needs "
+                             "condition 'quadrants'")
+    elif cfg.condition != "none" or cfg.given_quadrants != 0:
+        raise BenchError("keys 'condition' and 'given_quadrants' apply to models 'cvae' and "
+                         "'conditional_nn' only")
+    if model == "m2":
+        if cfg.labelled < 10 or cfg.labelled % 10:
+            raise BenchError(f"model 'm2' needs key 'labelled' >= 10 and a multiple of 10 "
+                             f"(class-balanced), got {cfg.labelled}")
+        if cfg.alpha < 0:
+            raise BenchError(f"key 'alpha' must be >= 0, got {cfg.alpha:g}")
+    elif cfg.labelled != 0 or cfg.alpha != 0.1:
+        raise BenchError("keys 'labelled' and 'alpha' apply to model 'm2' only")
+    if not 0.0 <= cfg.input_dropout < 1.0:
+        raise BenchError(f"key 'input_dropout' must be in [0, 1), got {cfg.input_dropout:g}")
+    if model != "lvm" and (cfg.input_dropout or cfg.eval_inpainting):
+        raise BenchError("keys 'input_dropout' and 'eval_inpainting' apply to model 'lvm' only")
+    if cfg.eval_inpainting and (cfg.dataset in TOY_DATASETS or cfg.likelihood != "bernoulli"):
+        raise BenchError("key 'eval_inpainting' needs an image data set and likelihood "
+                         "'bernoulli'")
 
 
 def _plain(value: Any) -> Any:

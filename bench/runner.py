@@ -118,7 +118,8 @@ def execute(task: RunTask, device: str | None = None, where: dict | None = None)
 def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
     import torch
 
-    from bench.train import Checkpointing, load_data, train
+    from bench.families import train_model
+    from bench.train import Checkpointing, load_data
 
     torch.set_num_threads(task.threads)
     cfg, run_id = task.variant.config, task.variant.run_id
@@ -145,8 +146,9 @@ def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
             if cfg.dataset in TOY_DATASETS:  # a toy with a known answer: seconds, on the CPU
                 metrics, status = run_toy(cfg), "finished"
             else:
-                result = train(cfg, load_data(cfg), device=device, on_epoch=on_epoch,
-                               checkpointing=Checkpointing(checkpoint, task.checkpoint_every))
+                result = train_model(cfg, load_data(cfg), device=device, on_epoch=on_epoch,
+                                     checkpointing=Checkpointing(checkpoint,
+                                                                 task.checkpoint_every))
                 metrics = result.metrics()
                 status = metrics.pop("status")
                 curves = [{**vars(r)} for r in result.curves]

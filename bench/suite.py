@@ -523,6 +523,15 @@ def _check_values(values: Mapping[str, Any], where: str, table: str) -> None:
         _check_value(key, value, where, table)
 
 
+# the least each model family needs beside it for a lone `model = ...` to be a valid config
+_MODEL_COMPANIONS: dict[str, dict[str, Any]] = {
+    "mixture": {"components": 1, "iterations": 1},
+    "cvae": {"condition": "label"},
+    "conditional_nn": {"condition": "quadrants", "given_quadrants": 1},
+    "m2": {"labelled": 10},
+}
+
+
 def _check_value(key: str, value: Any, where: str, table: str) -> None:
     """Type and range of one value on its own (on top of the defaults), naming its table.
 
@@ -545,6 +554,16 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
         values.update(iterations=1, objective="iwae")
     elif key == "iterations" and value != 0:
         values.update(dataset=TOY_DATASETS[0], objective="iwae")
+    elif key == "model" or (key == "components" and value != 0):
+        values.update(_MODEL_COMPANIONS.get(value if key == "model" else "mixture", {}))
+        if key == "components":
+            values["model"] = "mixture"
+    elif key == "condition" and value != "none":
+        values.update(model="cvae", given_quadrants=1 if value == "quadrants" else 0)
+    elif key == "given_quadrants" and value != 0:
+        values.update(model="cvae", condition="quadrants")
+    elif key in ("labelled", "alpha"):
+        values.update(model="m2", labelled=values.get("labelled", 10))
     config_from_dict(values, where=f"{where}: {table}")
 
 

@@ -65,6 +65,11 @@ FIELD_HELP = {
     "alpha": "model m2: weight of the classification loss (alpha * N * cross-entropy)",
     "input_dropout": "model lvm: probability of zeroing each input pixel in training",
     "eval_inpainting": "model lvm: score imputation of masked test images",
+    "architecture": "mlp, or conv (Burgess et al. 2018: 4 conv layers of 32 4x4 filters, "
+    "stride 2, a 256-unit layer; for image data sets)",
+    "capacity_max": "controlled capacity: final target C_max of the KL in nats (0 = off)",
+    "capacity_steps": "controlled capacity: optimisation steps over which C rises 0 -> C_max",
+    "gamma": "controlled capacity: weight gamma of |KL - C|",
 }
 
 

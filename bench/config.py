@@ -23,6 +23,7 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 POSTERIORS = ("gaussian", "planar", "radial", "iaf")
 KL_DIRECTIONS = ("reverse", "forward")
 SCHEDULES = ("constant", "burda")
+ARCHITECTURES = ("mlp", "conv")
 MODELS = ("lvm", "mixture", "cvae", "conditional_nn", "m2")
 CONDITIONS = ("none", "label", "quadrants")
 TOY_DATASETS = ("gmm", "bimodal")  # experiments with known answers (bench.toys), not images
@@ -88,6 +89,16 @@ class RunConfig:
     input_dropout: float = 0.0  # lvm: zero each input pixel with this probability in training
     eval_inpainting: bool = False  # lvm: score imputation of masked test images
 
+    # --- disentanglement (issue 9). architecture: mlp (hidden sizes above) or conv (Burgess
+    # et al. 2018: four 4x4 stride-2 convolutions of 32 channels, a 256-unit layer, mirrored
+    # decoder; `hidden` is then unused). Controlled capacity (Burgess et al. 2018):
+    # loss = -E log p(x|z) + gamma * |KL - C|, C raised linearly from 0 to capacity_max nats
+    # over capacity_steps optimisation steps; capacity_max = 0 turns it off.
+    architecture: str = "mlp"
+    capacity_max: float = 0.0
+    capacity_steps: int = 0
+    gamma: float = 1000.0
+
     def __post_init__(self) -> None:
         if self.schedule == "burda":  # the schedule fixes the epoch count; resolve it here
             object.__setattr__(self, "epochs", sum(e for e, _ in self.lr_stages()))
@@ -133,6 +144,10 @@ class RunConfig:
             parts.append(f"{self.kl_direction}kl")
         if self.input_dropout:
             parts.append(f"drop{self.input_dropout:g}")
+        if self.architecture != "mlp":
+            parts.append(self.architecture)
+        if self.capacity_max:
+            parts.append(f"capacity{self.capacity_max:g}")
         if self.model == "mixture":
             return f"mixture-K{self.components}"
         if self.model in ("cvae", "conditional_nn"):
@@ -179,15 +194,17 @@ def config_from_dict(values: Mapping[str, Any], *, where: str = "config") -> Run
 LATER_FIELDS: dict[str, Any] = {
     "iterations": 0, "model": "lvm", "components": 0, "condition": "none", "given_quadrants": 0,
     "labelled": 0, "alpha": 0.1, "input_dropout": 0.0, "eval_inpainting": False,
+    "architecture": "mlp", "capacity_max": 0.0, "capacity_steps": 0, "gamma": 1000.0,
 }
 
 
 # ---------------------------------------------------------------------- internals
 _INT_FIELDS = {
     "train_size", "test_size", "k", "burda_stages", "epochs", "batch_size", "seed", "k_eval",
-    "flow_steps", "iterations", "components", "given_quadrants", "labelled",
+    "flow_steps", "iterations", "components", "given_quadrants", "labelled", "capacity_steps",
 }
-_FLOAT_FIELDS = {"beta", "lr", "adam_beta1", "adam_beta2", "adam_eps", "alpha", "input_dropout"}
+_FLOAT_FIELDS = {"beta", "lr", "adam_beta1", "adam_beta2", "adam_eps", "alpha", "input_dropout",
+                 "capacity_max", "gamma"}
 _BOOL_FIELDS = {"analytic_kl", "eval_inpainting"}
 _CHOICES = {
     "dataset": DATASETS,
@@ -198,6 +215,7 @@ _CHOICES = {
     "schedule": SCHEDULES,
     "model": MODELS,
     "condition": CONDITIONS,
+    "architecture": ARCHITECTURES,
 }
 
 
@@ -336,6 +354,22 @@ def _validate_model(cfg: RunConfig) -> None:
     if cfg.eval_inpainting and (cfg.dataset in TOY_DATASETS or cfg.likelihood != "bernoulli"):
         raise BenchError("key 'eval_inpainting' needs an image data set and likelihood "
                          "'bernoulli'")
+    if cfg.architecture == "conv" and (model != "lvm" or cfg.dataset in TOY_DATASETS
+                                       or len(cfg.latent) != 1):
+        raise BenchError("architecture 'conv' needs model 'lvm', an image data set and one "
+                         "stochastic layer")
+    if cfg.capacity_max < 0:
+        raise BenchError(f"key 'capacity_max' must be >= 0, got {cfg.capacity_max:g}")
+    if cfg.capacity_max > 0:
+        if cfg.capacity_steps < 1 or cfg.gamma <= 0:
+            raise BenchError("controlled capacity (capacity_max > 0) needs key "
+                             "'capacity_steps' >= 1 and key 'gamma' > 0")
+        if cfg.objective != "vae" or cfg.beta != 1.0 or model != "lvm":
+            raise BenchError("controlled capacity (capacity_max > 0) needs model 'lvm', "
+                             "objective 'vae' and beta = 1 (gamma weighs |KL - C| instead)")
+    elif cfg.capacity_steps != 0 or cfg.gamma != 1000.0:
+        raise BenchError("keys 'capacity_steps' and 'gamma' apply to controlled capacity "
+                         "(capacity_max > 0) only")
 
 
 def _plain(value: Any) -> Any:

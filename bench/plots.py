@@ -52,7 +52,7 @@ def _plain_number(value: float, _pos: object = None) -> str:
 def ll_vs_k(data: pd.DataFrame, path: str | Path, *, title: str,
             ylabel: str = "test log-likelihood (nats, higher is better)",
             xlabel: str = "k (samples per example in the training objective, log scale)",
-            ) -> Path:
+            log_y: bool = False) -> Path:
     """A metric (default: test log-likelihood) against k (log scale), one line per `line`,
     error bars = std.
 
@@ -78,6 +78,9 @@ def ll_vs_k(data: pd.DataFrame, path: str | Path, *, title: str,
             ax.set_xlim(ks[0] / 2, ks[0] * 2)
         else:
             ax.set_xlim(min(ks) / 1.5, max(ks) * 1.5)
+        if log_y:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(_plain_number))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -302,6 +305,96 @@ def sample_grid(prior: np.ndarray | None, originals: np.ndarray | None,
         if not panels:
             axes[0][0].axis("off")
         fig.suptitle(title, fontsize=11)
+        return _save(fig, path)
+
+
+def metric_vs_axis(data: pd.DataFrame, references: pd.DataFrame | None, path: str | Path, *,
+                   title: str, xlabel: str, ylabel: str, log_x: bool = False) -> Path:
+    """A metric against a setting (labelled examples, given quadrants, ...), one line per
+    `line`, error bars = std; published values as open markers in the line's colour.
+
+    `data`: columns line, x, mean, std. `references`: columns line, x, value (or None).
+    """
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        colours = {}
+        for line, group in data.groupby("line", sort=False):
+            group = group.sort_values("x")
+            bars = ax.errorbar(group["x"], group["mean"], yerr=group["std"].fillna(0.0),
+                               marker="o", capsize=3, linewidth=1.5, label=f"{line} (ours)")
+            colours[line] = bars.lines[0].get_color()
+        if references is not None and not references.empty:
+            for line, group in references.groupby("line", sort=False):
+                group = group.sort_values("x")
+                ax.plot(group["x"], group["value"], marker="D", markerfacecolor="none",
+                        linestyle=":", color=colours.get(line, "black"), markersize=7,
+                        label=f"{line} (published)")
+        xs = sorted(set(data["x"]) | (set(references["x"]) if references is not None
+                                      and not references.empty else set()))
+        if log_x:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(xs)
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.margins(x=0.08, y=0.1)
+        ax.legend(loc="best", fontsize=8)
+        return _save(fig, path)
+
+
+def grouped_bars(data: pd.DataFrame, path: str | Path, *, title: str, ylabel: str) -> Path:
+    """Bars of `mean` (error bar = std) per `group` on the x axis, one colour per `bar`.
+
+    `data`: columns group, bar, mean, std.
+    """
+    with plt.rc_context(_STYLE):
+        groups = list(dict.fromkeys(data["group"]))
+        bars = list(dict.fromkeys(data["bar"]))
+        fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(groups) + 2.0), 4.4))
+        width = 0.8 / max(1, len(bars))
+        for i, bar in enumerate(bars):
+            rows = data[data["bar"] == bar].set_index("group").reindex(groups)
+            x = np.arange(len(groups)) + (i - (len(bars) - 1) / 2) * width
+            ax.bar(x, rows["mean"], width, yerr=rows["std"].fillna(0.0), capsize=2,
+                   label=str(bar))
+        ax.set_xticks(np.arange(len(groups)))
+        ax.set_xticklabels([str(g) for g in groups])
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(axis="x", visible=False)
+        ax.legend(loc="best", fontsize=8)
+        return _save(fig, path)
+
+
+def image_rows(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, *, title: str,
+               columns: int = 16) -> Path:
+    """Labelled rows of grayscale images: each (label, (n, h, w) array in [0, 1]) is one row
+    of at most `columns` images, its label on the left. Rows of another image size than the
+    first are left out."""
+    rows = [(label, images[:columns]) for label, images in rows if len(images)]
+    shape = rows[0][1].shape[1:] if rows else (1, 1)
+    rows = [(label, images) for label, images in rows if images.shape[1:] == shape]
+    width = max([len(images) for _, images in rows] or [1])
+    tiles = np.full((max(1, len(rows)) * width, *shape), np.nan)
+    for r, (_, images) in enumerate(rows):
+        tiles[r * width:r * width + len(images)] = images
+    mosaic = _mosaic(tiles, width)
+    cmap = plt.get_cmap("gray").with_extremes(bad=_SEPARATOR)
+    with plt.rc_context({**_STYLE, "axes.grid": False}):
+        aspect = mosaic.shape[0] / mosaic.shape[1]
+        fig, ax = plt.subplots(figsize=(9.0, min(16.0, 7.4 * aspect + 1.0)))
+        ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0.0, vmax=1.0,
+                  interpolation="nearest")
+        h = (mosaic.shape[0] - 1) / max(1, len(rows))
+        ax.set_yticks([h * (i + 0.5) for i in range(len(rows))])
+        ax.set_yticklabels([label for label, _ in rows], fontsize=8)
+        ax.tick_params(axis="y", length=0)
+        ax.set_xticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_title(title, fontsize=11)
         return _save(fig, path)
 
 

@@ -82,6 +82,13 @@ QUALITY_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("metric_mass_dominant_mode", "q mass on dominant mode", 3),
     MetricSpec("metric_kl_reverse", "KL(q||p) (nats)", 3),
     MetricSpec("metric_kl_forward", "KL(p||q) (nats)", 3),
+    # model families (bench.families): the mixture's exact training log-likelihood, the
+    # conditional models' -log p(missing | given), the semi-supervised classifier's error
+    MetricSpec("metric_train_ll", "train LL (nats)", 2),
+    MetricSpec("metric_test_cll", "-log p(missing|given) (nats)", 2),
+    MetricSpec("metric_test_cll_is", "-log p(missing|given), IS (nats)", 2),
+    MetricSpec("metric_test_error", "test error (%)", 2),
+    MetricSpec("metric_test_unlabelled_bound", "unlabelled bound (nats)", 2),
 )
 #: what it costs
 COST_METRICS: tuple[MetricSpec, ...] = (
@@ -326,6 +333,133 @@ def bimodal_fit_data(runs: pd.DataFrame) -> dict[str, tuple[float, float]] | Non
     return fits
 
 
+_PRIOR_IWAE = re.compile(r"metric_prior_iwae_k(\d+)")
+
+
+def prior_iwae_data(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Mixture models (exact log p(x)): the gap between the exact test log-likelihood and the
+    IWAE estimate with q = p(z), against k, one line per number of components. Columns as
+    `ll_vs_k_data` (mean/std over the finished seeds of gap = exact - estimate)."""
+    columns = {int(m.group(1)): c for c in runs.columns if (m := _PRIOR_IWAE.fullmatch(c))}
+    if len(columns) < 2 or "metric_test_ll" not in runs.columns:
+        return None
+    finished = runs[runs["status"] == "finished"]
+    records = []
+    for variant, group in finished.groupby("variant", sort=False):
+        exact = _numeric(group, "metric_test_ll")
+        components = _py(group.iloc[0].get("cfg_components"))
+        for k, column in sorted(columns.items()):
+            gap = (exact - _numeric(group, column)).to_numpy(dtype=float)
+            gap = gap[np.isfinite(gap)]
+            if not len(gap):
+                continue
+            records.append({"line": f"K = {components}" if components else str(variant),
+                            "k": k, "mean": float(gap.mean()),
+                            "std": float(gap.std(ddof=1)) if len(gap) > 1 else math.nan,
+                            "seeds": len(gap), "variant": variant})
+    table = pd.DataFrame(records)
+    return table if not table.empty and table["k"].nunique() > 1 else None
+
+
+def axis_metric_data(summary: pd.DataFrame, metric: str, axis: str,
+                     rows: pd.Series | None = None) -> pd.DataFrame | None:
+    """`metric` (a runs column) against the config key `axis`, one line per model family:
+    columns line, x, mean, std, variant. `rows` selects summary rows (default: all). None
+    unless at least two values of `axis` have a value."""
+    mean, column = f"{metric}_mean", f"cfg_{axis}"
+    if summary.empty or mean not in summary.columns or column not in summary.columns:
+        return None
+    table = summary if rows is None else summary[rows]
+    table = table[table[mean].notna()]
+    if table.empty or table[column].nunique() < 2:
+        return None
+    return pd.DataFrame({
+        "line": [_family_label(row) for _, row in table.iterrows()],
+        "x": table[column].astype(float).to_numpy(),
+        "mean": table[mean].to_numpy(dtype=float),
+        "std": table[f"{metric}_std"].to_numpy(dtype=float),
+        "variant": table["variant"].to_numpy(),
+    })
+
+
+def axis_reference_data(summary: pd.DataFrame, references: Sequence[Reference], metric: str,
+                        axis: str) -> pd.DataFrame | None:
+    """The published values of `metric` placed like `axis_metric_data`'s points: one per
+    reference and summary row it matches. Columns line, x, value."""
+    records = []
+    for ref in references:
+        column, _sign = reference_value_column(ref.metric)
+        if column != metric:
+            continue
+        for _, row in summary.iterrows():
+            if reference_matches(ref, row.to_dict()) and not _missing(row.get(f"cfg_{axis}")):
+                records.append({"line": _family_label(row), "x": float(row[f"cfg_{axis}"]),
+                                "value": ref.value})
+    table = pd.DataFrame(records).drop_duplicates() if records else None
+    return table if table is not None and not table.empty else None
+
+
+_FAMILY_LABELS = {"cvae": "CVAE", "conditional_nn": "deterministic NN", "m2": "M2",
+                  "mixture": "mixture (EM)"}
+
+
+def _family_label(row: pd.Series) -> str:
+    model = _py(row.get("cfg_model"))
+    return _FAMILY_LABELS.get(str(model), str(row.get("cfg_objective", model)).upper())
+
+
+INPAINT_MASKS = {"rand25": "random 25%", "rand50": "random 50%", "rand75": "random 75%",
+                 "top_half": "top half", "quadrant": "one quadrant"}
+INPAINT_METHODS = {"onepass": "one-pass", "iterative": "iterative"}
+
+
+def inpainting_data(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Imputation scores of the finished runs that evaluated inpainting: one row per
+    (variant, input_dropout, mask, method) with nll/error mean and std over seeds."""
+    finished = runs[runs["status"] == "finished"]
+    records = []
+    for variant, group in finished.groupby("variant", sort=False):
+        dropout = _py(group.iloc[0].get("cfg_input_dropout"))
+        for mask, mask_label in INPAINT_MASKS.items():
+            for method, method_label in INPAINT_METHODS.items():
+                stem = f"metric_inpaint_{mask}_{method}"
+                if f"{stem}_nll" not in group.columns:
+                    continue
+                record = {"variant": variant, "input_dropout": float(dropout or 0.0),
+                          "mask": mask_label, "method": method_label}
+                for score in ("nll", "error"):
+                    values = _numeric(group, f"{stem}_{score}").to_numpy(dtype=float)
+                    values = values[np.isfinite(values)]
+                    record[f"{score}_mean"] = float(values.mean()) if len(values) else math.nan
+                    record[f"{score}_std"] = float(values.std(ddof=1)) if len(values) > 1 \
+                        else math.nan
+                    record["seeds"] = len(values)
+                if record["seeds"]:
+                    records.append(record)
+    return pd.DataFrame(records) if records else None
+
+
+def inpainting_table(data: pd.DataFrame) -> Table:
+    """Mask x method rows, one nll and one error column per input dropout."""
+    dropouts = sorted(data["input_dropout"].unique())
+    headers = ["mask", "method"]
+    for p in dropouts:
+        headers += [f"-log p(missing) p={p:g} (nats)", f"error p={p:g} (%)"]
+    rows = []
+    for (mask, method), group in data.groupby(["mask", "method"], sort=False):
+        cells = [str(mask), str(method)]
+        for p in dropouts:
+            at = group[group["input_dropout"] == p]
+            if at.empty:
+                cells += ["-", "-"]
+                continue
+            r = at.iloc[0]
+            cells += [format_mean_std(r["nll_mean"], r["nll_std"], _NLL),
+                      format_mean_std(r["error_mean"], r["error_std"], _NLL)]
+        rows.append(cells)
+    return Table(headers, rows, [False, False] + [True] * (2 * len(dropouts)))
+
+
 def _beta_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame | None:
     """VAE-objective variants with a value in one of `columns`, if beta varies among them."""
     needed = {"cfg_objective", "cfg_beta"}
@@ -483,6 +617,44 @@ def sample_sets(runs: pd.DataFrame, samples: pd.DataFrame | None,
         out.append(SampleSet(str(variant), str(run["run_id"]),
                              int(seed) if seed is not None else None, images["prior"],
                              images["original"], images["reconstruction"]))
+    out.sort(key=lambda s: (rank.get(s.variant, len(rank)), s.variant))
+    return out
+
+
+@dataclass
+class ImageRows:
+    """A run's other images (conditional samples, completions, imputations): labelled rows."""
+
+    variant: str
+    run_id: str
+    seed: int | None
+    rows: list[tuple[str, np.ndarray]]  # (kind, (n, h, w) in [0, 1]) in stored order
+
+
+def image_row_sets(runs: pd.DataFrame, samples: pd.DataFrame | None,
+                   order: Sequence[str] = ()) -> list[ImageRows]:
+    """Per variant, the image kinds beyond prior/original/reconstruction of its lowest-seed
+    finished run, in the order the run stored them."""
+    if samples is None or samples.empty:
+        return []
+    extra = samples[~samples["kind"].isin(SAMPLE_KINDS)]
+    if extra.empty:
+        return []
+    candidates = runs[(runs["status"] == "finished") & runs["run_id"].isin(set(extra["run_id"]))]
+    if "cfg_seed" in candidates.columns:
+        candidates = candidates.sort_values("cfg_seed", kind="stable")
+    rank = {name: i for i, name in enumerate(order)}
+    out = []
+    for variant, group in candidates.groupby("variant", sort=False):
+        run = group.iloc[0]
+        mine = extra[extra["run_id"] == run["run_id"]]
+        rows = [(str(kind), _images(mine[mine["kind"] == kind]))
+                for kind in dict.fromkeys(mine["kind"])]
+        rows = [(kind, images) for kind, images in rows if len(images)]
+        if rows:
+            seed = _py(run.get("cfg_seed"))
+            out.append(ImageRows(str(variant), str(run["run_id"]),
+                                 int(seed) if seed is not None else None, rows))
     out.sort(key=lambda s: (rank.get(s.variant, len(rank)), s.variant))
     return out
 
@@ -977,7 +1149,9 @@ def _reference_section(report: _Report, data: SuiteData) -> None:
     report.add(Paragraph(
         "Published values beside ours (mean ± std over finished seeds of the matching runs, "
         "at each budget that ran). test_nll is -log p(x) in nats (lower is better; ours is "
-        "-test LL), so a positive difference means ours is worse. Only runs at the "
+        "-test LL), so a positive difference means ours is worse; the same holds for "
+        "test_cll (-log p(missing | given)) and test_error (%), while for test_ll and "
+        "accuracies a positive difference means ours is better. Only runs at the "
         "reference's own budget reproduce the published protocol; other budgets are shown "
         "for orientation and are not reproductions."))
     records = reference_rows(data.runs, data.suite.references, data.budgets)
@@ -1036,6 +1210,8 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
             f"One Gaussian fitted to two modes ({name}, {budget})",
             lambda path, title: bimodal.plot_fits(fits, path, title=title))
 
+    _family_figures(report, data, summary, runs, stem, where, seeds)
+
     table = rate_distortion_data(summary)
     if table is not None:
         report.figure(
@@ -1091,11 +1267,20 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
                              emphasis=True))
 
     sets = sample_sets(runs, data.samples, order)
-    if not sets:
+    extra = image_row_sets(runs, data.samples, order)
+    if not sets and not extra:
         report.add(Paragraph("Samples: no sample images stored for these runs (results "
                              "written before samples were stored).", emphasis=True))
         return
     report.add(Heading(4, f"Samples: budget {budget}"))
+    for rows in extra:
+        seed = f"seed {rows.seed}" if rows.seed is not None else "one seed"
+        report.figure(
+            f"{stem}-images-{rows.variant}",
+            f"{rows.variant} ({seed}, run {rows.run_id}): one row per kind of image, as "
+            "labelled on the left (grayscale; 0.5 gray marks hidden pixels in masked inputs).",
+            f"{rows.variant}: suite {name}, budget {budget}, {seed}",
+            lambda path, title, rows=rows: plots.image_rows(rows.rows, path, title=title))
     for images in sets:
         seed = f"seed {images.seed}" if images.seed is not None else "one seed"
         report.figure(
@@ -1106,6 +1291,79 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
             f"{images.variant}: suite {name}, budget {budget}, {seed}",
             lambda path, title, images=images: plots.sample_grid(
                 images.prior, images.original, images.reconstruction, path, title=title))
+
+
+def _family_figures(report: _Report, data: SuiteData, summary: pd.DataFrame,
+                    runs: pd.DataFrame, stem: str, where: str, seeds: str) -> None:
+    """The model families' own plots: EM mixture estimator convergence, CVAE quadrant
+    completion and M2 error against their published values, inpainting scores."""
+    from bench import plots
+
+    name = data.name
+    references = data.suite.references if data.suite is not None else ()
+    table = prior_iwae_data(runs)
+    if table is not None:
+        report.figure(
+            f"{stem}-prior-iwae",
+            "Mixture of Bernoullis fitted by EM, where log p(x) is exact: the gap between the "
+            "exact test log-likelihood and the IWAE estimate with q = p(z), against the number "
+            f"of samples k ({where}; {seeds}). The estimate is a stochastic lower bound and "
+            "converges to the exact value as k grows; q = p(z) is the worst proposal, so it "
+            "needs many samples.",
+            f"IWAE estimate with q = p(z) vs exact log p(x) ({name})",
+            lambda path, title: plots.ll_vs_k(
+                table, path, title=title, log_y=True,
+                ylabel="exact log p(x) - IWAE estimate (nats, log scale)",
+                xlabel="k (samples from the prior, log scale)"))
+
+    panels = (
+        ("metric_test_error", "labelled", summary.get("cfg_model") == "m2"
+         if "cfg_model" in summary.columns else None,
+         "Semi-supervised M2: test error against the number of labelled examples",
+         "labelled training examples N (log scale)", "test error (%, lower is better)", True),
+        ("metric_test_cll", "given_quadrants", summary.get("cfg_condition") == "quadrants"
+         if "cfg_condition" in summary.columns else None,
+         "Quadrant completion: -log p(missing quadrants | given) against the quadrants given",
+         "quadrants given", "-log p(missing | given) (nats per image, lower is better)",
+         False),
+    )
+    for metric, axis, rows, caption, xlabel, ylabel, log_x in panels:
+        if rows is None:
+            continue
+        table = axis_metric_data(summary, metric, axis, rows)
+        if table is None:
+            continue
+        refs = axis_reference_data(summary[rows], references, metric, axis)
+        report.figure(
+            f"{stem}-{metric[len('metric_'):]}-vs-{axis}",
+            f"{caption} ({where}; {seeds}); open diamonds: the published values (a "
+            "reproduction only at their own budget).",
+            f"{caption.split(':')[0]} ({name})",
+            lambda path, title, table=table, refs=refs, xlabel=xlabel, ylabel=ylabel,
+            log_x=log_x: plots.metric_vs_axis(table, refs, path, title=title, xlabel=xlabel,
+                                              ylabel=ylabel, log_x=log_x))
+
+    table = inpainting_data(runs)
+    if table is not None:
+        report.add(Paragraph(
+            "Inpainting: -log p(missing pixels | observed) in nats per test image (summed over "
+            "its missing pixels, averaged over images) and the % of missing pixels predicted "
+            "wrongly, per mask and imputation method, for each input-dropout rate p used in "
+            "training (mean ± std over seeds). One-pass: z ~ q(z | image with missing pixels "
+            "zeroed); iterative: alternate z ~ q(z | filled image) and x_missing ~ p(x | z)."))
+        report.add(inpainting_table(table))
+        bars = table.assign(group=table["mask"],
+                            bar=[f"p={p:g}, {m}" for p, m in
+                                 zip(table["input_dropout"], table["method"], strict=True)],
+                            mean=table["nll_mean"], std=table["nll_std"])
+        report.figure(
+            f"{stem}-inpainting",
+            f"Inpainting: -log p(missing | observed) per mask, training input dropout p and "
+            f"imputation method ({where}; {seeds}). Lower is better.",
+            f"Imputation of missing pixels ({name})",
+            lambda path, title: plots.grouped_bars(
+                bars, path, title=title,
+                ylabel="-log p(missing | observed) (nats per image)"))
 
 
 def _provenance_section(report: _Report, data: SuiteData) -> None:

@@ -103,3 +103,39 @@ def test_posterior_and_kl_direction_are_validated(values, fragment):
 def test_toy_datasets_are_validated(values, fragment):
     with pytest.raises(BenchError, match=fragment):
         config_from_dict(values)
+
+
+def test_model_family_keys_keep_old_run_ids_and_hash_when_set():
+    # the lvm default hashes as before the families existed (pinned id of RunConfig())
+    assert RunConfig().run_id == "a22183d31700ebeb"
+    mixture = RunConfig(model="mixture", components=10, iterations=5)
+    assert '"components":10' in mixture.canonical_json()
+    assert mixture.run_id != RunConfig(model="mixture", components=50, iterations=5).run_id
+    assert mixture.label == "mixture-K10"
+    assert RunConfig(model="cvae", condition="quadrants", given_quadrants=2).label == "cvae-q2"
+    assert RunConfig(model="m2", labelled=100).label == "m2-n100"
+    assert RunConfig(capacity_max=25.0, capacity_steps=100).label == "vae-capacity25"
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"model": "mixture"}, "needs key 'components' >= 1"),
+        ({"components": 5}, "applies to model 'mixture' only"),
+        ({"model": "cvae"}, "needs key 'condition'"),
+        ({"model": "cvae", "condition": "quadrants", "given_quadrants": 4}, "in 1, 2, 3"),
+        ({"model": "conditional_nn", "condition": "label"}, "needs condition 'quadrants'"),
+        ({"model": "m2", "labelled": 105}, "multiple of 10"),
+        ({"alpha": 0.5}, "apply to model 'm2' only"),
+        ({"input_dropout": 1.0}, "must be in \\[0, 1\\)"),
+        ({"model": "m2", "labelled": 100, "input_dropout": 0.5}, "model 'lvm' only"),
+        ({"model": "bogus"}, "unknown model 'bogus'"),
+        ({"capacity_max": 5.0}, "capacity_steps' >= 1"),
+        ({"capacity_max": 5.0, "capacity_steps": 10, "beta": 4.0}, "beta = 1"),
+        ({"gamma": 10.0}, "controlled capacity"),
+        ({"architecture": "conv", "latent": [4, 2], "hidden": [[8], [8]]}, "one stochastic"),
+    ],
+)
+def test_model_family_rules_are_one_line_errors(values, fragment):
+    with pytest.raises(BenchError, match=fragment):
+        config_from_dict(values)

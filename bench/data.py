@@ -40,7 +40,8 @@ import torch
 from bench.errors import BenchError
 
 TEST_BINARIZATION_SEED = 20151001
-DATASETS: tuple[str, ...] = ("digits", "mnist")
+DATASETS: tuple[str, ...] = ("digits", "mnist", "shapes", "shapes_small")
+SHAPES_GRIDS = {"shapes": "full", "shapes_small": "small"}  # data set -> bench.shapes preset
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_SIZE = 297
@@ -66,6 +67,11 @@ class Dataset:
     image_shape: tuple[int, int] | None
     binarized: bool  # True: Bernoulli data, binarize train batches with binarize_dynamic
     test_intensities: torch.Tensor | None = None  # (M, D) the test images before binarization
+    # generative factors of synthetic grids (shapes): (N, F) / (M, F) int64 indices into the
+    # factor value lists, columns named by factor_names; None and () for other data sets
+    train_factors: torch.Tensor | None = None
+    test_factors: torch.Tensor | None = None
+    factor_names: tuple[str, ...] = ()
 
     @property
     def dim(self) -> int:
@@ -108,6 +114,8 @@ def load_dataset(
         arrays = _read_cache(cache)
         train_v, train_y, test_v, test_y = (arrays[k] for k in _CACHE_KEYS)
         scale, image_shape = 256.0, (28, 28)
+    elif name in SHAPES_GRIDS:
+        return _load_shapes(name, train_size, test_size, binarize)
     else:
         raise BenchError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
 
@@ -128,6 +136,28 @@ def load_dataset(
         image_shape=image_shape,
         binarized=binarize,
     )
+
+
+def _load_shapes(name: str, train_size: int | None, test_size: int | None,
+                 binarize: bool) -> Dataset:
+    """The bench.shapes grid as a Dataset: fixed random split, shape index as the label."""
+    # imported here: bench.shapes imports data_dir from this module; the grid is generated
+    # (seconds) and cached under data_dir() on first use
+    from bench.shapes import FACTOR_NAMES, load_shapes
+
+    grid = load_shapes(SHAPES_GRIDS[name])
+    train_rows, test_rows = grid.split()
+    n = _check_size(name, "train_size", train_size, len(train_rows))
+    m = _check_size(name, "test_size", test_size, len(test_rows))
+    train_rows, test_rows = train_rows[:n], test_rows[:m]  # unpack only the rows kept
+    factors = torch.from_numpy(grid.factor_indices)
+    train_f, test_f = factors[torch.from_numpy(train_rows)], factors[torch.from_numpy(test_rows)]
+    test_x = torch.from_numpy(grid.pixels(test_rows))  # exactly 0/1: binarizing is the identity
+    return Dataset(name=name, train=torch.from_numpy(grid.pixels(train_rows)), test=test_x,
+                   test_intensities=test_x, train_labels=train_f[:, 0].clone(),
+                   test_labels=test_f[:, 0].clone(), image_shape=(grid.spec.size,) * 2,
+                   binarized=binarize, train_factors=train_f, test_factors=test_f,
+                   factor_names=FACTOR_NAMES)
 
 
 def fetch_mnist(*, source: pathlib.Path | None = None, force: bool = False) -> pathlib.Path:

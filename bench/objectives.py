@@ -6,6 +6,9 @@ All use the k samples as one (k, B) tensor; none loops over k.
     vae   (1/k) sum_i [log p(x|z_i)] - beta * KL(q(z|x) || p(z))   (Kingma & Welling 2014;
           beta-VAE: Higgins et al. 2017; k > 1 is Burda et al.'s VAE-k, the mean of k ELBOs)
     iwae  log (1/k) sum_i p(x, z_i) / q(z_i|x)                      (Burda et al. 2015)
+    controlled capacity (Burgess et al. 2018, "Understanding disentangling in beta-VAE"):
+          (1/k) sum_i log p(x|z_i) - gamma * |KL - C|, KL the minibatch mean, C raised
+          linearly from 0 to capacity_max over capacity_steps optimisation steps
 
 With kl_direction = "forward" the decoder still ascends the IWAE bound while the encoder
 follows the reweighted wake-sleep wake-phi update (Le et al. 2019), which descends the
@@ -60,6 +63,30 @@ def wake_phi_surrogate(log_weights: torch.Tensor, log_q: torch.Tensor) -> torch.
 Objective = Callable[[ModelSample], torch.Tensor]
 
 
+class ControlledCapacity:
+    """The controlled-capacity objective of Burgess et al. 2018. Each call is one training
+    step: it uses C = capacity_max * min(1, steps_done / capacity_steps), then counts the
+    step. `steps_done` is set by the trainer when it resumes from a checkpoint."""
+
+    def __init__(self, capacity_max: float, capacity_steps: int, gamma: float,
+                 analytic_kl: bool = True) -> None:
+        self.capacity_max, self.capacity_steps, self.gamma = capacity_max, capacity_steps, gamma
+        self.analytic_kl = analytic_kl
+        self.steps_done = 0
+
+    def capacity(self, step: int) -> float:
+        """The KL target C (nats) at optimisation step `step` (0-based)."""
+        return self.capacity_max * min(1.0, step / self.capacity_steps)
+
+    def __call__(self, sample: ModelSample) -> torch.Tensor:
+        target = self.capacity(self.steps_done)
+        self.steps_done += 1
+        kl = kl_term(sample, self.analytic_kl)
+        # the penalty is on the minibatch's mean KL, as in the paper; the same for every
+        # example, so the trainer's mean over the batch gives recon - gamma * |KL - C|
+        return sample.log_px_given_z.mean(0) - self.gamma * (kl.mean() - target).abs()
+
+
 def forward_kl_iwae_bound(sample: ModelSample) -> torch.Tensor:
     """(B,) the IWAE bound's value; gradients: the decoder's IWAE gradient and, for q,
     the wake-phi update. Needs samples drawn with `detach_samples=True`."""
@@ -72,6 +99,9 @@ def objective_for(cfg: RunConfig) -> Objective:
     """The per-example bound to maximise for this config."""
     if cfg.kl_direction == "forward":
         return forward_kl_iwae_bound
+    if cfg.capacity_max > 0:
+        return ControlledCapacity(cfg.capacity_max, cfg.capacity_steps, cfg.gamma,
+                                  cfg.analytic_kl)
     builders: dict[str, Callable[[], Objective]] = {
         "vae": lambda: lambda s: vae_bound(s, cfg.beta, cfg.analytic_kl),
         "iwae": lambda: iwae_bound,

@@ -41,7 +41,7 @@ def _isolated_data_dir(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) 
 def test_digits_shapes_range_and_deterministic_split() -> None:
     a = load_dataset("digits", binarize=False)
     b = load_dataset("digits", binarize=False)
-    assert DATASETS == ("digits", "mnist")
+    assert DATASETS == ("digits", "mnist", "shapes", "shapes_small")
     assert a.train.shape == (1500, 64) and a.test.shape == (297, 64)
     assert a.train.dtype == a.test.dtype == torch.float32
     assert a.train_labels.dtype == a.test_labels.dtype == torch.int64
@@ -97,7 +97,7 @@ def test_invalid_sizes_raise(kwargs: dict) -> None:
 
 
 def test_unknown_dataset_raises() -> None:
-    with pytest.raises(BenchError, match=r"unknown dataset 'foo' \(known: digits, mnist\)"):
+    with pytest.raises(BenchError, match=r"unknown dataset 'foo' \(known: digits, mnist, shapes, shapes_small\)"):
         load_dataset("foo")
 
 

@@ -8,6 +8,13 @@ only sync is once per epoch, where a non-finite loss ends the run as `diverged`.
 Randomness comes from one `torch.Generator` seeded from the config (shuffling, dynamic
 binarisation, reparameterisation noise) and weights are initialised from the same seed, so
 the same config and seed on the same CPU setup reproduce the same metrics bit for bit.
+
+Input dropout (`input_dropout` = p > 0): the encoder sees each minibatch with every pixel
+zeroed independently with probability p (a fresh mask per minibatch, drawn from the training
+generator after binarisation) while p(x | z) still scores the full x, so q(z | x_masked) is
+trained towards q(z | x) and the encoder learns to infer from partly observed images
+(scored by `eval_inpainting`, see bench.metrics.imputation). With p = 0 nothing is drawn
+and the loop is exactly the plain one.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from bench.data import Dataset, binarize_dynamic, load_dataset
 from bench.errors import BenchError
 from bench.metrics.blur import blur_metrics, sample_records
 from bench.metrics.cost import PeakMemory, training_flops_per_example
+from bench.metrics.imputation import evaluate_inpainting
 from bench.metrics.likelihood import TestMetrics, evaluate
 from bench.models import LatentVariableModel, build_model
 from bench.objectives import Objective, objective_for
@@ -35,7 +43,7 @@ from bench.objectives import Objective, objective_for
 # runs of the same config and seed, and are left out of reproducibility checks.
 MACHINE_METRICS = frozenset({
     "train_seconds", "train_samples_per_s", "train_flops_per_s", "eval_seconds",
-    "eval_samples_per_s", "peak_memory_bytes",
+    "eval_samples_per_s", "peak_memory_bytes", "inpaint_seconds",
 })
 
 # Offsets that derive independent streams from the one user-facing seed.
@@ -64,6 +72,7 @@ class TrainResult:
     cost: dict = field(default_factory=dict)  # peak memory, FLOPs per example, FLOP/s
     images: dict = field(default_factory=dict)  # blurriness and sharpness (finished runs)
     samples: list[dict] = field(default_factory=list)  # image rows for the report's grids
+    inpainting: dict = field(default_factory=dict)  # inpaint_* metrics (cfg.eval_inpainting)
 
     def metrics(self) -> dict:
         """Flat metric dict for printing and storing (nats per example, seconds, samples/s)."""
@@ -81,6 +90,7 @@ class TrainResult:
         if self.test is not None:
             out.update(self.test.to_dict())
         out.update(self.images)
+        out.update(self.inpainting)
         out.update(self.cost)
         if math.isfinite(out["train_samples_per_s"]) and "flops_per_example" in self.cost:
             out["train_flops_per_s"] = self.cost["flops_per_example"] * out["train_samples_per_s"]
@@ -95,14 +105,25 @@ def training_step(
     k: int,
     generator: torch.Generator | None = None,
     detach_samples: bool = False,
+    x_in: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One Adam step on minibatch xb (B, D); returns the loss (negative mean bound) as a
-    0-d tensor still on the device, so the caller decides when to synchronise."""
-    loss = -bound_fn(model(xb, k, generator=generator, detach_samples=detach_samples)).mean()
+    0-d tensor still on the device, so the caller decides when to synchronise. `x_in`, if
+    given, is the encoder's input in place of xb (input dropout); the bound still scores xb."""
+    sample = model(xb, k, generator=generator, detach_samples=detach_samples, x_in=x_in)
+    loss = -bound_fn(sample).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+def drop_pixels(x: torch.Tensor, p: float, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+    """x with each entry set to 0 independently with probability p (no rescaling: a dropped
+    pixel looks exactly like a missing one at inpainting time); one uniform draw per entry."""
+    dropped = torch.rand(x.shape, generator=generator, device=x.device) < p
+    return x.masked_fill(dropped, 0.0)
 
 
 def load_data(cfg: RunConfig) -> Dataset:
@@ -180,8 +201,9 @@ def train(
             xb = x_train[order[lo : lo + cfg.batch_size]]
             if dataset.binarized:
                 xb = binarize_dynamic(xb, generator)
+            x_in = drop_pixels(xb, cfg.input_dropout, generator) if cfg.input_dropout else None
             loss = training_step(model, optimizer, bound_fn, xb, cfg.k, generator,
-                                 detach_samples=cfg.kl_direction == "forward")
+                                 detach_samples=cfg.kl_direction == "forward", x_in=x_in)
             loss_sum += loss * xb.shape[0]
         mean_loss = float(loss_sum) / n  # the one host sync per epoch
         now = time.perf_counter()
@@ -205,12 +227,16 @@ def train(
                              now - start)
     train_seconds = time.perf_counter() - start
 
-    test, images, samples = None, {}, []
+    test, images, samples, inpainting = None, {}, [], {}
     if status == "finished":
         eval_generator = make_generator(cfg.seed + _EVAL_STREAM, device)
         test = evaluate(model, x_test, cfg.k_eval, generator=eval_generator)
         images = blur_metrics(model, dataset, generator=eval_generator)
         samples = sample_records(model, dataset, generator=eval_generator)
+        if cfg.eval_inpainting:  # last, so the metrics above are the same with or without it
+            inpainting, inpaint_rows = evaluate_inpainting(model, dataset,
+                                                           generator=eval_generator)
+            samples += inpaint_rows
     cost = {
         "flops_per_example": training_flops_per_example(model, cfg.k),
         "peak_memory_bytes": memory.peak_bytes(),
@@ -226,6 +252,7 @@ def train(
         cost=cost,
         images=images,
         samples=samples,
+        inpainting=inpainting,
     )
 
 

@@ -117,15 +117,18 @@ class LatentVariableModel(nn.Module):
         k: int,
         generator: torch.Generator | None = None,
         detach_samples: bool = False,
+        x_in: torch.Tensor | None = None,
     ) -> ModelSample:
         """Draw k samples per example of x (B, D); all tensors in the result are (k, B, ...).
         `detach_samples` (Gaussian posteriors): gradients reach q only through log q at
-        fixed samples, for the forward-KL (wake-phi) update."""
+        fixed samples, for the forward-KL (wake-phi) update. `x_in` (B, D), if given, is what
+        the encoder sees instead of x (e.g. x with dropped pixels set to 0): the samples come
+        from q(z | x_in) while p(x | z) still scores the full x."""
         extra = {"detach_sample": True} if detach_samples else {}
         log_qz = x.new_zeros(())
         zs, z_means = [], []
         kl = None
-        h, draws = x, k
+        h, draws = (x if x_in is None else x_in), k
         for encoder in self.encoders:
             sample = encoder(h, draws, generator=generator, **extra)
             log_qz = log_qz + sample.log_q

@@ -126,7 +126,7 @@ def profile_variant(
     dataset = load_data(cfg)
     x_train = dataset.train.to(dev)
     n = x_train.shape[0]
-    model = build_model(cfg, dataset.dim).to(dev)
+    model = build_model(cfg, dataset.dim, image_shape=dataset.image_shape).to(dev)
     optimizer = make_optimizer(model, cfg)
     bound_fn = objective_for(cfg)
     generator = make_generator(cfg.seed, dev)

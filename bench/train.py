@@ -34,16 +34,17 @@ from bench.data import Dataset, binarize_dynamic, load_dataset
 from bench.errors import BenchError
 from bench.metrics.blur import blur_metrics, sample_records
 from bench.metrics.cost import PeakMemory, training_flops_per_example
+from bench.metrics.factors import factor_metrics, has_factors
 from bench.metrics.imputation import evaluate_inpainting
 from bench.metrics.likelihood import TestMetrics, evaluate
 from bench.models import LatentVariableModel, build_model
-from bench.objectives import Objective, objective_for
+from bench.objectives import ControlledCapacity, Objective, objective_for
 
 # Metrics that measure the machine (time, memory), not the model: they differ between two
 # runs of the same config and seed, and are left out of reproducibility checks.
 MACHINE_METRICS = frozenset({
     "train_seconds", "train_samples_per_s", "train_flops_per_s", "eval_seconds",
-    "eval_samples_per_s", "peak_memory_bytes", "inpaint_seconds",
+    "eval_samples_per_s", "peak_memory_bytes", "inpaint_seconds", "factor_seconds",
 })
 
 # Offsets that derive independent streams from the one user-facing seed.
@@ -73,6 +74,7 @@ class TrainResult:
     images: dict = field(default_factory=dict)  # blurriness and sharpness (finished runs)
     samples: list[dict] = field(default_factory=list)  # image rows for the report's grids
     inpainting: dict = field(default_factory=dict)  # inpaint_* metrics (cfg.eval_inpainting)
+    factors: dict = field(default_factory=dict)  # disentanglement, per-unit KL (shapes data)
 
     def metrics(self) -> dict:
         """Flat metric dict for printing and storing (nats per example, seconds, samples/s)."""
@@ -91,6 +93,7 @@ class TrainResult:
             out.update(self.test.to_dict())
         out.update(self.images)
         out.update(self.inpainting)
+        out.update(self.factors)
         out.update(self.cost)
         if math.isfinite(out["train_samples_per_s"]) and "flops_per_example" in self.cost:
             out["train_flops_per_s"] = self.cost["flops_per_example"] * out["train_samples_per_s"]
@@ -176,7 +179,7 @@ def train(
     x_train = dataset.train.to(device)
     x_test = dataset.test.to(device)
     n = x_train.shape[0]
-    model = build_model(cfg, dataset.dim).to(device)
+    model = build_model(cfg, dataset.dim, image_shape=dataset.image_shape).to(device)
     optimizer = make_optimizer(model, cfg)
     bound_fn = objective_for(cfg)
     generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
@@ -188,6 +191,8 @@ def train(
         curves, elapsed_before = _load_checkpoint(
             checkpointing.path, cfg, model, optimizer, generator
         )
+    if isinstance(bound_fn, ControlledCapacity):  # C follows the optimisation steps taken
+        bound_fn.steps_done = len(curves) * math.ceil(n / cfg.batch_size)
     status, diverged_epoch = "finished", None
     start = time.perf_counter() - elapsed_before
     for epoch in range(len(curves) + 1, len(epoch_lrs) + 1):
@@ -227,7 +232,7 @@ def train(
                              now - start)
     train_seconds = time.perf_counter() - start
 
-    test, images, samples, inpainting = None, {}, [], {}
+    test, images, samples, inpainting, factors = None, {}, [], {}, {}
     if status == "finished":
         eval_generator = make_generator(cfg.seed + _EVAL_STREAM, device)
         test = evaluate(model, x_test, cfg.k_eval, generator=eval_generator)
@@ -237,6 +242,11 @@ def train(
             inpainting, inpaint_rows = evaluate_inpainting(model, dataset,
                                                            generator=eval_generator)
             samples += inpaint_rows
+        if has_factors(dataset):  # known generative factors: disentanglement and traversals
+            factor_start = time.perf_counter()
+            factors, traversals = factor_metrics(model, dataset, seed=cfg.seed)
+            factors["factor_seconds"] = time.perf_counter() - factor_start
+            samples += traversals
     cost = {
         "flops_per_example": training_flops_per_example(model, cfg.k),
         "peak_memory_bytes": memory.peak_bytes(),
@@ -253,6 +263,7 @@ def train(
         images=images,
         samples=samples,
         inpainting=inpainting,
+        factors=factors,
     )
 
 

@@ -1,4 +1,4 @@
-"""What a run costs: analytic FLOPs of the MLP models and the process's peak memory."""
+"""What a run costs: analytic FLOPs of the models (linear and convolution layers) and peak memory."""
 
 from __future__ import annotations
 
@@ -13,7 +13,42 @@ from bench.models.lvm import LatentVariableModel
 
 
 def _linear_macs(module: nn.Module) -> int:
-    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+    """Multiply-adds of one example through `module`'s linear and convolution layers."""
+    linear = sum(m.in_features * m.out_features for m in module.modules()
+                 if isinstance(m, nn.Linear))
+    return linear + _conv_macs(module)
+
+
+def _conv_macs(module: nn.Module) -> int:
+    """Multiply-adds of the conv layers of a conv network (bench.models.conv), measured by
+    passing one zero example through it with hooks on every (transposed) convolution."""
+    convs = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    if not convs:
+        return 0
+    nets = [m for m in module.modules() if hasattr(m, "height") and hasattr(m, "width")]
+    macs = 0
+
+    def count(layer, inputs, output):
+        nonlocal macs
+        k = layer.kernel_size[0] * layer.kernel_size[1]
+        if isinstance(layer, nn.Conv2d):  # each output value: in_channels * k products
+            macs += output[0].numel() * layer.in_channels * k
+        else:  # each input value is spread over out_channels * k outputs
+            macs += inputs[0][0].numel() * layer.out_channels * k
+
+    hooks = [c.register_forward_hook(count) for c in convs]
+    try:
+        with torch.no_grad():
+            for net in nets:
+                first = next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+                width = net.height * net.width if isinstance(first, nn.Conv2d) \
+                    else first.in_features
+                param = next(net.parameters())
+                net(torch.zeros(1, width, device=param.device, dtype=param.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return macs
 
 
 def training_flops_per_example(model: LatentVariableModel, k: int) -> float:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import torch
 
 from bench.config import RunConfig
+from bench.errors import BenchError
 from bench.models.lvm import LatentVariableModel, ModelSample
 
 
-def build_model(cfg: RunConfig, n_data: int, seed: int | None = None) -> LatentVariableModel:
+def build_model(cfg: RunConfig, n_data: int, seed: int | None = None,
+                image_shape: tuple[int, int] | None = None) -> LatentVariableModel:
     """The model a config describes; weights initialised from `seed` (default: cfg.seed)
-    without touching the caller's global RNG."""
+    without touching the caller's global RNG. The conv architecture needs `image_shape`."""
+    if cfg.architecture == "conv" and image_shape is None:
+        raise BenchError(f"architecture 'conv' needs an image data set; '{cfg.dataset}' has "
+                         "no image shape")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed if seed is None else seed)
         return LatentVariableModel(
@@ -20,6 +25,8 @@ def build_model(cfg: RunConfig, n_data: int, seed: int | None = None) -> LatentV
             likelihood=cfg.likelihood,
             posterior=cfg.posterior,
             flow_steps=cfg.flow_steps,
+            architecture=cfg.architecture,
+            image_shape=image_shape,
         )
 
 

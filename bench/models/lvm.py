@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.models.conv import FEATURES, ConvDecoderNet, ConvEncoderNet
 from bench.models.posteriors import (
     LOG_2PI,
     POSTERIORS,
@@ -89,8 +90,14 @@ class LatentVariableModel(nn.Module):
         likelihood: str = "bernoulli",
         posterior: str = "gaussian",
         flow_steps: int = 0,
+        architecture: str = "mlp",
+        image_shape: tuple[int, int] | None = None,
     ):
         super().__init__()
+        if architecture == "conv":
+            if image_shape is None or len(latent) != 1:
+                raise ValueError("the conv architecture needs images and one stochastic layer")
+            hidden = ((FEATURES,),)  # the conv trunk ends in FEATURES units, as hidden[0] would
         self.latent = tuple(latent)
         self.flow_steps = flow_steps
         inputs = (n_data, *latent[:-1])  # what each inference layer conditions on
@@ -109,6 +116,9 @@ class LatentVariableModel(nn.Module):
             ]
         )
         self.decoder = DECODERS[likelihood](latent[0], tuple(reversed(hidden[0])), n_data)
+        if architecture == "conv":  # swap the MLP trunks for Burgess et al.'s networks
+            self.encoders[0].net.trunk = ConvEncoderNet(image_shape)
+            self.decoder.net = ConvDecoderNet(latent[0], image_shape)
         self.analytic_kl_available = len(latent) == 1
 
     def forward(
@@ -161,6 +171,13 @@ class LatentVariableModel(nn.Module):
             eps = torch.randn(mean.shape, generator=generator, device=mean.device)
             z = mean + torch.exp(0.5 * logvar) * eps
         return self.decoder.mean(z)
+
+    @torch.no_grad()
+    def posterior_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logvar), each (B, d_1), of the Gaussian q(z_1 | x) (for a flow posterior:
+        of its base distribution q_0): the codes disentanglement metrics read."""
+        mean, logvar, _ = self.encoders[0].net.params(x)
+        return mean, logvar
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None

@@ -1,0 +1,630 @@
+"""Conditional VAEs: class-conditional generation, and the MNIST quadrant-completion task.
+
+condition = "label" (model "cvae")
+    q(z | x, y) = N(mu(x, y), diag(sigma^2(x, y))),  p(z) = N(0, I),
+    p(x | y, z) = prod_d Bernoulli(x_d; sigmoid(f(z, y)_d)),   y the one-hot class,
+    trained on the conditional ELBO  E_q log p(x|y,z) - beta KL(q(z|x,y) || p(z))  (objective
+    "vae", mean of k terms) or the k-sample IWAE bound (objective "iwae"); tanh MLPs (the
+    bench's VAE units), hidden sizes hidden[0], latent size latent[0].
+    Metrics (nats per test image, mean over the test set):
+        test_ll    log p(x | y) ~= log (1/K) sum_k p(x|y,z_k) p(z_k) / q(z_k|x,y), z_k ~ q,
+                   K = k_eval, in chunks with a float64 log-sum-exp (Burda et al. 2015)
+        test_elbo  E_q log p(x|y,z) - KL(q(z|x,y) || p(z)) (K-sample mean, closed-form KL)
+        rate       KL(q(z|x,y) || p(z)), closed form
+    Samples: rows "class 0" .. "class 9", 10 decoder means each; column j decodes the SAME
+    z_j ~ N(0, I) under every class, so a column shows one style written as every digit.
+
+condition = "quadrants" (models "cvae" and "conditional_nn"): Sohn, Lee & Yan 2015,
+"Learning Structured Output Representation using Deep Conditional Generative Models",
+Sec. 5.1, as reproduced by Pyro's CVAE example (pyro-ppl/pyro examples/cvae, tutorial
+"Conditional Variational Auto-encoder"). The image is cut into four equal quadrants (any even
+image_shape: 14x14 quadrants for MNIST, 4x4 for the 8x8 digits). The input x is the given
+quadrants, the output y the missing pixels; the given quadrants are Pyro's:
+    1 given: bottom-left;  2 given: top-left, bottom-left;  3 given: all but bottom-right.
+    conditional_nn  the deterministic baseline: y_hat = sigmoid(g(x)), a ReLU MLP from the
+                    given pixels to Bernoulli logits of the missing ones, trained by the
+                    summed cross-entropy on the missing pixels (Pyro's MaskedBCELoss).
+    cvae            prior network p(z | x) = N(mu_p, sigma_p^2) fed [x, y_hat(x)], the
+                    baseline's guess (Sohn et al.: the CVAE is built on top of the NN; in
+                    Pyro a pre-trained baseline, frozen while the CVAE trains); recognition
+                    network q(z | x, y) fed [x, y]; generation network
+                    p(y | x, z) = prod Bernoulli(sigmoid(h(x, z))). Trained on the
+                    conditional ELBO  E_q log p(y|x,z) - beta KL(q(z|x,y) || p(z|x)) (closed
+                    form between diagonal Gaussians) or the IWAE bound with weights
+                    p(y|x,z) p(z|x) / q(z|x,y). ReLU MLPs as in Pyro (hidden[0], latent[0]).
+    A cvae run first trains its baseline for `epochs` epochs (exactly the conditional_nn run
+    of the same seed), then the CVAE for `epochs` epochs: its curves hold 2 * epochs records,
+    the first half the baseline's -cross-entropy, the second half the CVAE's bound (both a
+    log-likelihood of the missing pixels, nats per image, higher is better).
+    Hidden pixels never reach the prior or generation networks: the networks read the given
+    pixels by index (and the prior the baseline's guess, itself a function of them).
+    Metrics (nats per test image; lower is better for every *_cll):
+        test_cll    conditional_nn: the exact negative CLL -log p(y|x), the summed
+                    cross-entropy over the missing pixels. cvae: estimated the way Pyro's
+                    table ("CVAE (Monte Carlo)") is: Trace_ELBO's loss, i.e. the negative
+                    conditional ELBO with z ~ q(z|x,y) and the Monte Carlo KL,
+                    -(1/K) sum_k log [p(y|x,z_k) p(z_k|x) / q(z_k|x,y)]. It upper-bounds
+                    -log p(y|x) in expectation. Pyro used K = 10 particles; we use K = k_eval
+                    (same expectation, less noise).
+        test_cll_is (cvae) the importance-sampling estimate -log (1/K) sum_k w_k from the same
+                    K = k_eval samples: tighter (never above test_cll, equal at K = 1) and
+                    consistent as K grows (Sohn et al.'s importance-sampling estimate).
+        rate        (cvae) KL(q(z|x,y) || p(z|x)), closed form.
+        nn_test_cll (cvae) the exact test_cll of the cvae's own baseline network.
+        test_cll_marginal  a floor every model must beat: independent Bernoulli pixels with
+                    the training set's mean intensity (add-one smoothed), exact.
+    Both conditions also record eval_seconds (the test-set estimates, samples excluded).
+    Samples (10 test images each): "input (given quadrants)" with the hidden area at 0.5 grey,
+    "prediction" (cvae: the decoder mean at one z from the prior network; conditional_nn: its
+    probabilities; given pixels composited in), "truth".
+    Data: training images binarized afresh per minibatch (binarize_dynamic), the test set
+    binarized once (bench.data). Pyro scored grey-level MNIST with a Bernoulli cross-entropy;
+    we score binarized digits, so our numbers are comparable in kind, not exactly.
+    Architecture differences from Pyro: its networks read 784-pixel images with the hidden
+    pixels set to -1 and emit 784 outputs of which the hidden ones are used; ours read and
+    emit only the pixels that carry information (the constant -1 inputs only shift biases).
+    Pyro's generation network reads z alone; ours reads (x, z) as in Sohn et al.'s p(y|x,z).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bench.config import RunConfig
+from bench.data import Dataset, binarize_dynamic
+from bench.errors import BenchError
+from bench.families import FamilyResult, OnEpoch
+from bench.models.lvm import ModelSample
+from bench.models.posteriors import LOG_2PI, ConditionalGaussian, gaussian_log_prob, mlp
+from bench.objectives import objective_for
+from bench.train import _EVAL_STREAM, _TRAIN_STREAM, EpochRecord, make_generator
+
+# quadrants given as input for each value of given_quadrants (Pyro's MaskImages)
+GIVEN_QUADRANTS: dict[int, tuple[str, ...]] = {
+    1: ("bottom-left",),
+    2: ("top-left", "bottom-left"),
+    3: ("top-left", "top-right", "bottom-left"),
+}
+N_SAMPLE_IMAGES = 10
+HIDDEN_GREY = 0.5  # how the hidden area is drawn in the "input" sample row
+# samples x examples evaluated in one forward pass (bounds evaluation memory)
+DEFAULT_ROWS_PER_CHUNK = 32768
+
+
+# ----------------------------------------------------------------------------- geometry
+def quadrant_masks(
+    image_shape: tuple[int, int] | None, given_quadrants: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(given, missing): boolean (H*W,) masks, row-major, that partition the image. `given`
+    covers the quadrants GIVEN_QUADRANTS[given_quadrants]; H and W must be even."""
+    if given_quadrants not in GIVEN_QUADRANTS:
+        raise BenchError(f"key 'given_quadrants' must be 1, 2 or 3, got {given_quadrants}")
+    if image_shape is None or image_shape[0] % 2 or image_shape[1] % 2:
+        raise BenchError(f"key 'given_quadrants' = {given_quadrants} needs images of even "
+                         f"height and width, got image_shape {image_shape}")
+    h, w = image_shape
+    given = torch.zeros(h, w, dtype=torch.bool)
+    rows = {"top": slice(0, h // 2), "bottom": slice(h // 2, h)}
+    cols = {"left": slice(0, w // 2), "right": slice(w // 2, w)}
+    for name in GIVEN_QUADRANTS[given_quadrants]:
+        row, col = name.split("-")
+        given[rows[row], cols[col]] = True
+    return given.flatten(), ~given.flatten()
+
+
+# ----------------------------------------------------------------------------- networks
+def _relu_mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (Pyro's CVAE example units)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class ReluGaussian(nn.Module):
+    """N(mu(h), diag(exp(logvar(h)))) from a ReLU MLP trunk (Pyro's Encoder: loc, exp(.) scale;
+    our head emits the log-variance, i.e. twice Pyro's log-scale)."""
+
+    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int):
+        super().__init__()
+        self.trunk = nn.Sequential(_relu_mlp([n_in, *hidden]), nn.ReLU()) if hidden else (
+            nn.Identity())
+        self.head = nn.Linear(hidden[-1] if hidden else n_in, 2 * n_out)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.head(self.trunk(h)).chunk(2, dim=-1)
+        return mean, logvar
+
+
+class SplitInputMLP(nn.Module):
+    """f(a, b) = MLP([a, b]) with the first layer split as W_a a + W_b b, so that `a` (B, n_a),
+    shared by the k samples of b (k, B, n_b), is multiplied once, not k times."""
+
+    def __init__(self, n_a: int, n_b: int, hidden: tuple[int, ...], n_out: int,
+                 activation: type[nn.Module]):
+        super().__init__()
+        width = hidden[0] if hidden else n_out
+        self.from_a = nn.Linear(n_a, width)
+        self.from_b = nn.Linear(n_b, width, bias=False)
+        builder = _relu_mlp if activation is nn.ReLU else mlp
+        self.rest = nn.Sequential(activation(), builder(list(hidden) + [n_out])) if hidden else (
+            nn.Identity())
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.from_a(a) + self.from_b(b))
+
+
+def _sample_gaussian(
+    mean: torch.Tensor, logvar: torch.Tensor, k: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k reparameterised draws (k, B, d) and log q at them (k, B)."""
+    eps = torch.randn((k, *mean.shape), generator=generator, device=mean.device,
+                      dtype=mean.dtype)
+    z = mean + torch.exp(0.5 * logvar) * eps
+    return z, -0.5 * (eps**2 + logvar + LOG_2PI).sum(-1)
+
+
+def gaussian_kl(
+    q_mean: torch.Tensor, q_logvar: torch.Tensor, p_mean: torch.Tensor, p_logvar: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(q_mean, e^q_logvar) || N(p_mean, e^p_logvar)) of diagonal Gaussians, summed over
+    the last dimension, nats."""
+    return 0.5 * (p_logvar - q_logvar
+                  + (torch.exp(q_logvar) + (q_mean - p_mean) ** 2) * torch.exp(-p_logvar)
+                  - 1.0).sum(-1)
+
+
+def _bernoulli_log_prob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """sum_d log Bernoulli(target_d; sigmoid(logits_d)); target broadcast over leading k."""
+    return -F.binary_cross_entropy_with_logits(
+        logits, target.expand_as(logits), reduction="none").sum(-1)
+
+
+class LabelCVAE(nn.Module):
+    """q(z|x,y), p(z) = N(0, I), p(x|y,z) Bernoulli; y a one-hot class (tanh MLPs)."""
+
+    def __init__(self, n_data: int, n_classes: int, hidden: tuple[int, ...], latent: int):
+        super().__init__()
+        self.n_classes, self.latent = n_classes, latent
+        self.encoder = ConditionalGaussian(n_data + n_classes, hidden, latent)
+        # decoder reads (y, z): `from_a` sees the one-hot class, `from_b` the latent
+        self.decoder = SplitInputMLP(n_classes, latent, tuple(reversed(hidden)), n_data, nn.Tanh)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, k: int,
+                generator: torch.Generator | None = None) -> ModelSample:
+        """k samples z ~ q(z|x,y) per example of x (B, D) with one-hot y (B, C)."""
+        mean, logvar, _ = self.encoder.params(torch.cat([x, y], dim=-1))
+        z, log_q = _sample_gaussian(mean, logvar, k, generator)
+        log_px = _bernoulli_log_prob(self.decoder(y, z), x)
+        return ModelSample(
+            log_px_given_z=log_px,
+            log_pz=-0.5 * (z**2 + LOG_2PI).sum(-1),
+            log_qz=log_q,
+            kl_analytic=0.5 * (mean**2 + torch.exp(logvar) - 1.0 - logvar).sum(-1),
+            z=[z],
+            z_means=[mean.unsqueeze(0)],
+        )
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """E[x | y, z]: pixel probabilities (B, D) for latents z (B, d), one-hot y (B, C)."""
+        return torch.sigmoid(self.decoder(y, z))
+
+    @torch.no_grad()
+    def class_grid(self, n_columns: int, generator: torch.Generator | None = None
+                   ) -> torch.Tensor:
+        """(C, n_columns, D) decoder means: one z_j ~ N(0, I) per column, decoded under every
+        class c, so row c shows class c and column j one style."""
+        device = next(self.parameters()).device
+        z = torch.randn((n_columns, self.latent), generator=generator, device=device)
+        eye = torch.eye(self.n_classes, device=device)
+        return torch.stack([self.decode_mean(z, eye[c].expand(n_columns, -1))
+                            for c in range(self.n_classes)])
+
+
+class _QuadrantModel(nn.Module):
+    """Holds the quadrant geometry: index buffers for the given and the missing pixels."""
+
+    def __init__(self, given: torch.Tensor):
+        super().__init__()
+        self.register_buffer("given_index", torch.nonzero(given).flatten())
+        self.register_buffer("missing_index", torch.nonzero(~given).flatten())
+
+    @property
+    def n_given(self) -> int:
+        return int(self.given_index.numel())
+
+    @property
+    def n_missing(self) -> int:
+        return int(self.missing_index.numel())
+
+    def given(self, x: torch.Tensor) -> torch.Tensor:
+        """The given pixels (..., n_given) of full images x (..., D): nothing else is read."""
+        return x.index_select(-1, self.given_index)
+
+    def missing(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(-1, self.missing_index)
+
+    def composite(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Full images: the given pixels of x with y (B, n_missing) in the missing area."""
+        return x.index_copy(-1, self.missing_index, y.to(x.dtype))
+
+
+class ConditionalNN(_QuadrantModel):
+    """The deterministic baseline: Bernoulli logits of the missing pixels from the given ones
+    (Pyro's BaselineNet; Sohn et al.'s NN)."""
+
+    def __init__(self, given: torch.Tensor, hidden: tuple[int, ...]):
+        super().__init__(given)
+        self.net = _relu_mlp([self.n_given, *hidden, self.n_missing])
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.given(x))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) log p(y | x): minus the summed cross-entropy over the missing pixels."""
+        return _bernoulli_log_prob(self.logits(x), self.missing(x))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+        """(B, n_missing) pixel probabilities (deterministic: `generator` is unused)."""
+        return torch.sigmoid(self.logits(x))
+
+
+class QuadrantCVAE(_QuadrantModel):
+    """Sohn et al.'s CVAE for quadrant completion, built on a frozen baseline `ConditionalNN`:
+    prior p(z|x) fed [x, y_hat(x)], recognition q(z|x,y) fed [x, y], generation p(y|x,z)."""
+
+    def __init__(self, baseline: ConditionalNN, hidden: tuple[int, ...], latent: int):
+        given = torch.zeros(baseline.n_given + baseline.n_missing, dtype=torch.bool)
+        given[baseline.given_index.cpu()] = True
+        super().__init__(given)
+        self.latent = latent
+        self.baseline = baseline.requires_grad_(False)
+        n_io = self.n_given + self.n_missing
+        self.prior_net = ReluGaussian(n_io, hidden, latent)
+        self.recognition_net = ReluGaussian(n_io, hidden, latent)
+        self.generation_net = SplitInputMLP(self.n_given, latent, tuple(reversed(hidden)),
+                                            self.n_missing, nn.ReLU)
+
+    def prior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logvar) of p(z | x): reads the given pixels and the baseline's guess."""
+        given = self.given(x)
+        with torch.no_grad():
+            y_hat = torch.sigmoid(self.baseline.net(given))
+        return self.prior_net(torch.cat([given, y_hat], dim=-1))
+
+    def recognition(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logvar) of q(z | x, y): reads the whole image (training and scoring only)."""
+        return self.recognition_net(torch.cat([self.given(x), self.missing(x)], dim=-1))
+
+    def generation_logits(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Logits (k, B, n_missing) of p(y | x, z) for z (k, B, d): reads the given pixels."""
+        return self.generation_net(self.given(x), z)
+
+    def forward(self, x: torch.Tensor, k: int,
+                generator: torch.Generator | None = None) -> ModelSample:
+        """k samples z ~ q(z|x,y) per full image of x (B, D) and the log-densities at them:
+        log p(y|x,z), log p(z|x) (as `log_pz`) and log q(z|x,y)."""
+        p_mean, p_logvar = self.prior(x)
+        q_mean, q_logvar = self.recognition(x)
+        z, log_q = _sample_gaussian(q_mean, q_logvar, k, generator)
+        return ModelSample(
+            log_px_given_z=_bernoulli_log_prob(self.generation_logits(x, z), self.missing(x)),
+            log_pz=gaussian_log_prob(z, p_mean, p_logvar),
+            log_qz=log_q,
+            kl_analytic=gaussian_kl(q_mean, q_logvar, p_mean, p_logvar),
+            z=[z],
+            z_means=[q_mean.unsqueeze(0)],
+        )
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+        """(B, n_missing) decoder means at one z per image drawn from the prior network."""
+        mean, logvar = self.prior(x)
+        z, _ = _sample_gaussian(mean, logvar, 1, generator)
+        return torch.sigmoid(self.generation_logits(x, z))[0]
+
+
+Model = LabelCVAE | ConditionalNN | QuadrantCVAE
+
+
+# ----------------------------------------------------------------------------- estimators
+@dataclass
+class ConditionalEstimates:
+    """Per-example estimates (float64, (N,), nats) from K samples z_k ~ q of each example,
+    with w_k = p(y|x,z_k) p(z_k|x) / q(z_k|x,y) (label: x and y swap roles, p(z) = N(0, I))."""
+
+    log_likelihood: torch.Tensor  # log (1/K) sum_k w_k: importance sampling
+    elbo_mc: torch.Tensor  # (1/K) sum_k log w_k: the ELBO with the Monte Carlo KL (Pyro)
+    elbo: torch.Tensor  # (1/K) sum_k log p(y|x,z_k) - KL(q || p), closed-form KL
+    kl: torch.Tensor  # KL(q || p), closed form
+
+
+@torch.no_grad()
+def conditional_estimates(
+    sample: Callable[[slice, int], ModelSample],
+    n: int,
+    k_eval: int,
+    *,
+    device: torch.device | str = "cpu",
+    rows_per_chunk: int = DEFAULT_ROWS_PER_CHUNK,
+) -> ConditionalEstimates:
+    """Estimates for examples 0..n-1, where `sample(rows, k)` draws k samples for the examples
+    `rows` and returns their ModelSample. Chunked over examples and samples so memory stays
+    bounded for any k_eval; chunks are combined by a float64 log-sum-exp."""
+    if k_eval < 1:
+        raise ValueError(f"k_eval must be >= 1, got {k_eval}")
+    batch = max(1, min(n, rows_per_chunk // min(k_eval, rows_per_chunk)))
+    k_chunk = max(1, rows_per_chunk // batch)
+    out = {name: torch.empty(n, dtype=torch.float64, device=device)
+           for name in ("log_likelihood", "elbo_mc", "elbo", "kl")}
+    for lo in range(0, n, batch):
+        rows = slice(lo, min(n, lo + batch))
+        size = rows.stop - rows.start
+        lse = torch.full((size,), -math.inf, dtype=torch.float64, device=device)
+        sum_log_w = torch.zeros(size, dtype=torch.float64, device=device)
+        sum_log_lik = torch.zeros_like(sum_log_w)
+        kl = torch.zeros_like(sum_log_w)
+        done = 0
+        while done < k_eval:
+            k = min(k_chunk, k_eval - done)
+            s = sample(rows, k)
+            log_w = s.log_weights.double()
+            lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
+            sum_log_w += log_w.sum(0)
+            sum_log_lik += s.log_px_given_z.double().sum(0)
+            kl = s.kl_analytic.double()
+            done += k
+        out["log_likelihood"][rows] = lse - math.log(k_eval)
+        out["elbo_mc"][rows] = sum_log_w / k_eval
+        out["elbo"][rows] = sum_log_lik / k_eval - kl
+        out["kl"][rows] = kl
+    return ConditionalEstimates(**out)
+
+
+@torch.no_grad()
+def nn_cross_entropy(model: ConditionalNN, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """(N,) float64: exact -log p(y|x) of the baseline, summed over the missing pixels."""
+    return torch.cat([-model.log_prob(x[lo:lo + batch]).double()
+                      for lo in range(0, x.shape[0], batch)])
+
+
+def pixel_marginal_cll(train: torch.Tensor, test: torch.Tensor, missing: torch.Tensor
+                       ) -> torch.Tensor:
+    """(N,) float64 exact -log p(y) of the test images' missing pixels under independent
+    Bernoullis with the training mean intensity, add-one smoothed (p = (s + 1) / (n + 2))."""
+    p = (train.sum(0, dtype=torch.float64)[missing] + 1.0) / (train.shape[0] + 2.0)
+    y = test[:, missing].double()
+    return -(y * torch.log(p) + (1 - y) * torch.log1p(-p)).sum(-1)
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class Fitted:
+    """A trained model with its training record."""
+
+    model: Model
+    status: str  # "finished" or "diverged"
+    curves: list[EpochRecord]
+    train_seconds: float
+    diverged_epoch: int | None = None
+    stage_epochs: list[int] = field(default_factory=list)  # epochs per training stage
+
+
+def build(cfg: RunConfig, dataset: Dataset) -> Model:
+    """The untrained model of `cfg`, weights drawn from cfg.seed with the global RNG left
+    untouched (on the CPU; move it to a device afterwards)."""
+    hidden, latent = tuple(cfg.hidden[0]), cfg.latent[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if cfg.condition == "label":
+            return LabelCVAE(dataset.dim, _n_classes(dataset), hidden, latent)
+        given, _ = quadrant_masks(dataset.image_shape, cfg.given_quadrants)
+        # the baseline is built first, from the same seed: a cvae's baseline is identical to
+        # the conditional_nn of the same config and seed
+        baseline = ConditionalNN(given, hidden)
+        if cfg.model == "conditional_nn":
+            return baseline
+        return QuadrantCVAE(baseline, hidden, latent)
+
+
+def fit(
+    cfg: RunConfig,
+    dataset: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    on_epoch: OnEpoch | None = None,
+) -> Fitted:
+    """Build and train `cfg`'s model (a quadrant cvae: baseline first, then the CVAE)."""
+    _check(cfg, dataset)
+    device = torch.device(device)
+    model = build(cfg, dataset).to(device)
+    generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
+    x_train = dataset.train.to(device)
+    loop = _Loop(cfg, dataset.binarized, x_train, generator, on_epoch)
+    bound = objective_for(cfg)
+    if isinstance(model, LabelCVAE):
+        onehot = F.one_hot(dataset.train_labels, model.n_classes).float().to(device)
+        loop.total = cfg.epochs
+        loop.stage(model.parameters(),
+                   lambda xb, rows: -bound(model(xb, onehot[rows], cfg.k, generator)).mean())
+        stages = [cfg.epochs]
+    else:
+        baseline = model if isinstance(model, ConditionalNN) else model.baseline
+        loop.total = cfg.epochs * (1 if model is baseline else 2)
+        baseline.requires_grad_(True)
+        loop.stage(baseline.parameters(), lambda xb, rows: -baseline.log_prob(xb).mean())
+        baseline.requires_grad_(False)
+        stages = [len(loop.curves)]
+        if isinstance(model, QuadrantCVAE) and loop.diverged_epoch is None:
+            trainable = [p for name, p in model.named_parameters()
+                         if not name.startswith("baseline.")]
+            loop.stage(trainable,
+                       lambda xb, rows: -bound(model(xb, cfg.k, generator)).mean())
+            stages.append(len(loop.curves) - stages[0])
+    model.eval()
+    return Fitted(
+        model=model,
+        status="finished" if loop.diverged_epoch is None else "diverged",
+        curves=loop.curves,
+        train_seconds=time.perf_counter() - loop.start,
+        diverged_epoch=loop.diverged_epoch,
+        stage_epochs=stages,
+    )
+
+
+class _Loop:
+    """Minibatch Adam epochs over the training set: one host sync per epoch (the loss), a
+    non-finite epoch loss ends training; curves and on_epoch span all stages."""
+
+    def __init__(self, cfg: RunConfig, binarized: bool, x_train: torch.Tensor,
+                 generator: torch.Generator, on_epoch: OnEpoch | None):
+        self.cfg, self.binarized, self.x, self.generator = cfg, binarized, x_train, generator
+        self.on_epoch = on_epoch
+        self.curves: list[EpochRecord] = []
+        self.diverged_epoch: int | None = None
+        self.total = cfg.epochs
+        self.start = time.perf_counter()
+
+    def stage(self, parameters, batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+              ) -> None:
+        cfg, n = self.cfg, self.x.shape[0]
+        optimizer = torch.optim.Adam(list(parameters), lr=cfg.lr,
+                                     betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        for _ in range(cfg.epochs):
+            epoch_start = time.perf_counter()
+            loss_sum = torch.zeros((), device=self.x.device)
+            order = torch.randperm(n, generator=self.generator, device=self.x.device)
+            for lo in range(0, n, cfg.batch_size):
+                rows = order[lo:lo + cfg.batch_size]
+                xb = self.x[rows]
+                if self.binarized:
+                    xb = binarize_dynamic(xb, self.generator)
+                loss = batch_loss(xb, rows)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * xb.shape[0]
+            mean_loss = float(loss_sum) / n  # the one host sync per epoch
+            now = time.perf_counter()
+            record = EpochRecord(epoch=len(self.curves) + 1, lr=cfg.lr, train_bound=-mean_loss,
+                                 samples_per_s=n / (now - epoch_start),
+                                 wall_seconds=now - self.start)
+            self.curves.append(record)
+            if self.on_epoch is not None:
+                self.on_epoch(record, self.total)
+            if not math.isfinite(mean_loss):
+                self.diverged_epoch = record.epoch
+                return
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(
+    model: Model,
+    cfg: RunConfig,
+    dataset: Dataset,
+    *,
+    generator: torch.Generator | None = None,
+    rows_per_chunk: int = DEFAULT_ROWS_PER_CHUNK,
+) -> tuple[dict[str, float], list[dict]]:
+    """(metrics, sample rows) of a trained model on dataset.test; see the module docstring."""
+    device = next(model.parameters()).device
+    x = dataset.test.to(device)
+    n = x.shape[0]
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    if isinstance(model, LabelCVAE):
+        y = F.one_hot(dataset.test_labels, model.n_classes).float().to(device)
+        est = conditional_estimates(lambda rows, k: model(x[rows], y[rows], k, generator), n,
+                                    cfg.k_eval, device=device, rows_per_chunk=rows_per_chunk)
+        metrics.update(test_ll=float(est.log_likelihood.mean()), test_elbo=float(est.elbo.mean()),
+                       rate=float(est.kl.mean()))
+    elif isinstance(model, QuadrantCVAE):
+        est = conditional_estimates(lambda rows, k: model(x[rows], k, generator), n, cfg.k_eval,
+                                    device=device, rows_per_chunk=rows_per_chunk)
+        metrics.update(test_cll=float(-est.elbo_mc.mean()),
+                       test_cll_is=float(-est.log_likelihood.mean()),
+                       rate=float(est.kl.mean()),
+                       nn_test_cll=float(nn_cross_entropy(model.baseline, x).mean()))
+    else:
+        metrics["test_cll"] = float(nn_cross_entropy(model, x).mean())
+    if not isinstance(model, LabelCVAE):
+        missing = torch.zeros(dataset.dim, dtype=torch.bool)
+        missing[model.missing_index.cpu()] = True
+        metrics["test_cll_marginal"] = float(
+            pixel_marginal_cll(dataset.train, dataset.test, missing).mean())
+    metrics["eval_seconds"] = time.perf_counter() - start
+    return metrics, _samples(model, dataset, x, generator)
+
+
+def _samples(model: Model, dataset: Dataset, x: torch.Tensor,
+             generator: torch.Generator | None) -> list[dict]:
+    if dataset.image_shape is None:
+        return []
+    h, w = dataset.image_shape
+    if isinstance(model, LabelCVAE):
+        grid = model.class_grid(N_SAMPLE_IMAGES, generator=generator)
+        kinds = {f"class {c}": grid[c] for c in range(model.n_classes)}
+    else:
+        truth = x[:N_SAMPLE_IMAGES]
+        grey = torch.full((truth.shape[0], model.n_missing), HIDDEN_GREY, device=x.device)
+        kinds = {
+            "input (given quadrants)": model.composite(truth, grey),
+            "prediction": model.composite(truth, model.predict(truth, generator)),
+            "truth": truth,
+        }
+    return [
+        {"kind": kind, "index": i, "height": h, "width": w,
+         "pixels": image.clamp(0, 1).float().cpu().tolist()}
+        for kind, images in kinds.items()
+        for i, image in enumerate(images)
+    ]
+
+
+# ----------------------------------------------------------------------------- entry point
+def run(
+    cfg: RunConfig,
+    dataset: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    on_epoch: OnEpoch | None = None,
+) -> FamilyResult:
+    """Train and evaluate a cvae / conditional_nn config (bench.families.train_model)."""
+    fitted = fit(cfg, dataset, device=device, on_epoch=on_epoch)
+    metrics, samples = {}, []
+    if fitted.status == "finished":
+        generator = make_generator(cfg.seed + _EVAL_STREAM, torch.device(device))
+        metrics, samples = evaluate(fitted.model, cfg, dataset, generator=generator)
+    return FamilyResult(
+        status=fitted.status,
+        curves=fitted.curves,
+        train_seconds=fitted.train_seconds,
+        family_metrics=metrics,
+        samples=samples,
+        diverged_epoch=fitted.diverged_epoch,
+    )
+
+
+def _n_classes(dataset: Dataset) -> int:
+    return int(torch.cat([dataset.train_labels, dataset.test_labels]).max()) + 1
+
+
+def _check(cfg: RunConfig, dataset: Dataset) -> None:
+    if cfg.model not in ("cvae", "conditional_nn"):
+        raise BenchError(f"key 'model' = '{cfg.model}' is not a cvae family model")
+    if cfg.condition not in ("label", "quadrants"):
+        raise BenchError(f"key 'condition' = '{cfg.condition}' is not 'label' or 'quadrants'")
+    if cfg.condition == "quadrants":
+        quadrant_masks(dataset.image_shape, cfg.given_quadrants)

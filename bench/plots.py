@@ -383,8 +383,9 @@ def image_rows(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, *, titl
     mosaic = _mosaic(tiles, width)
     cmap = plt.get_cmap("gray").with_extremes(bad=_SEPARATOR)
     with plt.rc_context({**_STYLE, "axes.grid": False}):
-        aspect = mosaic.shape[0] / mosaic.shape[1]
-        fig, ax = plt.subplots(figsize=(9.0, min(16.0, 7.4 * aspect + 1.0)))
+        tile = min(0.6, 7.4 / width)  # inches per image: at most 0.6, the row within 7.4
+        fig, ax = plt.subplots(figsize=(tile * width + 1.8,
+                                        min(16.0, tile * len(rows) * shape[0] / shape[1] + 0.9)))
         ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0.0, vmax=1.0,
                   interpolation="nearest")
         h = (mosaic.shape[0] - 1) / max(1, len(rows))
@@ -395,6 +396,68 @@ def image_rows(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, *, titl
         for spine in ax.spines.values():
             spine.set_visible(False)
         ax.set_title(title, fontsize=11)
+        return _save(fig, path)
+
+
+def per_seed_panels(data: pd.DataFrame, path: str | Path, *, title: str,
+                    xlabel: str = "variant") -> Path:
+    """One panel per metric: every seed's value as a dot, the mean over seeds as a bar with
+    a std error bar, one category per variant on the x axis (in the data's order).
+
+    `data`: columns panel, category, seed, value.
+    """
+    panels = list(dict.fromkeys(data["panel"]))
+    categories = list(dict.fromkeys(data["category"]))
+    columns = 2 if len(panels) > 1 else 1
+    rows = -(-len(panels) // columns)
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(rows, columns, figsize=(6.0 * columns, 3.6 * rows),
+                                 squeeze=False)
+        for ax, panel in zip(axes.flat, panels, strict=False):
+            group = data[data["panel"] == panel]
+            stats = group.groupby("category", sort=False)["value"].agg(["mean", "std"])
+            stats = stats.reindex(categories)
+            x = np.arange(len(categories))
+            ax.bar(x, stats["mean"], 0.6, yerr=stats["std"].fillna(0.0), capsize=3,
+                   color="#4C72B0", alpha=0.35, label="mean ± std over seeds")
+            seeds = sorted(group["seed"].unique())
+            for i, seed in enumerate(seeds):
+                at = group[group["seed"] == seed]
+                offset = 0.16 * (i - (len(seeds) - 1) / 2)
+                ax.plot([categories.index(c) + offset for c in at["category"]], at["value"],
+                        "o", markersize=4, label=f"seed {seed}")
+            ax.set_xticks(x)
+            ax.set_xticklabels([str(c) for c in categories])
+            ax.set_xlabel(xlabel)
+            ax.set_title(str(panel), fontsize=10)
+            ax.grid(axis="x", visible=False)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8,
+                   frameon=False)
+        fig.suptitle(title, fontsize=11)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        return _save(fig, path)
+
+
+def profile_lines(data: pd.DataFrame, path: str | Path, *, title: str, xlabel: str,
+                  ylabel: str) -> Path:
+    """Lines of `mean` (error bar = std) against integer `x`, one per `line`.
+
+    `data`: columns line, x, mean, std.
+    """
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.8, 4.2))
+        for line, group in data.groupby("line", sort=False):
+            group = group.sort_values("x")
+            ax.errorbar(group["x"], group["mean"], yerr=group["std"].fillna(0.0), marker="o",
+                        markersize=4, capsize=2, linewidth=1.3, label=str(line))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(loc="best", fontsize=8)
         return _save(fig, path)
 
 

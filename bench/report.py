@@ -89,6 +89,11 @@ QUALITY_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("metric_test_cll_is", "-log p(missing|given), IS (nats)", 2),
     MetricSpec("metric_test_error", "test error (%)", 2),
     MetricSpec("metric_test_unlabelled_bound", "unlabelled bound (nats)", 2),
+    # disentanglement on data with known factors (bench.metrics.factors)
+    MetricSpec("metric_mig", "MIG", 3),
+    MetricSpec("metric_dci_disentanglement", "DCI disentanglement", 3),
+    MetricSpec("metric_beta_vae_accuracy", "beta-VAE metric (%)", 1),
+    MetricSpec("metric_active_kl_units", "units with KL > 0.01", 1),
 )
 #: what it costs
 COST_METRICS: tuple[MetricSpec, ...] = (
@@ -397,6 +402,85 @@ def axis_reference_data(summary: pd.DataFrame, references: Sequence[Reference], 
                                 "value": ref.value})
     table = pd.DataFrame(records).drop_duplicates() if records else None
     return table if table is not None and not table.empty else None
+
+
+DISENTANGLEMENT_PANELS = (
+    ("metric_mig", "MIG (higher = more disentangled)"),
+    ("metric_dci_disentanglement", "DCI disentanglement"),
+    ("metric_beta_vae_accuracy", "beta-VAE metric: accuracy (%)"),
+    ("metric_distortion", "reconstruction: -E log p(x|z) (nats, lower is better)"),
+)
+_KL_UNIT = re.compile(r"metric_kl_unit_(\d+)")
+
+
+def _objective_category(row: Mapping[str, Any]) -> str:
+    capacity = _num(row.get("cfg_capacity_max"))
+    if math.isfinite(capacity) and capacity > 0:
+        return f"C={capacity:g}"
+    return f"β={_num(row.get('cfg_beta')):g}"
+
+
+def _category_order(frame: pd.DataFrame) -> list[str]:
+    """Categories sorted by beta, capacity variants last."""
+    keys = {}
+    for _, row in frame.iterrows():
+        category = _objective_category(row)
+        capacity = _num(row.get("cfg_capacity_max"))
+        keys[category] = (1 if math.isfinite(capacity) and capacity > 0 else 0,
+                          capacity if math.isfinite(capacity) and capacity > 0
+                          else _num(row.get("cfg_beta")))
+    return sorted(keys, key=keys.__getitem__)
+
+
+def disentanglement_data(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Every finished run's disentanglement metrics and reconstruction, one row per (metric,
+    run): columns panel, category (beta or capacity), seed, value; None without such runs."""
+    if "metric_mig" not in runs.columns:
+        return None
+    finished = runs[(runs["status"] == "finished") & _numeric(runs, "metric_mig").notna()]
+    if finished.empty:
+        return None
+    order = {c: i for i, c in enumerate(_category_order(finished))}
+    records = []
+    for column, panel in DISENTANGLEMENT_PANELS:
+        if column not in finished.columns:
+            continue
+        for _, row in finished.iterrows():
+            value = _num(row.get(column))
+            if math.isfinite(value):
+                records.append({"panel": panel, "category": _objective_category(row),
+                                "seed": _py(row.get("cfg_seed")), "value": value})
+    table = pd.DataFrame(records)
+    return table.sort_values("category", key=lambda c: c.map(order), kind="stable") \
+        .reset_index(drop=True)
+
+
+def unit_kl_data(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Per beta / capacity: the KL of the most, second most, ... informative latent unit
+    (each run's units sorted by KL, then mean and std over seeds). Columns line, x (rank,
+    1 = most informative), mean, std."""
+    columns = sorted((int(m.group(1)), c) for c in runs.columns
+                     if (m := _KL_UNIT.fullmatch(c)))
+    if not columns:
+        return None
+    finished = runs[runs["status"] == "finished"]
+    profiles: dict[str, list[np.ndarray]] = {}
+    for _, row in finished.iterrows():
+        values = np.array([_num(row.get(c)) for _, c in columns])
+        values = np.sort(values[np.isfinite(values)])[::-1]
+        if len(values):
+            profiles.setdefault(_objective_category(row), []).append(values)
+    records = []
+    for category in _category_order(finished):
+        stacked = profiles.get(category)
+        if not stacked or len({len(v) for v in stacked}) != 1:
+            continue
+        matrix = np.stack(stacked)
+        for rank in range(matrix.shape[1]):
+            records.append({"line": category, "x": rank + 1, "mean": matrix[:, rank].mean(),
+                            "std": matrix[:, rank].std(ddof=1) if len(matrix) > 1
+                            else math.nan})
+    return pd.DataFrame(records) if records else None
 
 
 _FAMILY_LABELS = {"cvae": "CVAE", "conditional_nn": "deterministic NN", "m2": "M2",
@@ -1342,6 +1426,30 @@ def _family_figures(report: _Report, data: SuiteData, summary: pd.DataFrame,
             lambda path, title, table=table, refs=refs, xlabel=xlabel, ylabel=ylabel,
             log_x=log_x: plots.metric_vs_axis(table, refs, path, title=title, xlabel=xlabel,
                                               ylabel=ylabel, log_x=log_x))
+
+    table = disentanglement_data(runs)
+    if table is not None:
+        report.figure(
+            f"{stem}-disentanglement",
+            "Disentanglement against beta (and the controlled-capacity objective, C = its "
+            f"final capacity in nats): each dot one seed, bars the mean ± std ({where}). MIG and "
+            "DCI are 0 for codes that mix the factors and 1 for codes that are the factors; the "
+            "beta-VAE metric's chance level is 100 / (factors) %. Reconstruction shows what the "
+            "disentanglement costs.",
+            f"Disentanglement and reconstruction vs beta ({name})",
+            lambda path, title: plots.per_seed_panels(table, path, title=title,
+                                                      xlabel="objective"))
+    table = unit_kl_data(runs)
+    if table is not None:
+        report.figure(
+            f"{stem}-unit-kl",
+            "KL(q(z_j|x) || N(0, 1)) of each latent unit, averaged over the test set, units "
+            f"sorted from most to least informative in each run, mean ± std over seeds ({where})"
+            ". A unit near 0 carries no information; larger beta switches units off.",
+            f"KL per latent unit ({name})",
+            lambda path, title: plots.profile_lines(
+                table, path, title=title, xlabel="latent unit, by decreasing KL",
+                ylabel="KL per unit (nats)"))
 
     table = inpainting_data(runs)
     if table is not None:

@@ -564,7 +564,7 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
         values.update(model="cvae", condition="quadrants")
     elif key in ("labelled", "alpha"):
         values.update(model="m2", labelled=values.get("labelled", 10))
-    elif key in ("capacity_max", "capacity_steps", "gamma"):
+    elif key in ("capacity_steps", "gamma") or (key == "capacity_max" and value != 0):
         values.setdefault("capacity_max", 1.0)
         values.setdefault("capacity_steps", 1)
     config_from_dict(values, where=f"{where}: {table}")

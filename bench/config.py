@@ -85,7 +85,7 @@ class RunConfig:
     condition: str = "none"  # cvae / conditional_nn: "label" (the class) or "quadrants"
     given_quadrants: int = 0  # condition "quadrants": 1, 2 or 3 quadrants given
     labelled: int = 0  # m2: class-balanced labelled training examples N
-    alpha: float = 0.1  # m2: weight of the classification loss (alpha * N_total * CE)
+    alpha: float = 0.1  # m2: classification loss alpha * N_train * mean labelled -log q(y|x)
     input_dropout: float = 0.0  # lvm: zero each input pixel with this probability in training
     eval_inpainting: bool = False  # lvm: score imputation of masked test images
 

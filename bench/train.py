@@ -139,7 +139,7 @@ def load_data(cfg: RunConfig) -> Dataset:
                         binarize=cfg.likelihood == "bernoulli")
 
 
-def make_optimizer(model: LatentVariableModel, cfg: RunConfig) -> torch.optim.Adam:
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Adam:
     """Adam with the config's learning rate, betas and epsilon."""
     return torch.optim.Adam(
         model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps

@@ -1,0 +1,141 @@
+"""The model families and the disentanglement sweep in the report: each new suite runs at its
+smoke budget from its own file, lands in the store, and its report shows the family's own
+tables and figures, built from the stored numbers (checked against them)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import report, store
+from bench.config import RunConfig
+from bench.runner import RunOptions, run_suite
+from bench.suite import Reference, load_suite, resolve_suite_path
+
+# suite -> filters keeping its smoke run small (every family still exercised)
+SMOKE_RUNS = {
+    "mixture": (),
+    "cvae": (),
+    "inpainting": ("input_dropout=0.5",),
+    "disentangle": ("name=beta4",),
+}
+
+
+@pytest.fixture(scope="module")
+def family_results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    for name, filters in SMOKE_RUNS.items():
+        suite = load_suite(resolve_suite_path(name), budget="smoke")
+        summary = run_suite(suite, RunOptions(results=root, executor="local",
+                                              show_progress=False), filters)
+        assert summary.failed == 0 and summary.total > 0, name
+    out = tmp_path_factory.mktemp("family-report")
+    path = report.build_report(root, out)
+    return root, out, path.read_text(encoding="utf-8")
+
+
+def test_every_family_suite_runs_at_smoke_and_is_reported(family_results):
+    root, out, md = family_results
+    for name in SMOKE_RUNS:
+        assert f"## Suite {name}\n" in md
+    pngs = {p.name for p in out.glob("*.png")}
+    # the family figures, each drawn only where its data exist
+    assert "mixture-smoke-prior-iwae.png" in pngs
+    assert "cvae-smoke-test_cll-vs-given_quadrants.png" in pngs
+    assert "inpainting-smoke-inpainting.png" in pngs
+    assert "disentangle-smoke-disentanglement.png" in pngs
+    assert "disentangle-smoke-unit-kl.png" in pngs
+    assert not any(p.startswith("mixture-smoke-test_cll") for p in pngs)
+    # image rows beyond prior/reconstruction: component means, class grids, completions
+    assert any(p.startswith("mixture-smoke-images-") for p in pngs)
+    assert any(p.startswith("cvae-smoke-images-") for p in pngs)
+    assert any(p.startswith("inpainting-smoke-images-") for p in pngs)
+
+
+def test_mixture_gap_plot_data_are_the_stored_numbers(family_results):
+    root = family_results[0]
+    runs = store.load_runs(root, suite="mixture")
+    table = report.prior_iwae_data(report.prepare_runs(runs))
+    assert table is not None and set(table["k"]) == {1, 10, 100, 1000, 10000, 100000}
+    row = table[(table["k"] == 10)].iloc[0]
+    mine = runs[runs["variant"] == row["variant"]]
+    gap = mine["metric_test_ll"] - mine["metric_prior_iwae_k10"]
+    assert row["mean"] == pytest.approx(gap.mean())
+    # the estimator is a lower bound that tightens with k: the mean gap shrinks
+    for _, group in table.groupby("line"):
+        gaps = group.sort_values("k")["mean"].to_numpy()
+        assert gaps[0] > gaps[-1] >= -0.05
+
+
+def test_inpainting_table_has_each_mask_and_method(family_results):
+    _, _, md = family_results
+    section = md[md.index("## Suite inpainting"):]
+    section = section[:section.find("\n## Suite ", 1)]
+    for mask in report.INPAINT_MASKS.values():
+        for method in report.INPAINT_METHODS.values():
+            assert re.search(rf"\| {re.escape(mask)} \| {method} \| [0-9.]+", section), \
+                (mask, method)
+
+
+def test_metric_vs_axis_places_published_values_at_their_runs():
+    summary = pd.DataFrame({
+        "variant": ["cvae-q1", "cvae-q2", "nn-q1", "nn-q2"],
+        "cfg_model": ["cvae", "cvae", "conditional_nn", "conditional_nn"],
+        "cfg_condition": ["quadrants"] * 4,
+        "cfg_given_quadrants": [1, 2, 1, 2],
+        "metric_test_cll_mean": [75.0, 50.0, 110.0, 68.0],
+        "metric_test_cll_std": [0.2, 0.1, math.nan, 0.3],
+    })
+    table = report.axis_metric_data(summary, "metric_test_cll", "given_quadrants")
+    assert list(table["line"]) == ["CVAE", "CVAE", "deterministic NN", "deterministic NN"]
+    assert list(table["x"]) == [1.0, 2.0, 1.0, 2.0]
+    refs = [Reference("test_cll", 71.8, "Pyro", "paper",
+                      {"model": "cvae", "condition": "quadrants", "given_quadrants": 1}, ""),
+            Reference("test_cll", 61.9, "Pyro", "paper",
+                      {"model": "conditional_nn", "condition": "quadrants",
+                       "given_quadrants": 2}, "")]
+    placed = report.axis_reference_data(summary, refs, "metric_test_cll", "given_quadrants")
+    assert placed.to_dict("records") == [
+        {"line": "CVAE", "x": 1.0, "value": 71.8},
+        {"line": "deterministic NN", "x": 2.0, "value": 61.9}]
+
+
+def _run_row(beta: float, seed: int, capacity: float = 0.0, **metrics) -> dict:
+    return {"variant": f"b{beta}-c{capacity}", "status": "finished", "cfg_beta": beta,
+            "cfg_capacity_max": capacity, "cfg_seed": seed, "run_id": f"{beta}{capacity}{seed}",
+            **{f"metric_{k}": v for k, v in metrics.items()}}
+
+
+def test_disentanglement_data_keep_every_seed_and_order_beta_then_capacity():
+    runs = pd.DataFrame([
+        _run_row(8.0, 0, mig=0.3, distortion=90.0),
+        _run_row(1.0, 0, mig=0.1, distortion=60.0),
+        _run_row(1.0, 0, capacity=20.0, mig=0.2, distortion=70.0),
+        _run_row(1.0, 1, mig=0.05, distortion=61.0),
+    ])
+    table = report.disentanglement_data(runs)
+    mig = table[table["panel"].str.startswith("MIG")]
+    assert list(dict.fromkeys(mig["category"])) == ["β=1", "β=8", "C=20"]
+    assert sorted(mig[mig["category"] == "β=1"]["value"]) == [0.05, 0.1]  # both seeds
+
+
+def test_unit_kl_profile_sorts_units_within_each_run():
+    runs = pd.DataFrame([
+        _run_row(4.0, 0, kl_unit_0=0.0, kl_unit_1=3.0, kl_unit_2=1.0),
+        _run_row(4.0, 1, kl_unit_0=2.0, kl_unit_1=0.0, kl_unit_2=4.0),
+    ])
+    table = report.unit_kl_data(runs)
+    assert list(table["x"]) == [1, 2, 3]
+    np.testing.assert_allclose(table["mean"], [3.5, 1.5, 0.0])
+
+
+def test_a_family_config_rebuilds_from_its_stored_row(family_results):
+    root = family_results[0]
+    runs = store.load_runs(root, suite="cvae")
+    for _, row in runs.iterrows():
+        cfg = report.run_config(row.to_dict())
+        assert isinstance(cfg, RunConfig) and cfg.run_id == row["run_id"]

@@ -283,7 +283,8 @@ def ll_vs_k_data(summary: pd.DataFrame) -> pd.DataFrame | None:
     needed = {"cfg_objective", "cfg_k", "metric_test_ll_mean"}
     if summary.empty or not needed <= set(summary.columns):
         return None
-    table = summary[summary["metric_test_ll_mean"].notna()]
+    table = _lvm_rows(summary)
+    table = table[table["metric_test_ll_mean"].notna()]
     if "cfg_beta" in table.columns:
         table = table[table["cfg_beta"].astype(float) == 1.0]
     if table.empty or table.groupby("cfg_objective")["cfg_k"].nunique().max() < 2:
@@ -544,8 +545,17 @@ def inpainting_table(data: pd.DataFrame) -> Table:
     return Table(headers, rows, [False, False] + [True] * (2 * len(dropouts)))
 
 
+def _lvm_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the VAE family (model lvm; results from before model families existed
+    have no cfg_model column and are all lvm): other families have no k, beta or posterior."""
+    if "cfg_model" not in summary.columns:
+        return summary
+    return summary[[_missing(m) or m == "lvm" for m in summary["cfg_model"]]]
+
+
 def _beta_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame | None:
     """VAE-objective variants with a value in one of `columns`, if beta varies among them."""
+    summary = _lvm_rows(summary)
     needed = {"cfg_objective", "cfg_beta"}
     present = [c for c in columns if c in summary.columns]
     if summary.empty or not needed <= set(summary.columns) or not present:
@@ -630,7 +640,8 @@ def posterior_bounds_data(summary: pd.DataFrame) -> pd.DataFrame | None:
     needed = {"cfg_posterior", "metric_test_ll_mean", "metric_test_elbo_mean"}
     if summary.empty or not needed <= set(summary.columns):
         return None
-    table = summary[summary["metric_test_ll_mean"].notna()]
+    table = _lvm_rows(summary)
+    table = table[table["metric_test_ll_mean"].notna()]
     if table["cfg_posterior"].nunique() < 2:
         return None
     return pd.DataFrame({

@@ -384,7 +384,8 @@ def image_rows(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, *, titl
     cmap = plt.get_cmap("gray").with_extremes(bad=_SEPARATOR)
     with plt.rc_context({**_STYLE, "axes.grid": False}):
         tile = min(0.6, 7.4 / width)  # inches per image: at most 0.6, the row within 7.4
-        fig, ax = plt.subplots(figsize=(tile * width + 1.8,
+        label_inches = 0.075 * max([len(label) for label, _ in rows] or [4]) + 0.4
+        fig, ax = plt.subplots(figsize=(tile * width + label_inches + 0.4,
                                         min(16.0, tile * len(rows) * shape[0] / shape[1] + 0.9)))
         ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0.0, vmax=1.0,
                   interpolation="nearest")

@@ -360,11 +360,13 @@ def prior_iwae_data(runs: pd.DataFrame) -> pd.DataFrame | None:
             if not len(gap):
                 continue
             records.append({"line": f"K = {components}" if components else str(variant),
-                            "k": k, "mean": float(gap.mean()),
+                            "components": _num(components), "k": k, "mean": float(gap.mean()),
                             "std": float(gap.std(ddof=1)) if len(gap) > 1 else math.nan,
                             "seeds": len(gap), "variant": variant})
     table = pd.DataFrame(records)
-    return table if not table.empty and table["k"].nunique() > 1 else None
+    if table.empty or table["k"].nunique() < 2:
+        return None
+    return table.sort_values(["components", "k"], kind="stable").reset_index(drop=True)
 
 
 def axis_metric_data(summary: pd.DataFrame, metric: str, axis: str,

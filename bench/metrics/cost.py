@@ -1,4 +1,4 @@
-"""What a run costs: analytic FLOPs of the models (linear and convolution layers) and peak memory."""
+"""What a run costs: analytic FLOPs (linear and convolution layers) and peak memory."""
 
 from __future__ import annotations
 

@@ -691,30 +691,35 @@ class SampleSet:
     reconstruction: np.ndarray
 
 
+def _first_runs(runs: pd.DataFrame, run_ids: Iterable[str],
+                order: Sequence[str]) -> list[tuple[str, pd.Series]]:
+    """Per variant, its lowest-seed finished run among `run_ids`, variants in `order`."""
+    candidates = runs[(runs["status"] == "finished") & runs["run_id"].isin(set(run_ids))]
+    if "cfg_seed" in candidates.columns:
+        candidates = candidates.sort_values("cfg_seed", kind="stable")
+    rank = {name: i for i, name in enumerate(order)}
+    firsts = [(str(variant), group.iloc[0])
+              for variant, group in candidates.groupby("variant", sort=False)]
+    return sorted(firsts, key=lambda vr: (rank.get(vr[0], len(rank)), vr[0]))
+
+
+def _seed_of(run: pd.Series) -> int | None:
+    seed = _py(run.get("cfg_seed"))
+    return int(seed) if seed is not None else None
+
+
 def sample_sets(runs: pd.DataFrame, samples: pd.DataFrame | None,
                 order: Sequence[str] = ()) -> list[SampleSet]:
     """Per variant, the images of its lowest-seed finished run that has samples."""
     if samples is None or samples.empty:
         return []
-    have = set(samples["run_id"])
-    candidates = runs[(runs["status"] == "finished") & runs["run_id"].isin(have)]
-    if candidates.empty:
-        return []
-    if "cfg_seed" in candidates.columns:
-        candidates = candidates.sort_values("cfg_seed", kind="stable")
-    rank = {name: i for i, name in enumerate(order)}
     out = []
-    for variant, group in candidates.groupby("variant", sort=False):
-        run = group.iloc[0]
+    for variant, run in _first_runs(runs, samples["run_id"], order):
         rows = samples[samples["run_id"] == run["run_id"]]
         images = {kind: _images(rows[rows["kind"] == kind]) for kind in SAMPLE_KINDS}
-        if not any(len(v) for v in images.values()):
-            continue
-        seed = _py(run.get("cfg_seed"))
-        out.append(SampleSet(str(variant), str(run["run_id"]),
-                             int(seed) if seed is not None else None, images["prior"],
-                             images["original"], images["reconstruction"]))
-    out.sort(key=lambda s: (rank.get(s.variant, len(rank)), s.variant))
+        if any(len(v) for v in images.values()):
+            out.append(SampleSet(variant, str(run["run_id"]), _seed_of(run), images["prior"],
+                                 images["original"], images["reconstruction"]))
     return out
 
 
@@ -735,24 +740,14 @@ def image_row_sets(runs: pd.DataFrame, samples: pd.DataFrame | None,
     if samples is None or samples.empty:
         return []
     extra = samples[~samples["kind"].isin(SAMPLE_KINDS)]
-    if extra.empty:
-        return []
-    candidates = runs[(runs["status"] == "finished") & runs["run_id"].isin(set(extra["run_id"]))]
-    if "cfg_seed" in candidates.columns:
-        candidates = candidates.sort_values("cfg_seed", kind="stable")
-    rank = {name: i for i, name in enumerate(order)}
     out = []
-    for variant, group in candidates.groupby("variant", sort=False):
-        run = group.iloc[0]
+    for variant, run in _first_runs(runs, extra["run_id"], order):
         mine = extra[extra["run_id"] == run["run_id"]]
         rows = [(str(kind), _images(mine[mine["kind"] == kind]))
                 for kind in dict.fromkeys(mine["kind"])]
         rows = [(kind, images) for kind, images in rows if len(images)]
         if rows:
-            seed = _py(run.get("cfg_seed"))
-            out.append(ImageRows(str(variant), str(run["run_id"]),
-                                 int(seed) if seed is not None else None, rows))
-    out.sort(key=lambda s: (rank.get(s.variant, len(rank)), s.variant))
+            out.append(ImageRows(variant, str(run["run_id"]), _seed_of(run), rows))
     return out
 
 

@@ -78,17 +78,8 @@ class TrainResult:
 
     def metrics(self) -> dict:
         """Flat metric dict for printing and storing (nats per example, seconds, samples/s)."""
-        rates = [r.samples_per_s for r in self.curves]
-        steady = rates[1:] or rates
-        out = {
-            "status": self.status,
-            "epochs_done": len(self.curves),
-            "final_train_bound": self.curves[-1].train_bound if self.curves else math.nan,
-            # median over epochs after the first (the first pays warm-up costs)
-            "train_samples_per_s": statistics.median(steady) if steady else math.nan,
-            "train_seconds": self.train_seconds,
-            "diverged_epoch": self.diverged_epoch,
-        }
+        out = training_record(self.status, self.curves, self.train_seconds,
+                              self.diverged_epoch)
         if self.test is not None:
             out.update(self.test.to_dict())
         out.update(self.images)
@@ -98,6 +89,22 @@ class TrainResult:
         if math.isfinite(out["train_samples_per_s"]) and "flops_per_example" in self.cost:
             out["train_flops_per_s"] = self.cost["flops_per_example"] * out["train_samples_per_s"]
         return out
+
+
+def training_record(status: str, curves: list[EpochRecord], train_seconds: float,
+                    diverged_epoch: int | None) -> dict:
+    """The metrics every trainer reports about its training: status, epochs, the final
+    bound, throughput (median over epochs after the first, which pays warm-up costs)."""
+    rates = [r.samples_per_s for r in curves]
+    steady = rates[1:] or rates
+    return {
+        "status": status,
+        "epochs_done": len(curves),
+        "final_train_bound": curves[-1].train_bound if curves else math.nan,
+        "train_samples_per_s": statistics.median(steady) if steady else math.nan,
+        "train_seconds": train_seconds,
+        "diverged_epoch": diverged_epoch,
+    }
 
 
 def training_step(

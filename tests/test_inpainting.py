@@ -225,8 +225,8 @@ def _spy_on_training(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     pairs: list[list[torch.Tensor]] = []
     real_build = bench.train.build_model
 
-    def spying_build(cfg, n_data, seed=None):
-        model = real_build(cfg, n_data, seed)
+    def spying_build(cfg, n_data, seed=None, image_shape=None):
+        model = real_build(cfg, n_data, seed, image_shape=image_shape)
         decoder_log_prob = model.decoder.log_prob
 
         def encoder_input(module, args):

@@ -14,8 +14,6 @@ trainer's `TrainResult`: `status`, `curves` (EpochRecord per epoch or EM iterati
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +21,7 @@ import torch
 
 from bench.config import RunConfig
 from bench.data import Dataset
-from bench.train import Checkpointing, EpochRecord, TrainResult, train
+from bench.train import Checkpointing, EpochRecord, TrainResult, train, training_record
 
 
 @dataclass
@@ -38,17 +36,8 @@ class FamilyResult:
     diverged_epoch: int | None = None
 
     def metrics(self) -> dict:
-        rates = [r.samples_per_s for r in self.curves]
-        steady = rates[1:] or rates
-        return {
-            "status": self.status,
-            "epochs_done": len(self.curves),
-            "final_train_bound": self.curves[-1].train_bound if self.curves else math.nan,
-            "train_samples_per_s": statistics.median(steady) if steady else math.nan,
-            "train_seconds": self.train_seconds,
-            "diverged_epoch": self.diverged_epoch,
-            **self.family_metrics,
-        }
+        return {**training_record(self.status, self.curves, self.train_seconds,
+                                  self.diverged_epoch), **self.family_metrics}
 
 
 OnEpoch = Callable[[EpochRecord, int], None]

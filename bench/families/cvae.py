@@ -122,12 +122,7 @@ def quadrant_masks(
 # ----------------------------------------------------------------------------- networks
 def _relu_mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers with ReLU between them (Pyro's CVAE example units)."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return mlp(sizes, nn.ReLU)
 
 
 class ReluGaussian(nn.Module):

@@ -64,7 +64,7 @@ from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic
 from bench.errors import BenchError
 from bench.families import FamilyResult
-from bench.models.posteriors import LOG_2PI
+from bench.models.posteriors import LOG_2PI, mlp
 from bench.train import _EVAL_STREAM, _TRAIN_STREAM, EpochRecord, make_generator, make_optimizer
 
 N_CLASSES = 10
@@ -77,12 +77,7 @@ _EVAL_ROWS_PER_CHUNK = 40_000
 # --------------------------------------------------------------------------- the model
 def _softplus_mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers with softplus between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.Softplus())
-    return nn.Sequential(*layers)
+    return mlp(sizes, nn.Softplus)
 
 
 class _ConcatInput(nn.Module):

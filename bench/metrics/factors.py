@@ -54,10 +54,14 @@ def encode_means(model, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def unit_kls(model, x: torch.Tensor) -> np.ndarray:
-    """(L,) mean over x of each unit's KL(q(z_j|x) || N(0, 1)), nats."""
-    mean, logvar = model.posterior_moments(x)
-    kl = 0.5 * (mean.double() ** 2 + logvar.double().exp() - 1.0 - logvar.double())
-    return kl.mean(0).cpu().numpy()
+    """(L,) mean over x of each unit's KL(q(z_j|x) || N(0, 1)), nats; encoded in chunks,
+    summed in float64."""
+    total = torch.zeros(model.latent[0], dtype=torch.float64, device=x.device)
+    for lo in range(0, len(x), ENCODE_CHUNK):
+        mean, logvar = model.posterior_moments(x[lo:lo + ENCODE_CHUNK])
+        mean, logvar = mean.double(), logvar.double()
+        total += (0.5 * (mean**2 + logvar.exp() - 1.0 - logvar)).sum(0)
+    return (total / len(x)).cpu().numpy()
 
 
 def factor_metrics(model, dataset: Dataset, *, seed: int) -> tuple[dict, list[dict]]:

@@ -18,13 +18,14 @@ from torch import nn
 LOG_2PI = math.log(2 * math.pi)
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with tanh between them (the IWAE paper's deterministic units)."""
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """Linear layers with `activation` between them (none after the last); tanh by default,
+    the IWAE paper's deterministic units."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
-            layers.append(nn.Tanh())
+            layers.append(activation())
     return nn.Sequential(*layers)
 
 

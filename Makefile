@@ -54,8 +54,9 @@ microbench: install  ## pytest-benchmark: training step vs a plain PyTorch step 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check bench tests benchmarks
 
-data: install  ## fetch and verify MNIST into $$VAEBENCH_DATA (default ~/.cache/vaebench)
+data: install  ## fetch and verify MNIST, generate the shapes grids, into $$VAEBENCH_DATA (default ~/.cache/vaebench)
 	$(VENV)/bin/vaebench data fetch mnist
+	$(VENV)/bin/vaebench data fetch shapes_small
 
 clean:  ## remove the virtual environment and caches (results are kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

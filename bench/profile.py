@@ -33,7 +33,7 @@ from bench.metrics.cost import training_flops_per_example
 from bench.models import build_model
 from bench.objectives import objective_for
 from bench.suite import load_suite, resolve_suite_path
-from bench.train import load_data, make_generator, make_optimizer, training_step
+from bench.train import drop_pixels, load_data, make_generator, make_optimizer, training_step
 
 TOP_N = 15
 _STEP_LABEL = "train_step"
@@ -147,8 +147,10 @@ def profile_variant(
         return binarize_dynamic(xb, generator) if dataset.binarized else xb
 
     def step() -> None:
-        training_step(model, optimizer, bound_fn, next_batch(), cfg.k, generator,
-                      detach_samples=detach)
+        xb = next_batch()
+        x_in = drop_pixels(xb, cfg.input_dropout, generator) if cfg.input_dropout else None
+        training_step(model, optimizer, bound_fn, xb, cfg.k, generator,
+                      detach_samples=detach, x_in=x_in)
 
     model.train()
     for _ in range(warmup):

@@ -89,3 +89,21 @@ def test_help_documents_every_config_field():
     top = subprocess.run([sys.executable, "-m", "bench.cli", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "train" in top and "data" in top
+
+
+def test_model_families_train_from_the_command_line(capsys):
+    code, out, _ = run_cli(capsys, "train", "--model", "mixture", "--components", "5",
+                           "--iterations", "3", "--dataset", "digits", "--quiet", "--json")
+    metrics = json.loads(out)["metrics"]
+    assert code == 0 and metrics["status"] == "finished" and metrics["epochs_done"] == 3
+    assert metrics["test_ll"] < 0 and "prior_iwae_k1000" in metrics
+    code, _, err = run_cli(capsys, "train", "--model", "m2", "--labelled", "15", "--quiet")
+    assert code == 2 and "multiple of 10" in err and len(err.strip().splitlines()) == 1
+
+
+def test_data_fetch_generates_the_shapes_cache(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEBENCH_DATA", str(tmp_path))
+    code, out, _ = run_cli(capsys, "data", "fetch", "shapes_small")
+    assert code == 0 and out.strip().startswith(str(tmp_path)) and out.strip().endswith(".npz")
+    code, _, err = run_cli(capsys, "data", "fetch", "shapes_small", "--source", "x.whl")
+    assert code == 2 and "--source applies to mnist only" in err

@@ -283,7 +283,7 @@ def test_force_reruns_but_a_failed_rerun_never_replaces_a_finished_result(tmp_pa
     def broken_train(*args, **kwargs):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr("bench.train.train", broken_train)
+    monkeypatch.setattr("bench.families.train_model", broken_train)
     forced = RunOptions(results=tmp_path, executor="local", show_progress=False, force=True)
     summary = runner.run_suite(suite, forced, filters=["seed=0", "name=vae"])
     assert summary.statuses == {"failed": 1}

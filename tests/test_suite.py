@@ -59,15 +59,19 @@ def test_shipped_suites_load_at_every_budget(name):
         assert {v.seed for v in suite.variants} == set(suite.seeds)
 
 
-def test_bench_suite_is_seven_variants_by_two_seeds_at_cpu():
+def test_bench_suite_is_eight_variants_by_two_seeds_at_cpu():
     suite = load_suite(resolve_suite_path("bench"))
     assert suite.budget == "cpu" and suite.seeds == (0, 1)
-    assert len(suite.variants) == 14
+    assert len(suite.variants) == 16
     names = list(dict.fromkeys(v.name for v in suite.variants))
     assert names == [
-        "vae", "iwae-k5", "iwae-k50", "vae-beta0", "vae-beta0.5", "vae-beta2", "vae-beta4"
+        "vae", "iwae-k5", "iwae-k50", "vae-beta0", "vae-beta0.5", "vae-beta2", "vae-beta4",
+        "mixture-k200",
     ]
-    assert all(v.name == v.config.label for v in suite.variants)  # names follow the labels
+    lvm = [v for v in suite.variants if v.config.model == "lvm"]
+    assert all(v.name == v.config.label for v in lvm)  # names follow the labels
+    mixture = [v.config for v in suite.variants if v.config.model == "mixture"]
+    assert [(c.components, c.iterations) for c in mixture] == [(200, 50)] * 2
     for v in suite.variants:
         cfg = v.config
         assert (cfg.dataset, cfg.train_size, cfg.test_size) == ("mnist", 10000, 1000)
@@ -78,7 +82,7 @@ def test_bench_suite_is_seven_variants_by_two_seeds_at_cpu():
         assert v.config.train_size is None and v.config.test_size is None
         assert (v.config.batch_size, v.config.k_eval) == (20, 5000)
     smoke = load_suite(resolve_suite_path("bench"), "smoke")
-    assert len(smoke.variants) == 7 and smoke.seeds == (0,)
+    assert len(smoke.variants) == 8 and smoke.seeds == (0,)
 
 
 def test_smoke_suite_is_tiny_and_has_one_reference():

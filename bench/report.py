@@ -1099,6 +1099,11 @@ def format_mean_std(mean: float, std: float, spec: MetricSpec) -> str:
 
 
 _NLL = MetricSpec("nll", "", 2)
+# keys of the VAE family that other model families ignore: shown as "-" on their rows
+LVM_ONLY_KEYS = frozenset({"objective", "k", "beta", "posterior", "flow_steps", "kl_direction",
+                           "analytic_kl", "architecture", "input_dropout", "eval_inpainting"})
+# keys of the other families, shown as "-" on the VAE family's rows
+FAMILY_ONLY_KEYS = frozenset({"components", "condition", "given_quadrants", "labelled", "alpha"})
 
 
 def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, Table | None]:
@@ -1109,8 +1114,11 @@ def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, T
     numeric = [False] * (1 + len(axes)) + [True] * (4 + len(quality))
     rows = []
     for _, row in summary.iterrows():
-        cells = [str(row["variant"]), *(_fmt_value(row[a]) for a in axes), str(row["seeds"]),
-                 *(str(row[s]) for s in STATUS_COLUMNS)]
+        family = _py(row.get("cfg_model"))
+        unused = LVM_ONLY_KEYS if family not in (None, "lvm") else FAMILY_ONLY_KEYS
+        cells = [str(row["variant"]),
+                 *("-" if a in unused else _fmt_value(row[a]) for a in axes),
+                 str(row["seeds"]), *(str(row[s]) for s in STATUS_COLUMNS)]
         cells += [format_mean_std(row[f"{s.column}_mean"], row[f"{s.column}_std"], s)
                   for s in quality]
         rows.append(cells)

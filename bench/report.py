@@ -1116,6 +1116,8 @@ def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, T
     for _, row in summary.iterrows():
         family = _py(row.get("cfg_model"))
         unused = LVM_ONLY_KEYS if family not in (None, "lvm") else FAMILY_ONLY_KEYS
+        if not _num(row.get("cfg_capacity_max")) > 0:  # gamma etc. mean nothing without it
+            unused = unused | {"gamma", "capacity_steps"}
         cells = [str(row["variant"]),
                  *("-" if a in unused else _fmt_value(row[a]) for a in axes),
                  str(row["seeds"]), *(str(row[s]) for s in STATUS_COLUMNS)]

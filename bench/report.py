@@ -1099,11 +1099,19 @@ def format_mean_std(mean: float, std: float, spec: MetricSpec) -> str:
 
 
 _NLL = MetricSpec("nll", "", 2)
-# keys of the VAE family that other model families ignore: shown as "-" on their rows
-LVM_ONLY_KEYS = frozenset({"objective", "k", "beta", "posterior", "flow_steps", "kl_direction",
-                           "analytic_kl", "architecture", "input_dropout", "eval_inpainting"})
-# keys of the other families, shown as "-" on the VAE family's rows
+# config keys a model family ignores, shown as "-" on its rows of the summary table
 FAMILY_ONLY_KEYS = frozenset({"components", "condition", "given_quadrants", "labelled", "alpha"})
+_VAE_ONLY = frozenset({"posterior", "flow_steps", "kl_direction", "architecture",
+                       "input_dropout", "eval_inpainting", "capacity_max"})
+UNUSED_KEYS: dict[str, frozenset[str]] = {
+    "lvm": FAMILY_ONLY_KEYS,
+    "mixture": _VAE_ONLY | {"objective", "k", "beta", "analytic_kl", "condition",
+                            "given_quadrants", "labelled", "alpha"},
+    "cvae": _VAE_ONLY | {"components", "labelled", "alpha"},
+    "conditional_nn": _VAE_ONLY | {"objective", "k", "beta", "analytic_kl", "components",
+                                   "labelled", "alpha"},
+    "m2": _VAE_ONLY | {"objective", "beta", "components", "condition", "given_quadrants"},
+}
 
 
 def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, Table | None]:
@@ -1115,7 +1123,7 @@ def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, T
     rows = []
     for _, row in summary.iterrows():
         family = _py(row.get("cfg_model"))
-        unused = LVM_ONLY_KEYS if family not in (None, "lvm") else FAMILY_ONLY_KEYS
+        unused = UNUSED_KEYS.get(str(family), FAMILY_ONLY_KEYS)
         if not _num(row.get("cfg_capacity_max")) > 0:  # gamma etc. mean nothing without it
             unused = unused | {"gamma", "capacity_steps"}
         cells = [str(row["variant"]),

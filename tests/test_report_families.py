@@ -139,3 +139,18 @@ def test_a_family_config_rebuilds_from_its_stored_row(family_results):
     for _, row in runs.iterrows():
         cfg = report.run_config(row.to_dict())
         assert isinstance(cfg, RunConfig) and cfg.run_id == row["run_id"]
+
+
+def test_summary_rows_blank_the_keys_a_family_does_not_use():
+    summary = pd.DataFrame({
+        "variant": ["vae", "mixture-k200", "nn-q1"], "seeds": [1, 1, 1],
+        "finished": [1, 1, 1], "failed": [0, 0, 0], "diverged": [0, 0, 0],
+        "cfg_model": ["lvm", "mixture", "conditional_nn"],
+        "objective": ["vae", "vae", "vae"], "k": [1, 1, 1], "components": [0, 200, 0],
+        "metric_test_ll_mean": [-90.0, -130.0, math.nan],
+        "metric_test_ll_std": [math.nan] * 3,
+    })
+    table, _ = report.summary_tables(summary, ["objective", "k", "components"])
+    assert table.rows[0][1:4] == ["vae", "1", "-"]
+    assert table.rows[1][1:4] == ["-", "-", "200"]
+    assert table.rows[2][1:4] == ["-", "-", "-"]

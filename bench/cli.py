@@ -66,7 +66,7 @@ FIELD_HELP = {
     "input_dropout": "model lvm: probability of zeroing each input pixel in training",
     "eval_inpainting": "model lvm: score imputation of masked test images",
     "architecture": "mlp, or conv (Burgess et al. 2018: 4 conv layers of 32 4x4 filters, "
-    "stride 2, a 256-unit layer; for image data sets)",
+    "stride 2, two 256-unit layers; for image data sets)",
     "capacity_max": "controlled capacity: final target C_max of the KL in nats (0 = off)",
     "capacity_steps": "controlled capacity: optimisation steps over which C rises 0 -> C_max",
     "gamma": "controlled capacity: weight gamma of |KL - C|",
@@ -80,7 +80,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = f"{FIELD_HELP[f.name]} (default: {_show(default)})"
-        if f.name == "analytic_kl":
+        if isinstance(default, bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)
         elif f.name == "hidden":
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Match runs of BASELINE and CANDIDATE by variant (config without the seed), "
         "aggregate over seeds, and give each metric a verdict: improved / unchanged / "
         "regressed / missing / not comparable. A difference counts only beyond a practical "
-        "threshold (0.1 nats for log-likelihoods and bounds, 5%% for throughput) and, with at "
+        "threshold (0.1 nats for log-likelihoods and bounds, 5% for throughput) and, with at "
         "least 2 seeds on each side, a Welch t-test (p < 0.05); with fewer seeds the threshold "
         "alone decides and the table says so. Throughput is only compared between runs on the "
         "same device. Exit status: 1 if anything regressed, 0 otherwise, 2 on bad input.",
@@ -354,6 +354,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise BenchError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
     suite = load_suite(resolve_suite_path(args.suite), budget=args.budget)
     results = store.results_dir(args.results)
+    if results.exists() and not results.is_dir():
+        raise BenchError(f"--results {results}: not a directory (runs are stored in a "
+                         "directory; .parquet files are for report and compare)")
     if args.dry_run:
         to_run, cached = plan(suite, results, args.filter, args.force, args.skip_corrupt)
         cached_ids = {v.run_id for v in cached}

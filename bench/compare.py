@@ -383,7 +383,6 @@ def run_compare(
     metrics: Sequence[str] | None = None,
     fmt: str = "md",
     skip_corrupt: bool = False,
-    alpha: float = 0.05,
 ) -> tuple[str, int]:
     """Compare two stores; returns (rendered text, exit code: 1 if anything regressed)."""
     renderers = {"md": render_markdown, "json": render_json}
@@ -392,5 +391,5 @@ def run_compare(
     rules = select_rules(metrics)
     baseline = load_side(baseline_path, skip_corrupt=skip_corrupt)
     candidate = load_side(candidate_path, skip_corrupt=skip_corrupt)
-    verdicts = compare(baseline, candidate, rules, alpha=alpha)
+    verdicts = compare(baseline, candidate, rules)
     return renderers[fmt](verdicts), int(has_regression(verdicts))

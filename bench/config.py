@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +91,7 @@ class RunConfig:
     eval_inpainting: bool = False  # lvm: score imputation of masked test images
 
     # --- disentanglement (issue 9). architecture: mlp (hidden sizes above) or conv (Burgess
-    # et al. 2018: four 4x4 stride-2 convolutions of 32 channels, a 256-unit layer, mirrored
+    # et al. 2018: four 4x4 stride-2 convolutions of 32 channels, two 256-unit layers, mirrored
     # decoder; `hidden` is then unused). Controlled capacity (Burgess et al. 2018):
     # loss = -E log p(x|z) + gamma * |KL - C|, C raised linearly from 0 to capacity_max nats
     # over capacity_steps optimisation steps; capacity_max = 0 turns it off.
@@ -234,6 +235,8 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     if key in _FLOAT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
+        if not math.isfinite(value):
+            raise fail("a finite number")
         return float(value)
     if key in _BOOL_FIELDS:
         if not isinstance(value, bool):

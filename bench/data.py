@@ -12,6 +12,8 @@ Data sets (``DATASETS``):
   a local ``--source``), checks both SHA-256 digests, and writes a compact, checksummed
   cache ``data_dir()/mnist.npz`` holding the intensities as uint8 ``v`` with ``x = v/256``
   (exact: every intensity in the pickle is a multiple of 1/256).
+* ``shapes`` / ``shapes_small``: the procedural dSprites-style grids of ``bench.shapes``
+  (generated in code, cached packed), with their factor indices on the Dataset.
 
 Binarization (Burda et al. 2015, "Importance Weighted Autoencoders"): ``train`` always
 holds intensities in [0, 1]; the trainer draws a fresh Bernoulli sample for every minibatch
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,34 +273,56 @@ def _convert_pickle(pkl_path: pathlib.Path, cache_path: pathlib.Path) -> None:
         "test_x": _to_uint8(te_x, "test"),
         "test_y": np.asarray(te_y).astype(np.int64),
     }
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".mnist-", suffix=".npz.tmp", dir=cache_path.parent)
+    save_npz_atomic(cache_path, {**arrays, "sha256": np.array(_arrays_digest(arrays))})
+
+
+def save_npz_atomic(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a compressed .npz cache atomically (a temporary file renamed into place), so a
+    reader never sees half a file; an unwritable cache directory is a BenchError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz.tmp",
+                                        dir=path.parent)
+    except OSError as err:
+        raise BenchError(f"cannot write cache {path}: {err.strerror or err} "
+                         "(is $VAEBENCH_DATA writable?)") from None
     try:
         os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; the cache may be shared
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays, sha256=np.array(_arrays_digest(arrays)))
+            np.savez_compressed(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp_name, cache_path)
+        os.replace(tmp_name, path)
     except BaseException:
         pathlib.Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def load_npz(path: pathlib.Path, keys: Sequence[str],
+             corrupt: Callable[[str], BenchError]) -> dict[str, np.ndarray]:
+    """The arrays `keys` of an .npz cache; any failure to read them (truncated, not a zip,
+    a missing member, a bad CRC) raises `corrupt(reason)`."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in keys}
+    except Exception as exc:
+        raise corrupt(f"{type(exc).__name__}: {exc}") from exc
+
+
+def one_line(text: str) -> str:
+    """`text` with its whitespace runs (newlines included) collapsed to single spaces."""
+    return " ".join(text.split())
 
 
 def _read_cache(path: pathlib.Path) -> dict[str, np.ndarray]:
     """Return the verified arrays of the MNIST cache at path; BenchError if it is corrupt."""
 
     def corrupt(reason: str) -> BenchError:
-        reason = " ".join(reason.split())  # keep the message on one line
-        return BenchError(f"corrupt MNIST cache {path} ({reason}); "
+        return BenchError(f"corrupt MNIST cache {path} ({one_line(reason)}); "
                           "delete it and run: vaebench data fetch mnist --force")
 
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in _CACHE_KEYS}
-            stored = str(npz["sha256"])
-    except Exception as exc:  # truncated, not a zip, missing key, bad member: all mean corrupt
-        raise corrupt(f"{type(exc).__name__}: {exc}") from exc
+    arrays = load_npz(path, (*_CACHE_KEYS, "sha256"), corrupt)
+    stored = str(arrays.pop("sha256"))
     if _arrays_digest(arrays) != stored:
         raise corrupt("sha256 of the arrays does not match the stored digest")
     for part in ("train", "test"):

@@ -468,20 +468,14 @@ def is_png(path: str | Path) -> bool:
         return handle.read(len(PNG_MAGIC)) == PNG_MAGIC
 
 
-__all__: Sequence[str] = (
-    "DPI", "ll_vs_k", "rate_distortion", "sharpness_vs_beta", "throughput", "learning_curves",
-    "sample_grid", "interleave_rows", "is_png",
-)
-
-
 def bimodal_fits(z: np.ndarray, target: np.ndarray, fitted: dict[str, np.ndarray],
-                 labels: dict[str, str], path: str | Path, *, title: str) -> Path:
+                 path: str | Path, *, title: str) -> Path:
     """The bimodal target density with each fitted q drawn over it."""
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6.4, 3.8))
         ax.fill_between(z, target, color="0.85", label="target p(z)")
         for name, density in fitted.items():
-            ax.plot(z, density, lw=2, label=labels[name])
+            ax.plot(z, density, lw=2, label=name)
         ax.set_xlabel("z")
         ax.set_ylabel("density")
         ax.set_title(title)

@@ -8,7 +8,7 @@ steps (the trainer's own `training_step`) under `torch.profiler.profile`, each w
 * ``top_ops.txt``  the profiler's table of the top operators by self time
 * ``summary.json`` step time, top operators with their share of self time, kernel launches
   (CUDA) or operator calls (CPU) per step, analytic FLOP/step, achieved FLOP/s and the
-  fraction of a float32 matmul peak measured on the same device just before.
+  fraction of a float32 matmul peak measured on the same device just after.
 
 The FLOP count is analytic (`training_flops_per_example * batch_size`, matmuls only), so
 `peak_fraction` says how close the step comes to what the device does on a large matmul.
@@ -117,11 +117,18 @@ def profile_variant(
     if cfg.dataset in TOY_DATASETS:
         raise BenchError(f"profiling covers the image data sets; dataset '{cfg.dataset}' is a "
                          f"toy (bench.toys)")
+    if cfg.model != "lvm":
+        raise BenchError(f"profiling covers model 'lvm' (bench.train.training_step); model "
+                         f"'{cfg.model}' trains with its own family code (bench.families)")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"device '{device}' requested but CUDA is not available")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create profile directory {out_dir}: "
+                         f"{err.strerror or err}") from None
 
     dataset = load_data(cfg)
     x_train = dataset.train.to(dev)
@@ -247,17 +254,14 @@ def profile_suite_variant(
 ) -> ProfileResult:
     """Profile the named variant of a suite (its first seed) at `budget`."""
     loaded = load_suite(resolve_suite_path(suite), budget)
-    names: list[str] = []
-    for v in loaded.variants:
-        if v.name not in names:
-            names.append(v.name)
-    for v in loaded.variants:
-        if v.name == variant:
-            label = f"{loaded.name}/{v.name} (budget {loaded.budget}, seed {v.seed})"
-            return profile_variant(v.config, steps=steps, out_dir=out_dir, device=device,
-                                   label=label)
-    raise BenchError(f"suite '{loaded.name}' has no variant '{variant}' "
-                     f"(known: {', '.join(names)})")
+    match = next((v for v in loaded.variants if v.name == variant), None)
+    if match is None:
+        names = dict.fromkeys(v.name for v in loaded.variants)
+        raise BenchError(f"suite '{loaded.name}' has no variant '{variant}' "
+                         f"(known: {', '.join(names)})")
+    label = f"{loaded.name}/{match.name} (budget {loaded.budget}, seed {match.seed})"
+    return profile_variant(match.config, steps=steps, out_dir=out_dir, device=device,
+                           label=label)
 
 
 def _short(name: str, width: int = 40) -> str:

@@ -119,7 +119,7 @@ class SuiteData:
     name: str
     runs: pd.DataFrame  # prepared (`prepare_runs`)
     curves: pd.DataFrame
-    samples: pd.DataFrame | None  # None: the store has no samples for this suite
+    samples: pd.DataFrame  # empty: the store has no samples for this suite
     suite: Suite | None  # None: the suite file could not be found or read
     suite_note: str = ""  # why `suite` is None
     budgets: list[str] = field(default_factory=list)
@@ -132,20 +132,17 @@ def load_suite_data(results: str | Path, name: str, *, skip_corrupt: bool = Fals
         runs = store.load_runs(results, suite=name, skip_corrupt=skip_corrupt)
     runs = prepare_runs(runs)
     curves = store.load_curves(results, suite=name, skip_corrupt=skip_corrupt)
-    samples = load_samples(results, name, skip_corrupt=skip_corrupt)
+    samples = store.load_samples(results, suite=name, skip_corrupt=skip_corrupt)
     stored_budgets = list(dict.fromkeys(runs["budget"]))
     suite, note = suite_file(name, stored_budgets)
+    return SuiteData(name, runs, curves, samples, suite, note,
+                     _budget_order(stored_budgets, suite))
+
+
+def _budget_order(stored: Sequence[str], suite: Suite | None) -> list[str]:
+    """The stored budgets: those of the suite file in its order, then the others sorted."""
     order = list(suite.budgets) if suite is not None else []
-    budgets = [b for b in order if b in stored_budgets] + sorted(
-        b for b in stored_budgets if b not in order)
-    return SuiteData(name, runs, curves, samples, suite, note, budgets)
-
-
-def load_samples(results: str | Path, suite: str, *,
-                 skip_corrupt: bool = False) -> pd.DataFrame | None:
-    """The stored sample images of `suite`, or None where there are none."""
-    frame = store.load_samples(results, suite=suite, skip_corrupt=skip_corrupt)
-    return None if frame.empty else frame
+    return [b for b in order if b in stored] + sorted(b for b in stored if b not in order)
 
 
 def suite_file(name: str, budgets: Sequence[str] = ()) -> tuple[Suite | None, str]:
@@ -226,12 +223,8 @@ def summarize_variants(runs: pd.DataFrame, axes: Sequence[str] = (),
         for spec in ALL_METRICS:
             if spec.column not in runs.columns:
                 continue
-            values = _numeric(finished, spec.column)
-            values = values[np.isfinite(values)]
-            row[f"{spec.column}_mean"] = float(values.mean()) if len(values) else math.nan
-            row[f"{spec.column}_std"] = float(values.std(ddof=1)) if len(values) > 1 \
-                else math.nan
-            row[f"{spec.column}_n"] = len(values)
+            (row[f"{spec.column}_mean"], row[f"{spec.column}_std"],
+             row[f"{spec.column}_n"]) = _mean_std(_numeric(finished, spec.column))
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -303,7 +296,7 @@ def ll_vs_k_data(summary: pd.DataFrame) -> pd.DataFrame | None:
 
 def posterior_kl_vs_k_data(summary: pd.DataFrame) -> pd.DataFrame | None:
     """The mixture toy: exact KL(p(c|x) || q(c|x)) against the particles K, one line per
-    kl_direction. Same columns as `ll_vs_k_data`; None without such runs."""
+    kl_direction. Columns: line, k, mean, std, seeds, variant; None without such runs."""
     needed = {"cfg_k", "cfg_kl_direction", "metric_posterior_kl_mean"}
     if summary.empty or not needed <= set(summary.columns):
         return None
@@ -344,8 +337,9 @@ _PRIOR_IWAE = re.compile(r"metric_prior_iwae_k(\d+)")
 
 def prior_iwae_data(runs: pd.DataFrame) -> pd.DataFrame | None:
     """Mixture models (exact log p(x)): the gap between the exact test log-likelihood and the
-    IWAE estimate with q = p(z), against k, one line per number of components. Columns as
-    `ll_vs_k_data` (mean/std over the finished seeds of gap = exact - estimate)."""
+    IWAE estimate with q = p(z), against k, one line per number of components. Columns: line,
+    components, k, mean, std, seeds, variant (mean/std over the finished seeds of
+    gap = exact - estimate)."""
     columns = {int(m.group(1)): c for c in runs.columns if (m := _PRIOR_IWAE.fullmatch(c))}
     if len(columns) < 2 or "metric_test_ll" not in runs.columns:
         return None
@@ -355,14 +349,11 @@ def prior_iwae_data(runs: pd.DataFrame) -> pd.DataFrame | None:
         exact = _numeric(group, "metric_test_ll")
         components = _py(group.iloc[0].get("cfg_components"))
         for k, column in sorted(columns.items()):
-            gap = (exact - _numeric(group, column)).to_numpy(dtype=float)
-            gap = gap[np.isfinite(gap)]
-            if not len(gap):
-                continue
-            records.append({"line": f"K = {components}" if components else str(variant),
-                            "components": _num(components), "k": k, "mean": float(gap.mean()),
-                            "std": float(gap.std(ddof=1)) if len(gap) > 1 else math.nan,
-                            "seeds": len(gap), "variant": variant})
+            mean, std, n = _mean_std(exact - _numeric(group, column))
+            if n:
+                records.append({"line": f"K = {components}" if components else str(variant),
+                                "components": _num(components), "k": k, "mean": mean,
+                                "std": std, "seeds": n, "variant": variant})
     table = pd.DataFrame(records)
     if table.empty or table["k"].nunique() < 2:
         return None
@@ -515,12 +506,8 @@ def inpainting_data(runs: pd.DataFrame) -> pd.DataFrame | None:
                 record = {"variant": variant, "input_dropout": float(dropout or 0.0),
                           "mask": mask_label, "method": method_label}
                 for score in ("nll", "error"):
-                    values = _numeric(group, f"{stem}_{score}").to_numpy(dtype=float)
-                    values = values[np.isfinite(values)]
-                    record[f"{score}_mean"] = float(values.mean()) if len(values) else math.nan
-                    record[f"{score}_std"] = float(values.std(ddof=1)) if len(values) > 1 \
-                        else math.nan
-                    record["seeds"] = len(values)
+                    record[f"{score}_mean"], record[f"{score}_std"], record["seeds"] = \
+                        _mean_std(_numeric(group, f"{stem}_{score}"))
                 if record["seeds"]:
                     records.append(record)
     return pd.DataFrame(records) if records else None
@@ -849,13 +836,9 @@ def reference_rows(runs: pd.DataFrame, references: Sequence[Reference],
                     out.append({**record, "mean": math.nan, "std": math.nan, "diff": math.nan,
                                 "seeds": 0, "ours": f"not recorded ({column})"})
                     continue
-                values = sign * _numeric(finished, column)
-                values = values[np.isfinite(values)]
-                mean = float(values.mean()) if len(values) else math.nan
-                std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-                ours = "no finished run" if not len(values) else None
+                mean, std, n = _mean_std(sign * _numeric(finished, column))
                 out.append({**record, "mean": mean, "std": std, "diff": mean - ref.value,
-                            "seeds": len(values), "ours": ours})
+                            "seeds": n, "ours": None if n else "no finished run"})
     return out
 
 
@@ -1180,6 +1163,16 @@ class _Report:
         self.images[filename] = path.read_bytes()
         self.add(Figure(filename, caption, len(self.images), title))
 
+    def plot(self, data: Any, stem: str, caption: str, title: str, draw: Any,
+             **options: Any) -> bool:
+        """Add the figure `draw(data, path, title=..., **options)`; nothing where `data` is
+        None. Returns whether a figure was added."""
+        if data is None:
+            return False
+        self.figure(stem, caption, title,
+                    lambda path, title: draw(data, path, title=title, **options))
+        return True
+
 
 def _suite_section(report: _Report, data: SuiteData) -> None:
     runs, suite = data.runs, data.suite
@@ -1288,89 +1281,58 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
     made = len(report.images)
     seeds = "error bars: std over seeds"
 
-    table = ll_vs_k_data(summary)
-    if table is not None:
-        report.figure(
-            f"{stem}-ll-vs-k",
-            f"Test log-likelihood (nats, higher is better) against the number of samples k "
-            f"in the training objective, VAE vs IWAE ({where}; {seeds}; variants with "
-            "beta = 1).",
-            f"Test log-likelihood vs k ({name}, {budget})",
-            lambda path, title: plots.ll_vs_k(table, path, title=title))
-
-    table = posterior_kl_vs_k_data(summary)
-    if table is not None:
-        report.figure(
-            f"{stem}-posterior-kl-vs-k",
-            "Gaussian mixture of Le et al. 2019: exact KL(p(c|x) || q(c|x)) of the learned "
-            f"inference network against the particles K, reverse (IWAE) vs forward (RWS) "
-            f"({where}; {seeds}). Lower is a better inference network.",
-            f"Inference network quality vs K ({name}, {budget})",
-            lambda path, title: plots.ll_vs_k(
-                table, path, title=title, ylabel="KL(p(c|x) || q(c|x)) (nats, lower is better)",
-                xlabel="K (particles, log scale)"))
-
-    fits = bimodal_fit_data(runs)
-    if fits is not None:
-        report.figure(
-            f"{stem}-bimodal",
-            "Bimodal toy: one Gaussian q fitted to a target with two well-separated modes by "
-            "reverse KL(q||p) (mode-seeking) and forward KL(p||q) (mass-covering), drawn over "
-            f"the target density ({where}).",
-            f"One Gaussian fitted to two modes ({name}, {budget})",
-            lambda path, title: bimodal.plot_fits(fits, path, title=title))
+    report.plot(
+        ll_vs_k_data(summary), f"{stem}-ll-vs-k",
+        f"Test log-likelihood (nats, higher is better) against the number of samples k "
+        f"in the training objective, VAE vs IWAE ({where}; {seeds}; variants with "
+        "beta = 1).",
+        f"Test log-likelihood vs k ({name}, {budget})", plots.ll_vs_k)
+    report.plot(
+        posterior_kl_vs_k_data(summary), f"{stem}-posterior-kl-vs-k",
+        "Gaussian mixture of Le et al. 2019: exact KL(p(c|x) || q(c|x)) of the learned "
+        f"inference network against the particles K, reverse (IWAE) vs forward (RWS) "
+        f"({where}; {seeds}). Lower is a better inference network.",
+        f"Inference network quality vs K ({name}, {budget})", plots.ll_vs_k,
+        ylabel="KL(p(c|x) || q(c|x)) (nats, lower is better)",
+        xlabel="K (particles, log scale)")
+    report.plot(
+        bimodal_fit_data(runs), f"{stem}-bimodal",
+        "Bimodal toy: one Gaussian q fitted to a target with two well-separated modes by "
+        "reverse KL(q||p) (mode-seeking) and forward KL(p||q) (mass-covering), drawn over "
+        f"the target density ({where}).",
+        f"One Gaussian fitted to two modes ({name}, {budget})", bimodal.plot_fits)
 
     _family_figures(report, data, summary, runs, stem, where, seeds)
 
-    table = rate_distortion_data(summary)
-    if table is not None:
-        report.figure(
-            f"{stem}-rate-distortion",
+    if report.plot(
+            rate_distortion_data(summary), f"{stem}-rate-distortion",
             f"Rate-distortion: rate KL(q(z|x) || p(z)) against distortion, nats per example, "
             f"one point per beta ({where}; {seeds}). Lower-left is better; beta trades one "
             "for the other.",
-            f"Rate vs distortion ({name}, {budget})",
-            lambda path, title: plots.rate_distortion(table, path, title=title))
-        sharp = sharpness_data(summary)
-        if sharp is not None:
-            report.figure(
-                f"{stem}-sharpness",
+            f"Rate vs distortion ({name}, {budget})", plots.rate_distortion) \
+            and not report.plot(
+                sharpness_data(summary), f"{stem}-sharpness",
                 f"Sharpness of prior samples and reconstructions against beta ({where}; "
                 f"{seeds}): Laplacian variance of the model's images / of the test images; "
                 "1.0 (dotted) = as sharp as the data, lower = blurrier.",
-                f"Sharpness vs beta ({name}, {budget})",
-                lambda path, title: plots.sharpness_vs_beta(sharp, path, title=title))
-        else:
-            report.add(Paragraph("Sharpness vs beta: no sharpness recorded by these runs.",
-                                 emphasis=True))
-
-    bounds = posterior_bounds_data(summary)
-    if bounds is not None:
-        report.figure(
-            f"{stem}-posteriors",
-            f"Test log-likelihood (IWAE estimate) and ELBO per posterior ({where}; {seeds}): "
-            "a richer q closes the gap between the ELBO and log p(x).",
-            f"What the posterior buys ({name}, {budget})",
-            lambda path, title: plots.posterior_bounds(bounds, path, title=title))
-
-    table = throughput_data(summary)
-    if table is not None:
-        report.figure(
-            f"{stem}-throughput",
-            f"Training throughput per variant, examples per second (median over epochs after "
-            f"the first; {where}; {seeds}).",
-            f"Training throughput ({name}, {budget})",
-            lambda path, title: plots.throughput(table, path, title=title))
-
-    curves = curve_data(runs, data.curves, order)
-    if curves is not None:
-        report.figure(
-            f"{stem}-learning-curves",
+                f"Sharpness vs beta ({name}, {budget})", plots.sharpness_vs_beta):
+        report.add(Paragraph("Sharpness vs beta: no sharpness recorded by these runs.",
+                             emphasis=True))
+    report.plot(
+        posterior_bounds_data(summary), f"{stem}-posteriors",
+        f"Test log-likelihood (IWAE estimate) and ELBO per posterior ({where}; {seeds}): "
+        "a richer q closes the gap between the ELBO and log p(x).",
+        f"What the posterior buys ({name}, {budget})", plots.posterior_bounds)
+    report.plot(
+        throughput_data(summary), f"{stem}-throughput",
+        f"Training throughput per variant, examples per second (median over epochs after "
+        f"the first; {where}; {seeds}).",
+        f"Training throughput ({name}, {budget})", plots.throughput)
+    if not report.plot(
+            curve_data(runs, data.curves, order), f"{stem}-learning-curves",
             f"Learning curves: the training bound (nats per example, higher is better) per "
             f"epoch, mean over the finished seeds of each variant ({where}).",
-            f"Training bound per epoch ({name}, {budget})",
-            lambda path, title: plots.learning_curves(curves, path, title=title))
-    else:
+            f"Training bound per epoch ({name}, {budget})", plots.learning_curves):
         report.add(Paragraph("Learning curves: no per-epoch curves stored.", emphasis=True))
     if len(report.images) == made:
         report.add(Paragraph("No plot: no finished run with metrics at this budget.",
@@ -1385,12 +1347,12 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
     report.add(Heading(4, f"Samples: budget {budget}"))
     for rows in extra:
         seed = f"seed {rows.seed}" if rows.seed is not None else "one seed"
-        report.figure(
-            f"{stem}-images-{rows.variant}",
+        report.plot(
+            rows.rows, f"{stem}-images-{rows.variant}",
             f"{rows.variant} ({seed}, run {rows.run_id}): one row per kind of image, as "
             "labelled on the left (grayscale; 0.5 gray marks hidden pixels in masked inputs).",
             f"{rows.variant}: suite {name}, budget {budget}, {seed}",
-            lambda path, title, rows=rows: plots.image_rows(rows.rows, path, title=title))
+            plots.image_rows)
     for images in sets:
         seed = f"seed {images.seed}" if images.seed is not None else "one seed"
         report.figure(
@@ -1411,20 +1373,16 @@ def _family_figures(report: _Report, data: SuiteData, summary: pd.DataFrame,
 
     name = data.name
     references = data.suite.references if data.suite is not None else ()
-    table = prior_iwae_data(runs)
-    if table is not None:
-        report.figure(
-            f"{stem}-prior-iwae",
-            "Mixture of Bernoullis fitted by EM, where log p(x) is exact: the gap between the "
-            "exact test log-likelihood and the IWAE estimate with q = p(z), against the number "
-            f"of samples k ({where}; {seeds}). The estimate is a stochastic lower bound and "
-            "converges to the exact value as k grows; q = p(z) is the worst proposal, so it "
-            "needs many samples.",
-            f"IWAE estimate with q = p(z) vs exact log p(x) ({name})",
-            lambda path, title: plots.ll_vs_k(
-                table, path, title=title, log_y=True,
-                ylabel="exact log p(x) - IWAE estimate (nats, log scale)",
-                xlabel="k (samples from the prior, log scale)"))
+    report.plot(
+        prior_iwae_data(runs), f"{stem}-prior-iwae",
+        "Mixture of Bernoullis fitted by EM, where log p(x) is exact: the gap between the "
+        "exact test log-likelihood and the IWAE estimate with q = p(z), against the number "
+        f"of samples k ({where}; {seeds}). The estimate is a stochastic lower bound and "
+        "converges to the exact value as k grows; q = p(z) is the worst proposal, so it "
+        "needs many samples.",
+        f"IWAE estimate with q = p(z) vs exact log p(x) ({name})", plots.ll_vs_k,
+        log_y=True, ylabel="exact log p(x) - IWAE estimate (nats, log scale)",
+        xlabel="k (samples from the prior, log scale)")
 
     panels = (
         ("metric_test_error", "labelled", summary.get("cfg_model") == "m2"
@@ -1453,29 +1411,22 @@ def _family_figures(report: _Report, data: SuiteData, summary: pd.DataFrame,
             log_x=log_x: plots.metric_vs_axis(table, refs, path, title=title, xlabel=xlabel,
                                               ylabel=ylabel, log_x=log_x))
 
-    table = disentanglement_data(runs)
-    if table is not None:
-        report.figure(
-            f"{stem}-disentanglement",
-            "Disentanglement against beta (and the controlled-capacity objective, C = its "
-            f"final capacity in nats): each dot one seed, bars the mean ± std ({where}). MIG and "
-            "DCI are 0 for codes that mix the factors and 1 for codes that are the factors; the "
-            "beta-VAE metric's chance level is 100 / (factors) %. Reconstruction shows what the "
-            "disentanglement costs.",
-            f"Disentanglement and reconstruction vs beta ({name})",
-            lambda path, title: plots.per_seed_panels(table, path, title=title,
-                                                      xlabel="objective"))
-    table = unit_kl_data(runs)
-    if table is not None:
-        report.figure(
-            f"{stem}-unit-kl",
-            "KL(q(z_j|x) || N(0, 1)) of each latent unit, averaged over the test set, units "
-            f"sorted from most to least informative in each run, mean ± std over seeds ({where})"
-            ". A unit near 0 carries no information; larger beta switches units off.",
-            f"KL per latent unit ({name})",
-            lambda path, title: plots.profile_lines(
-                table, path, title=title, xlabel="latent unit, by decreasing KL",
-                ylabel="KL per unit (nats)"))
+    report.plot(
+        disentanglement_data(runs), f"{stem}-disentanglement",
+        "Disentanglement against beta (and the controlled-capacity objective, C = its "
+        f"final capacity in nats): each dot one seed, bars the mean ± std ({where}). MIG and "
+        "DCI are 0 for codes that mix the factors and 1 for codes that are the factors; the "
+        "beta-VAE metric's chance level is 100 / (factors) %. Reconstruction shows what the "
+        "disentanglement costs.",
+        f"Disentanglement and reconstruction vs beta ({name})", plots.per_seed_panels,
+        xlabel="objective")
+    report.plot(
+        unit_kl_data(runs), f"{stem}-unit-kl",
+        "KL(q(z_j|x) || N(0, 1)) of each latent unit, averaged over the test set, units "
+        f"sorted from most to least informative in each run, mean ± std over seeds ({where})"
+        ". A unit near 0 carries no information; larger beta switches units off.",
+        f"KL per latent unit ({name})", plots.profile_lines,
+        xlabel="latent unit, by decreasing KL", ylabel="KL per unit (nats)")
 
     table = inpainting_data(runs)
     if table is not None:
@@ -1490,14 +1441,12 @@ def _family_figures(report: _Report, data: SuiteData, summary: pd.DataFrame,
                             bar=[f"p={p:g}, {m}" for p, m in
                                  zip(table["input_dropout"], table["method"], strict=True)],
                             mean=table["nll_mean"], std=table["nll_std"])
-        report.figure(
-            f"{stem}-inpainting",
+        report.plot(
+            bars, f"{stem}-inpainting",
             f"Inpainting: -log p(missing | observed) per mask, training input dropout p and "
             f"imputation method ({where}; {seeds}). Lower is better.",
             f"Imputation of missing pixels ({name})",
-            lambda path, title: plots.grouped_bars(
-                bars, path, title=title,
-                ylabel="-log p(missing | observed) (nats per image)"))
+            plots.grouped_bars, ylabel="-log p(missing | observed) (nats per image)")
 
 
 def _provenance_section(report: _Report, data: SuiteData) -> None:
@@ -1575,12 +1524,11 @@ def summary_text(results: str | Path, suite: str, *, budget: str | None = None,
     if runs.empty:
         raise BenchError(f"suite '{suite}' has no runs in {root}")
     runs = prepare_runs(runs)
-    suite_obj, _ = suite_file(suite, list(dict.fromkeys(runs["budget"])))
-    order = [v.name for v in suite_obj.variants] if suite_obj is not None else []
-    budgets = list(suite_obj.budgets) if suite_obj is not None else []
     stored = list(dict.fromkeys(runs["budget"]))
+    suite_obj, _ = suite_file(suite, stored)
+    order = [v.name for v in suite_obj.variants] if suite_obj is not None else []
     parts = []
-    for budget in [b for b in budgets if b in stored] + sorted(set(stored) - set(budgets)):
+    for budget in _budget_order(stored, suite_obj):
         at = runs[runs["budget"] == budget]
         axes = variant_axes(at, suite_obj)
         quality, cost = summary_tables(summarize_variants(at, axes, order), axes)
@@ -1641,6 +1589,15 @@ def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
     if column not in frame.columns:
         return pd.Series(np.nan, index=frame.index, dtype=float)
     return pd.to_numeric(frame[column], errors="coerce").astype(float)
+
+
+def _mean_std(values: Any) -> tuple[float, float, int]:
+    """Mean, std (ddof=1; NaN with fewer than two) and count of the finite `values`."""
+    array = np.asarray(values, dtype=float)
+    array = array[np.isfinite(array)]
+    n = len(array)
+    return (float(array.mean()) if n else math.nan,
+            float(array.std(ddof=1)) if n > 1 else math.nan, n)
 
 
 def _num(value: Any) -> float:

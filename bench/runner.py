@@ -159,7 +159,10 @@ def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
             status, error, trace = "failed", f"{type(err).__name__}: {err}", traceback.format_exc()
             log.write(trace)
         log.write(f"# {status}\n")
-    checkpoint.unlink(missing_ok=True)
+        if status == "failed" and checkpoint.exists():  # its progress stays for a rerun
+            log.write(f"# checkpoint kept: {checkpoint}\n")
+    if status != "failed":
+        checkpoint.unlink(missing_ok=True)
     ended = dt.datetime.now(dt.timezone.utc)
     prov = {
         **provenance.collect(device),

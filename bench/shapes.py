@@ -83,15 +83,14 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from bench.data import data_dir, load_npz, one_line, save_npz_atomic
 from bench.errors import BenchError
 
 FACTOR_NAMES: tuple[str, ...] = ("shape", "scale", "orientation", "x", "y")
@@ -438,7 +437,6 @@ class ShapesData:
 
 def cache_path(spec: str | ShapesSpec) -> pathlib.Path:
     """Return the cache file of a grid: data_dir()/shapes-<name>-<fingerprint>.npz."""
-    from bench.data import data_dir  # bench.data will import this module to register shapes
 
     spec = get_spec(spec)
     return data_dir() / f"shapes-{spec.name}-{spec.fingerprint}.npz"
@@ -483,33 +481,20 @@ def _write_cache(path: pathlib.Path, data: ShapesData) -> None:
     arrays = {"images": data.packed, "factor_indices": data.factor_indices.astype(np.int16),
               "factor_values": data.factor_values}
     spec_json = data.spec.to_json()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".shapes-", suffix=".npz.tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; the cache may be shared
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays, spec=np.array(spec_json),
-                                sha256=np.array(_digest(arrays, spec_json)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
+    save_npz_atomic(path, {**arrays, "spec": np.array(spec_json),
+                           "sha256": np.array(_digest(arrays, spec_json))})
 
 
 def _read_cache(path: pathlib.Path, spec: ShapesSpec) -> ShapesData:
-    def corrupt(reason: str) -> BenchError:
-        reason = " ".join(reason.split())
-        return BenchError(f"corrupt shapes cache {path} ({reason}); delete it (it is "
-                          "regenerated on the next load) or load with force=True")
+    dataset = "shapes" if spec.name == "full" else f"shapes_{spec.name}"
 
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in _CACHE_KEYS}
-            spec_json, stored = str(npz["spec"]), str(npz["sha256"])
-    except Exception as exc:  # truncated, not a zip, missing member, bad CRC: all corrupt
-        raise corrupt(f"{type(exc).__name__}: {exc}") from exc
+    def corrupt(reason: str) -> BenchError:
+        return BenchError(f"corrupt shapes cache {path} ({one_line(reason)}); delete it (it is "
+                          f"regenerated on the next load) or run: vaebench data fetch "
+                          f"{dataset} --force")
+
+    arrays = load_npz(path, (*_CACHE_KEYS, "spec", "sha256"), corrupt)
+    spec_json, stored = str(arrays.pop("spec")), str(arrays.pop("sha256"))
     if _digest(arrays, spec_json) != stored:
         raise corrupt("sha256 of the arrays does not match the stored digest")
     if spec_json != spec.to_json():

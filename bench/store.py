@@ -170,8 +170,7 @@ def _plain(value: Any) -> Any:
 
 # Arrow types for columns whose value may be None (a null column has no type of its own;
 # readers that take the schema from one file could not cast another file's values to it).
-_STRING_COLUMNS = {"run_id", "config_hash", "suite", "variant", "budget", "status", "error",
-                   "traceback"}
+_STRING_COLUMNS = set(RUN_COLUMNS) - {"schema_version"}
 
 
 def _cfg_null_type(name: str) -> pa.DataType:

@@ -554,7 +554,7 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
         values.update(iterations=1, objective="iwae")
     elif key == "iterations" and value != 0:
         values.update(dataset=TOY_DATASETS[0], objective="iwae")
-    elif key == "model" or (key == "components" and value != 0):
+    elif (key == "model" and isinstance(value, str)) or (key == "components" and value != 0):
         values.update(_MODEL_COMPANIONS.get(value if key == "model" else "mixture", {}))
         if key == "components":
             values["model"] = "mixture"
@@ -562,9 +562,9 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
         values.update(model="cvae", given_quadrants=1 if value == "quadrants" else 0)
     elif key == "given_quadrants" and value != 0:
         values.update(model="cvae", condition="quadrants")
-    elif key in ("labelled", "alpha"):
+    elif key == "alpha" or (key == "labelled" and value != 0):
         values.update(model="m2", labelled=values.get("labelled", 10))
-    elif key in ("capacity_steps", "gamma") or (key == "capacity_max" and value != 0):
+    elif key == "gamma" or (key in ("capacity_steps", "capacity_max") and value != 0):
         values.setdefault("capacity_max", 1.0)
         values.setdefault("capacity_steps", 1)
     config_from_dict(values, where=f"{where}: {table}")

@@ -23,7 +23,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -128,6 +128,50 @@ def training_step(
     return loss.detach()
 
 
+def train_epochs(
+    lrs: Sequence[float],
+    step: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    n: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    curves: list[EpochRecord],
+    start: float,
+    on_epoch: Callable[[EpochRecord, int], None] | None = None,
+    total: int | None = None,
+    after_epoch: Callable[[int, float], None] | None = None,
+) -> int | None:
+    """The minibatch epochs every trainer runs, one per learning rate in `lrs`: set the lr,
+    draw ONE permutation of the n examples from `generator`, call `step(rows)` per minibatch
+    (it returns the minibatch's detached 0-d loss, still on the device), then append an
+    EpochRecord numbered len(curves) + 1 (train_bound = minus the epoch's mean loss) and
+    call `on_epoch(record, total)` and `after_epoch(epoch, now)`. One host sync per epoch.
+    Returns the epoch whose loss was not finite (training stops there), else None."""
+    device = optimizer.param_groups[0]["params"][0].device
+    for lr in lrs:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        order = torch.randperm(n, generator=generator, device=generator.device)
+        for lo in range(0, n, batch_size):
+            rows = order[lo : lo + batch_size]
+            loss_sum += step(rows) * rows.shape[0]
+        mean_loss = float(loss_sum) / n  # the one host sync per epoch
+        now = time.perf_counter()
+        record = EpochRecord(epoch=len(curves) + 1, lr=lr, train_bound=-mean_loss,
+                             samples_per_s=n / (now - epoch_start), wall_seconds=now - start)
+        curves.append(record)
+        if on_epoch is not None:
+            on_epoch(record, total if total is not None else len(lrs))
+        if not math.isfinite(mean_loss):
+            return record.epoch
+        if after_epoch is not None:
+            after_epoch(record.epoch, now)
+    return None
+
+
 def drop_pixels(x: torch.Tensor, p: float, generator: torch.Generator | None = None
                 ) -> torch.Tensor:
     """x with each entry set to 0 independently with probability p (no rescaling: a dropped
@@ -146,10 +190,14 @@ def load_data(cfg: RunConfig) -> Dataset:
                         binarize=cfg.likelihood == "bernoulli")
 
 
-def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Adam:
-    """Adam with the config's learning rate, betas and epsilon."""
+def make_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: RunConfig
+                   ) -> torch.optim.Adam:
+    """Adam over a model's (or the given) parameters with the config's learning rate, betas
+    and epsilon."""
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
     return torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
+        list(params), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
     )
 
 
@@ -200,43 +248,28 @@ def train(
         )
     if isinstance(bound_fn, ControlledCapacity):  # C follows the optimisation steps taken
         bound_fn.steps_done = len(curves) * math.ceil(n / cfg.batch_size)
-    status, diverged_epoch = "finished", None
     start = time.perf_counter() - elapsed_before
-    for epoch in range(len(curves) + 1, len(epoch_lrs) + 1):
-        lr = epoch_lrs[epoch - 1]
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n, generator=generator, device=device)
-        for lo in range(0, n, cfg.batch_size):
-            xb = x_train[order[lo : lo + cfg.batch_size]]
-            if dataset.binarized:
-                xb = binarize_dynamic(xb, generator)
-            x_in = drop_pixels(xb, cfg.input_dropout, generator) if cfg.input_dropout else None
-            loss = training_step(model, optimizer, bound_fn, xb, cfg.k, generator,
-                                 detach_samples=cfg.kl_direction == "forward", x_in=x_in)
-            loss_sum += loss * xb.shape[0]
-        mean_loss = float(loss_sum) / n  # the one host sync per epoch
-        now = time.perf_counter()
-        record = EpochRecord(
-            epoch=epoch,
-            lr=lr,
-            train_bound=-mean_loss,
-            samples_per_s=n / (now - epoch_start),
-            wall_seconds=now - start,
-        )
-        curves.append(record)
-        if on_epoch is not None:
-            on_epoch(record, len(epoch_lrs))
-        if not math.isfinite(mean_loss):
-            status, diverged_epoch = "diverged", epoch
-            break
+
+    def step(rows: torch.Tensor) -> torch.Tensor:
+        xb = x_train[rows]
+        if dataset.binarized:
+            xb = binarize_dynamic(xb, generator)
+        x_in = drop_pixels(xb, cfg.input_dropout, generator) if cfg.input_dropout else None
+        return training_step(model, optimizer, bound_fn, xb, cfg.k, generator,
+                             detach_samples=cfg.kl_direction == "forward", x_in=x_in)
+
+    def after_epoch(epoch: int, now: float) -> None:
         if checkpointing is not None and (
             epoch % checkpointing.every_epochs == 0 and epoch < len(epoch_lrs)
         ):
             _save_checkpoint(checkpointing.path, cfg, model, optimizer, generator, curves,
                              now - start)
+
+    diverged_epoch = train_epochs(
+        epoch_lrs[len(curves):], step, n=n, batch_size=cfg.batch_size, optimizer=optimizer,
+        generator=generator, curves=curves, start=start, on_epoch=on_epoch,
+        total=len(epoch_lrs), after_epoch=after_epoch)
+    status = "finished" if diverged_epoch is None else "diverged"
     train_seconds = time.perf_counter() - start
 
     test, images, samples, inpainting, factors = None, {}, [], {}, {}
@@ -283,6 +316,7 @@ def _save_checkpoint(path, cfg, model, optimizer, generator, curves, elapsed) ->
         "generator": generator.get_state(),
         "curves": [asdict(r) for r in curves],
         "elapsed": elapsed,
+        "device_type": generator.device.type,  # RNG states do not move between device types
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -299,8 +333,12 @@ def _load_checkpoint(path, cfg, model, optimizer, generator) -> tuple[list[Epoch
     except Exception as err:  # a truncated or foreign file: never resume from it silently
         reason = type(err).__name__
         raise BenchError(f"unreadable checkpoint {path} ({reason}); delete it") from None
-    if state.get("config_hash") != cfg.config_hash:
+    if not isinstance(state, dict) or state.get("config_hash") != cfg.config_hash:
         raise BenchError(f"checkpoint {path} belongs to another config; delete it")
+    saved = state.get("device_type", generator.device.type)
+    if saved != generator.device.type:
+        raise BenchError(f"checkpoint {path} was written on {saved}, this run is on "
+                         f"{generator.device.type}: resume it on {saved} or delete it")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])

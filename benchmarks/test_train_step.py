@@ -147,7 +147,7 @@ def test_training_step_by_posterior(benchmark, case, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_iwae_evaluation_chunk(benchmark, device):
-    """The evaluator on 100 test examples x k_eval 1000 (one chunk of the test-set pass)."""
+    """The evaluator on 100 test examples x k_eval 1000 (4 evaluator chunks of <= 32 examples)."""
     from bench.metrics.likelihood import evaluate
 
     cfg = RunConfig(dataset="mnist")

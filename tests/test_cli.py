@@ -107,3 +107,16 @@ def test_data_fetch_generates_the_shapes_cache(capsys, tmp_path, monkeypatch):
     assert code == 0 and out.strip().startswith(str(tmp_path)) and out.strip().endswith(".npz")
     code, _, err = run_cli(capsys, "data", "fetch", "shapes_small", "--source", "x.whl")
     assert code == 2 and "--source applies to mnist only" in err
+
+
+def test_bad_values_for_run_and_train_are_one_line_errors(capsys, tmp_path):
+    a_file = tmp_path / "baseline.parquet"
+    a_file.write_text("")
+    code, _, err = run_cli(capsys, "run", "smoke", "--results", str(a_file), "--dry-run")
+    assert code == 2 and "not a directory" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "train", "--capacity-max", "nan", "--quiet")
+    assert code == 2 and "must be a finite number" in err
+    # a boolean key is a --flag / --no-flag pair on the command line
+    code, out, _ = run_cli(capsys, "train", *QUICK, "--eval-inpainting", "--epochs", "1",
+                           "--json")
+    assert code == 0 and "inpaint_top_half_onepass_nll" in json.loads(out)["metrics"]

@@ -139,3 +139,11 @@ def test_model_family_keys_keep_old_run_ids_and_hash_when_set():
 def test_model_family_rules_are_one_line_errors(values, fragment):
     with pytest.raises(BenchError, match=fragment):
         config_from_dict(values)
+
+
+@pytest.mark.parametrize("key", ["lr", "beta", "alpha", "gamma", "capacity_max"])
+def test_non_finite_numbers_are_refused(key):
+    with pytest.raises(BenchError, match=f"key '{key}' must be a finite number"):
+        config_from_dict({key: float("nan")})
+    with pytest.raises(BenchError, match=f"key '{key}' must be a finite number"):
+        config_from_dict({key: float("inf")})

@@ -33,13 +33,7 @@ SMALL = dict(dataset="digits", hidden=((32,),), latent=(4,), train_size=300, tes
              epochs=2, k_eval=20)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tests share a small CPU: one torch thread each, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tests share a small CPU
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +291,13 @@ def test_cvae_beats_the_pixel_marginal_baseline_after_a_few_epochs():
     # and, the point of Sohn et al., its own deterministic baseline network
     assert metrics["test_cll_is"] < metrics["nn_test_cll"]
     assert metrics["test_cll_is"] <= metrics["test_cll"]
+
+
+@pytest.mark.parametrize("model", ["cvae", "conditional_nn"])
+def test_training_follows_the_learning_rate_schedule(digits, model):
+    cfg = small(model=model, condition="quadrants", given_quadrants=2, schedule="burda",
+                burda_stages=2)
+    result = train_model(cfg, digits)
+    stages = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]  # 1 + 3 epochs
+    per_stage = 1 if model == "conditional_nn" else 2  # a cvae trains its baseline first
+    assert [r.lr for r in result.curves] == stages * per_stage

@@ -186,8 +186,7 @@ def test_two_stochastic_layers_are_refused():
 
 # --------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
-def trained() -> FamilyResult:
-    torch.set_num_threads(1)
+def trained(one_thread) -> FamilyResult:
     cfg = digits_cfg()
     return train_model(cfg, load_data(cfg))
 

@@ -68,3 +68,14 @@ def test_cuda_profile(tmp_path):
     assert result.top_ops and result.top_ops[0]["self_device_time_us"] > 0
     assert result.matmul_peak_flops_per_s > 0 and result.achieved_flops_per_s > 0
     assert "traceEvents" in json.loads(result.trace_path.read_text())
+
+
+def test_a_model_family_or_a_file_as_out_dir_is_a_one_line_error(tmp_path):
+    with pytest.raises(BenchError, match="profiling covers model 'lvm'"):
+        profile_suite_variant("mixture", "components=10", budget="smoke", steps=1,
+                              out_dir=tmp_path, device="cpu")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(BenchError, match="cannot create profile directory"):
+        profile_suite_variant("smoke", "vae", budget="smoke", steps=1, out_dir=a_file,
+                              device="cpu")

@@ -5,7 +5,6 @@ and older results without the newer metrics or samples still make a report."""
 from __future__ import annotations
 
 import base64
-import inspect
 import math
 import re
 from html.parser import HTMLParser
@@ -13,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from bench import plots, report, store
@@ -84,17 +81,7 @@ def write(results: Path, suite: str, variant: str, cfg: RunConfig, *, budget: st
                         traceback="Traceback (most recent call last):\n..." if error else None,
                         budget=budget)
     images = samples_for(cfg) if samples and status == "finished" else []
-    if images and "samples" in inspect.signature(store.write_run).parameters:
-        store.write_run(results, row, curves_for(cfg), samples=images)
-        return
-    store.write_run(results, row, curves_for(cfg))
-    if images:  # a store without samples support: the same layout, written here
-        folder = results / "samples" / f"suite={suite}"
-        folder.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pylist([{"run_id": cfg.run_id, "suite": suite, **r,
-                                       "schema_version": store.SCHEMA_VERSION}
-                                      for r in images])
-        pq.write_table(table, folder / f"{cfg.run_id}.parquet")
+    store.write_run(results, row, curves_for(cfg), samples=images)
 
 
 @pytest.fixture(scope="module")

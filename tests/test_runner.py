@@ -352,3 +352,16 @@ def test_the_local_executor_restores_the_callers_torch_thread_count(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_failed_run_keeps_its_checkpoint_for_a_rerun(tmp_path):
+    from bench.runner import RunTask, checkpoint_path, execute
+
+    suite = load_suite(write_suite(tmp_path, TINY.format(name="kept", epochs=2)))
+    variant = suite.variants[0]
+    checkpoint = checkpoint_path(tmp_path, suite.name, variant.run_id)
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"not a checkpoint")  # the run fails on it, naming it
+    landed = execute(RunTask(suite.name, None, variant, tmp_path, 1, 1), device="cpu")
+    assert landed.row["status"] == "failed" and "unreadable checkpoint" in landed.row["error"]
+    assert checkpoint.exists()

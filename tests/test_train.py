@@ -103,3 +103,18 @@ def test_a_checkpoint_of_another_config_is_refused(digits, tmp_path):
     train(cfg, digits, checkpointing=checkpointing)
     with pytest.raises(BenchError, match="another config"):
         train(cfg.replace(seed=7), digits, checkpointing=checkpointing)
+
+
+def test_a_checkpoint_from_another_device_type_is_a_one_line_error(digits, tmp_path):
+    # a generator's state cannot move between CPU and CUDA: say so instead of crashing
+    checkpointing = Checkpointing(tmp_path / "run.pt", every_epochs=1)
+    cfg = RunConfig(**{**QUICK, "epochs": 2})
+    train(cfg, digits, checkpointing=checkpointing)
+    state = torch.load(checkpointing.path, weights_only=True)
+    assert state["device_type"] == "cpu"
+    torch.save({**state, "device_type": "cuda"}, checkpointing.path)
+    with pytest.raises(BenchError, match="written on cuda, this run is on cpu"):
+        train(cfg, digits, checkpointing=checkpointing)
+    torch.save(["not", "a", "checkpoint"], checkpointing.path)
+    with pytest.raises(BenchError, match="another config"):
+        train(cfg, digits, checkpointing=checkpointing)

@@ -71,7 +71,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -81,10 +81,19 @@ from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic
 from bench.errors import BenchError
 from bench.families import FamilyResult, OnEpoch
+from bench.metrics.blur import image_rows
+from bench.metrics.likelihood import DEFAULT_ROWS_PER_CHUNK
 from bench.models.lvm import ModelSample
 from bench.models.posteriors import LOG_2PI, ConditionalGaussian, gaussian_log_prob, mlp
 from bench.objectives import objective_for
-from bench.train import _EVAL_STREAM, _TRAIN_STREAM, EpochRecord, make_generator
+from bench.train import (
+    _EVAL_STREAM,
+    _TRAIN_STREAM,
+    EpochRecord,
+    make_generator,
+    make_optimizer,
+    train_epochs,
+)
 
 # quadrants given as input for each value of given_quadrants (Pyro's MaskImages)
 GIVEN_QUADRANTS: dict[int, tuple[str, ...]] = {
@@ -94,8 +103,6 @@ GIVEN_QUADRANTS: dict[int, tuple[str, ...]] = {
 }
 N_SAMPLE_IMAGES = 10
 HIDDEN_GREY = 0.5  # how the hidden area is drawn in the "input" sample row
-# samples x examples evaluated in one forward pass (bounds evaluation memory)
-DEFAULT_ROWS_PER_CHUNK = 32768
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -120,23 +127,15 @@ def quadrant_masks(
 
 
 # ----------------------------------------------------------------------------- networks
-def _relu_mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them (Pyro's CVAE example units)."""
-    return mlp(sizes, nn.ReLU)
-
-
-class ReluGaussian(nn.Module):
+class ReluGaussian(ConditionalGaussian):
     """N(mu(h), diag(exp(logvar(h)))) from a ReLU MLP trunk (Pyro's Encoder: loc, exp(.) scale;
     our head emits the log-variance, i.e. twice Pyro's log-scale)."""
 
     def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int):
-        super().__init__()
-        self.trunk = nn.Sequential(_relu_mlp([n_in, *hidden]), nn.ReLU()) if hidden else (
-            nn.Identity())
-        self.head = nn.Linear(hidden[-1] if hidden else n_in, 2 * n_out)
+        super().__init__(n_in, hidden, n_out, activation=nn.ReLU)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = self.head(self.trunk(h)).chunk(2, dim=-1)
+        mean, logvar, _ = self.params(h)
         return mean, logvar
 
 
@@ -150,9 +149,8 @@ class SplitInputMLP(nn.Module):
         width = hidden[0] if hidden else n_out
         self.from_a = nn.Linear(n_a, width)
         self.from_b = nn.Linear(n_b, width, bias=False)
-        builder = _relu_mlp if activation is nn.ReLU else mlp
-        self.rest = nn.Sequential(activation(), builder(list(hidden) + [n_out])) if hidden else (
-            nn.Identity())
+        self.rest = (nn.Sequential(activation(), mlp(list(hidden) + [n_out], activation))
+                     if hidden else nn.Identity())
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.rest(self.from_a(a) + self.from_b(b))
@@ -260,7 +258,7 @@ class ConditionalNN(_QuadrantModel):
 
     def __init__(self, given: torch.Tensor, hidden: tuple[int, ...]):
         super().__init__(given)
-        self.net = _relu_mlp([self.n_given, *hidden, self.n_missing])
+        self.net = mlp([self.n_given, *hidden, self.n_missing], nn.ReLU)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.given(x))
@@ -415,7 +413,6 @@ class Fitted:
     curves: list[EpochRecord]
     train_seconds: float
     diverged_epoch: int | None = None
-    stage_epochs: list[int] = field(default_factory=list)  # epochs per training stage
 
 
 def build(cfg: RunConfig, dataset: Dataset) -> Model:
@@ -448,27 +445,24 @@ def fit(
     model = build(cfg, dataset).to(device)
     generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
     x_train = dataset.train.to(device)
-    loop = _Loop(cfg, dataset.binarized, x_train, generator, on_epoch)
     bound = objective_for(cfg)
     if isinstance(model, LabelCVAE):
+        loop = _Loop(cfg, dataset.binarized, x_train, generator, on_epoch, cfg.epochs)
         onehot = F.one_hot(dataset.train_labels, model.n_classes).float().to(device)
-        loop.total = cfg.epochs
         loop.stage(model.parameters(),
                    lambda xb, rows: -bound(model(xb, onehot[rows], cfg.k, generator)).mean())
-        stages = [cfg.epochs]
     else:
         baseline = model if isinstance(model, ConditionalNN) else model.baseline
-        loop.total = cfg.epochs * (1 if model is baseline else 2)
+        loop = _Loop(cfg, dataset.binarized, x_train, generator, on_epoch,
+                     cfg.epochs * (1 if model is baseline else 2))
         baseline.requires_grad_(True)
         loop.stage(baseline.parameters(), lambda xb, rows: -baseline.log_prob(xb).mean())
         baseline.requires_grad_(False)
-        stages = [len(loop.curves)]
         if isinstance(model, QuadrantCVAE) and loop.diverged_epoch is None:
             trainable = [p for name, p in model.named_parameters()
                          if not name.startswith("baseline.")]
             loop.stage(trainable,
                        lambda xb, rows: -bound(model(xb, cfg.k, generator)).mean())
-            stages.append(len(loop.curves) - stages[0])
     model.eval()
     return Fitted(
         model=model,
@@ -476,53 +470,42 @@ def fit(
         curves=loop.curves,
         train_seconds=time.perf_counter() - loop.start,
         diverged_epoch=loop.diverged_epoch,
-        stage_epochs=stages,
     )
 
 
 class _Loop:
-    """Minibatch Adam epochs over the training set: one host sync per epoch (the loss), a
-    non-finite epoch loss ends training; curves and on_epoch span all stages."""
+    """Training stages sharing one record: curves and on_epoch span all stages, and a stage
+    after a diverged one does not run."""
 
     def __init__(self, cfg: RunConfig, binarized: bool, x_train: torch.Tensor,
-                 generator: torch.Generator, on_epoch: OnEpoch | None):
+                 generator: torch.Generator, on_epoch: OnEpoch | None, total: int):
         self.cfg, self.binarized, self.x, self.generator = cfg, binarized, x_train, generator
-        self.on_epoch = on_epoch
+        self.on_epoch, self.total = on_epoch, total
         self.curves: list[EpochRecord] = []
         self.diverged_epoch: int | None = None
-        self.total = cfg.epochs
         self.start = time.perf_counter()
 
     def stage(self, parameters, batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
               ) -> None:
-        cfg, n = self.cfg, self.x.shape[0]
-        optimizer = torch.optim.Adam(list(parameters), lr=cfg.lr,
-                                     betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-        for _ in range(cfg.epochs):
-            epoch_start = time.perf_counter()
-            loss_sum = torch.zeros((), device=self.x.device)
-            order = torch.randperm(n, generator=self.generator, device=self.x.device)
-            for lo in range(0, n, cfg.batch_size):
-                rows = order[lo:lo + cfg.batch_size]
-                xb = self.x[rows]
-                if self.binarized:
-                    xb = binarize_dynamic(xb, self.generator)
-                loss = batch_loss(xb, rows)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * xb.shape[0]
-            mean_loss = float(loss_sum) / n  # the one host sync per epoch
-            now = time.perf_counter()
-            record = EpochRecord(epoch=len(self.curves) + 1, lr=cfg.lr, train_bound=-mean_loss,
-                                 samples_per_s=n / (now - epoch_start),
-                                 wall_seconds=now - self.start)
-            self.curves.append(record)
-            if self.on_epoch is not None:
-                self.on_epoch(record, self.total)
-            if not math.isfinite(mean_loss):
-                self.diverged_epoch = record.epoch
-                return
+        """Adam on `parameters` for the config's epochs and learning-rate schedule."""
+        cfg = self.cfg
+        optimizer = make_optimizer(parameters, cfg)
+
+        def step(rows: torch.Tensor) -> torch.Tensor:
+            xb = self.x[rows]
+            if self.binarized:
+                xb = binarize_dynamic(xb, self.generator)
+            loss = batch_loss(xb, rows)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        lrs = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]
+        self.diverged_epoch = train_epochs(
+            lrs, step, n=self.x.shape[0], batch_size=cfg.batch_size, optimizer=optimizer,
+            generator=self.generator, curves=self.curves, start=self.start,
+            on_epoch=self.on_epoch, total=self.total)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -568,7 +551,6 @@ def _samples(model: Model, dataset: Dataset, x: torch.Tensor,
              generator: torch.Generator | None) -> list[dict]:
     if dataset.image_shape is None:
         return []
-    h, w = dataset.image_shape
     if isinstance(model, LabelCVAE):
         grid = model.class_grid(N_SAMPLE_IMAGES, generator=generator)
         kinds = {f"class {c}": grid[c] for c in range(model.n_classes)}
@@ -580,12 +562,7 @@ def _samples(model: Model, dataset: Dataset, x: torch.Tensor,
             "prediction": model.composite(truth, model.predict(truth, generator)),
             "truth": truth,
         }
-    return [
-        {"kind": kind, "index": i, "height": h, "width": w,
-         "pixels": image.clamp(0, 1).float().cpu().tolist()}
-        for kind, images in kinds.items()
-        for i, image in enumerate(images)
-    ]
+    return image_rows(kinds, dataset.image_shape)
 
 
 # ----------------------------------------------------------------------------- entry point

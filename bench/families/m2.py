@@ -64,8 +64,16 @@ from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic
 from bench.errors import BenchError
 from bench.families import FamilyResult
+from bench.metrics.blur import image_rows
 from bench.models.posteriors import LOG_2PI, mlp
-from bench.train import _EVAL_STREAM, _TRAIN_STREAM, EpochRecord, make_generator, make_optimizer
+from bench.train import (
+    _EVAL_STREAM,
+    _TRAIN_STREAM,
+    EpochRecord,
+    make_generator,
+    make_optimizer,
+    train_epochs,
+)
 
 N_CLASSES = 10
 N_ANALOGIES = 10  # test images shown (columns), each decoded under every class (rows)
@@ -302,19 +310,13 @@ def analogy_records(model: M2, dataset: Dataset, device: torch.device,
     z in every row of a column."""
     if dataset.image_shape is None:
         return []
-    h, w = dataset.image_shape
     x = dataset.test[:n].to(device)
     y_pred = model.classify(x).argmax(-1)
     z, _ = model.encode(x, y_pred)  # (n, d)
     classes = torch.arange(N_CLASSES, device=device).unsqueeze(1).expand(-1, x.shape[0])
     means = torch.sigmoid(model.decode(z.unsqueeze(0).expand(N_CLASSES, -1, -1), classes))
-    rows = [("test image", x)] + [(f"y = {c}", means[c]) for c in range(N_CLASSES)]
-    return [
-        {"kind": kind, "index": i, "height": h, "width": w,
-         "pixels": img.clamp(0, 1).float().cpu().tolist()}
-        for kind, images in rows
-        for i, img in enumerate(images)
-    ]
+    kinds = {"test image": x, **{f"y = {c}": means[c] for c in range(N_CLASSES)}}
+    return image_rows(kinds, dataset.image_shape)
 
 
 # --------------------------------------------------------------------------- training
@@ -345,36 +347,25 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
     epoch_lrs = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]
 
     curves: list[EpochRecord] = []
-    status, diverged_epoch = "finished", None
     start = time.perf_counter()
-    for epoch, lr in enumerate(epoch_lrs, 1):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n, generator=generator, device=device)
-        for lo in range(0, n, cfg.batch_size):
-            x_u = x_train[order[lo : lo + cfg.batch_size]]
-            pick = labelled_batches.next()
-            x_l, y_l = x_lab[pick], y_lab[pick]
-            if dataset.binarized:
-                x_u, x_l = binarize_dynamic(x_u, generator), binarize_dynamic(x_l, generator)
-            terms = semi_supervised_loss(model, x_u, x_l, y_l, n_total=n, n_labelled=n_lab,
-                                         alpha=cfg.alpha, k=cfg.k, generator=generator)
-            optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            optimizer.step()
-            loss_sum += terms.loss.detach() * x_u.shape[0]
-        mean_loss = float(loss_sum) / n  # the one host sync per epoch
-        now = time.perf_counter()
-        record = EpochRecord(epoch=epoch, lr=lr, train_bound=-mean_loss,
-                             samples_per_s=n / (now - epoch_start), wall_seconds=now - start)
-        curves.append(record)
-        if on_epoch is not None:
-            on_epoch(record, len(epoch_lrs))
-        if not math.isfinite(mean_loss):
-            status, diverged_epoch = "diverged", epoch
-            break
+
+    def step(rows: torch.Tensor) -> torch.Tensor:
+        x_u = x_train[rows]
+        pick = labelled_batches.next()
+        x_l, y_l = x_lab[pick], y_lab[pick]
+        if dataset.binarized:
+            x_u, x_l = binarize_dynamic(x_u, generator), binarize_dynamic(x_l, generator)
+        terms = semi_supervised_loss(model, x_u, x_l, y_l, n_total=n, n_labelled=n_lab,
+                                     alpha=cfg.alpha, k=cfg.k, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        optimizer.step()
+        return terms.loss.detach()
+
+    diverged_epoch = train_epochs(epoch_lrs, step, n=n, batch_size=cfg.batch_size,
+                                  optimizer=optimizer, generator=generator, curves=curves,
+                                  start=start, on_epoch=on_epoch)
+    status = "finished" if diverged_epoch is None else "diverged"
     train_seconds = time.perf_counter() - start
 
     metrics: dict = {}

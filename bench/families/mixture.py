@@ -65,6 +65,7 @@ from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import BenchError
 from bench.families import FamilyResult
+from bench.metrics.blur import image_rows
 from bench.train import _EVAL_STREAM, _TRAIN_STREAM, EpochRecord, make_generator
 
 EPS = 1e-4  # mu is kept in [EPS, 1 - EPS]
@@ -291,17 +292,11 @@ def run(
 
 def sample_records(mixture: Mixture, dataset: Dataset, generator: torch.Generator) -> list[dict]:
     """Report images: the N_IMAGES components with the largest pi (their means, by decreasing
-    pi) and N_IMAGES binary samples x ~ p(x). None without an image shape."""
+    pi) and N_IMAGES binary samples x ~ p(x); an empty list without an image shape."""
     if dataset.image_shape is None:
         return []
-    h, w = dataset.image_shape
     order = torch.argsort(mixture.pi, descending=True, stable=True)[:N_IMAGES]
     z = torch.multinomial(mixture.pi.float(), N_IMAGES, replacement=True, generator=generator)
     draws = torch.bernoulli(mixture.mu[z], generator=generator)
     kinds = {"component means": mixture.mu[order], "samples": draws}
-    return [
-        {"kind": kind, "index": i, "height": h, "width": w,
-         "pixels": image.clamp(0, 1).float().cpu().tolist()}
-        for kind, images in kinds.items()
-        for i, image in enumerate(images)
-    ]
+    return image_rows(kinds, dataset.image_shape)

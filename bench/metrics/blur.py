@@ -8,6 +8,8 @@ sharpness ratio model / data is 1.0 when samples are as sharp as the test images
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from bench.data import Dataset
@@ -58,6 +60,19 @@ def blur_metrics(
     return out
 
 
+def image_rows(kinds: Mapping[str, torch.Tensor], image_shape: tuple[int, int]
+               ) -> list[dict]:
+    """Report image rows from {kind: (n, h*w) images}: (kind, index, height, width, pixels
+    clamped to [0, 1]), kinds in the mapping's order (the report draws one row per kind)."""
+    h, w = image_shape
+    return [
+        {"kind": kind, "index": i, "height": h, "width": w,
+         "pixels": image.clamp(0, 1).float().cpu().tolist()}
+        for kind, images in kinds.items()
+        for i, image in enumerate(images)
+    ]
+
+
 def sample_records(
     model: LatentVariableModel,
     dataset: Dataset,
@@ -70,7 +85,6 @@ def sample_records(
     prior samples (decoder means), and test inputs with their reconstructions."""
     if dataset.image_shape is None:
         return []
-    h, w = dataset.image_shape
     device = next(model.parameters()).device
     originals = dataset.test[:n_recon].to(device)
     kinds = {
@@ -78,9 +92,4 @@ def sample_records(
         "original": originals,
         "reconstruction": model.reconstruct(originals, generator=generator),
     }
-    return [
-        {"kind": kind, "index": i, "height": h, "width": w,
-         "pixels": x.clamp(0, 1).float().cpu().tolist()}
-        for kind, images in kinds.items()
-        for i, x in enumerate(images)
-    ]
+    return image_rows(kinds, dataset.image_shape)

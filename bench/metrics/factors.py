@@ -8,7 +8,7 @@ and a few minutes on a CPU), so the beta-VAE metric's 1.9 million encodings at
 disentanglement_lib's sizes are table lookups. Metrics (`bench.metrics.disentanglement` has
 the definitions):
 
-    mig                    MIG on up to FACTOR_POINTS grid images drawn with the eval seed
+    mig                    MIG on up to FACTOR_POINTS grid images drawn with the run's seed
     dci_disentanglement    DCI disentanglement (random-forest importances) on the same points
     dci_completeness       DCI completeness;  dci_informativeness: mean test accuracy
     beta_vae_accuracy      the beta-VAE metric: its classifier's test accuracy, in %
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from bench.data import SHAPES_GRIDS, Dataset
+from bench.metrics.blur import image_rows
 from bench.metrics.disentanglement import beta_vae_score, dci, mig
 
 FACTOR_POINTS = 10000  # grid images MIG and DCI are computed on (disentanglement_lib: 10000)
@@ -101,15 +102,11 @@ def traversal_rows(model, dataset: Dataset, kls: np.ndarray) -> list[dict]:
     image's code; image rows for the report."""
     if dataset.image_shape is None:
         return []
-    h, w = dataset.image_shape
     device = next(model.parameters()).device
     mean, _ = model.posterior_moments(dataset.test[:1].to(device))
-    rows = [{"kind": "test image", "index": 0, "height": h, "width": w,
-             "pixels": dataset.test[0].float().tolist()}]
+    kinds = {"test image": dataset.test[:1]}
     for unit in [int(j) for j in np.argsort(-kls) if kls[j] > ACTIVE_KL]:
         z = mean.repeat(len(TRAVERSAL_VALUES), 1)
         z[:, unit] = torch.as_tensor(TRAVERSAL_VALUES, dtype=z.dtype, device=device)
-        images = model.decoder.mean(z).clamp(0, 1).float().cpu()
-        rows += [{"kind": f"unit {unit} (KL {kls[unit]:.2f})", "index": i, "height": h,
-                  "width": w, "pixels": image.tolist()} for i, image in enumerate(images)]
-    return rows
+        kinds[f"unit {unit} (KL {kls[unit]:.2f})"] = model.decoder.mean(z)
+    return image_rows(kinds, dataset.image_shape)

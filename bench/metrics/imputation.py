@@ -55,6 +55,7 @@ from torch import nn
 
 from bench.data import Dataset
 from bench.errors import BenchError
+from bench.metrics.blur import image_rows
 from bench.models.lvm import BernoulliDecoder, LatentVariableModel
 
 MASKS: tuple[str, ...] = ("rand25", "rand50", "rand75", "top_half", "quadrant")
@@ -206,11 +207,4 @@ def evaluate_inpainting(
         for method, what in (("onepass", "one-pass"), ("iterative", "iterative")):
             mean = torch.cat(means[name, method])
             kinds[f"{what}: {label}"] = torch.where(mask, mean, truth)  # observed pixels kept
-    h, w = dataset.image_shape
-    rows = [
-        {"kind": kind, "index": i, "height": h, "width": w,
-         "pixels": image.clamp(0, 1).float().cpu().tolist()}
-        for kind, images in kinds.items()
-        for i, image in enumerate(images)
-    ]
-    return metrics, rows
+    return metrics, image_rows(kinds, dataset.image_shape)

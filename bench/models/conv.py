@@ -44,7 +44,6 @@ class ConvEncoderNet(nn.Module):
         flat = CHANNELS * (self.pad_h >> HALVINGS) * (self.pad_w >> HALVINGS)
         self.fc = nn.Sequential(nn.Linear(flat, FEATURES), nn.ReLU(),
                                 nn.Linear(FEATURES, FEATURES), nn.ReLU())
-        self.out_features = FEATURES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

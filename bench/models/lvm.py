@@ -99,7 +99,6 @@ class LatentVariableModel(nn.Module):
                 raise ValueError("the conv architecture needs images and one stochastic layer")
             hidden = ((FEATURES,),)  # the conv trunk ends in FEATURES units, as hidden[0] would
         self.latent = tuple(latent)
-        self.flow_steps = flow_steps
         inputs = (n_data, *latent[:-1])  # what each inference layer conditions on
         # q(z_1 | x) uses the chosen posterior family; upper layers are conditional Gaussians.
         # Flow families (every one but "gaussian") also take their number of steps K.

@@ -38,11 +38,14 @@ class PosteriorSample:
 
 
 class ConditionalGaussian(nn.Module):
-    """N(mu(h), diag(exp(logvar(h)))): tanh MLP trunk, linear heads for mean and log-variance."""
+    """N(mu(h), diag(exp(logvar(h)))): an MLP trunk (tanh by default), linear heads for mean
+    and log-variance."""
 
-    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int):
+    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int,
+                 activation: type[nn.Module] = nn.Tanh):
         super().__init__()
-        self.trunk = nn.Sequential(mlp([n_in, *hidden]), nn.Tanh()) if hidden else nn.Identity()
+        self.trunk = (nn.Sequential(mlp([n_in, *hidden], activation), activation()) if hidden
+                      else nn.Identity())
         width = hidden[-1] if hidden else n_in
         self.head = nn.Linear(width, 2 * n_out)  # [mean | logvar]: one matmul for both
 

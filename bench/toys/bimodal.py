@@ -125,8 +125,8 @@ def plot_fits(fits: dict[str, tuple[float, float]], path: Path, *, title: str,
     z = torch.linspace(-reach, reach, 4001, dtype=torch.float64)
     fitted = {label: _normal_log_prob(z, torch.tensor(m), torch.tensor(math.log(s))).exp().numpy()
               for label, (m, s) in fits.items()}
-    return plots.bimodal_fits(z.numpy(), target.log_prob(z).exp().numpy(), fitted,
-                              {label: label for label in fits}, path, title=title)
+    return plots.bimodal_fits(z.numpy(), target.log_prob(z).exp().numpy(), fitted, path,
+                              title=title)
 
 
 def report(out: Path, target: Target = Target(), seed: int = 0) -> tuple[list[Fit], Path]:

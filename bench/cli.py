@@ -44,10 +44,16 @@ FIELD_HELP = {
     "kl_direction": "encoder training: reverse = KL(q||p) through the bound's gradient; "
     "forward = KL(p||q) by reweighted wake-sleep (objective iwae, gaussian posterior)",
     "schedule": f"{', '.join(SCHEDULES)}: constant = --epochs at --lr; burda = Burda et al.'s "
-    "3^i epochs at 1e-3*10^(-i/7), i < --burda-stages (3280 epochs for 8)",
+    "3^i epochs at 1e-4*round(10^(1-i/7), 1) as their code, i < --burda-stages (3280 epochs "
+    "for 8)",
     "burda_stages": "number of stages of the burda schedule",
     "epochs": "training epochs (schedule constant)",
-    "lr": "Adam learning rate (schedule constant)",
+    "lr": "learning rate (schedule constant)",
+    "optimizer": "adam (torch's Adam, minibatch-mean loss, --adam-* settings) or burda_adam "
+    "(the IWAE authors' code: beta1 0.99, v starts at 1, eps 1e-4 added to sqrt(v), "
+    "minibatch-summed loss)",
+    "init": "authors (Glorot-uniform weights, zero biases, Bernoulli output bias = logit of "
+    "the training pixel means, as the IWAE code) or torch (PyTorch's default)",
     "batch_size": "minibatch size",
     "adam_beta1": "Adam beta1",
     "adam_beta2": "Adam beta2",
@@ -57,12 +63,25 @@ FIELD_HELP = {
     "iterations": "optimisation steps of a toy (datasets gmm, bimodal) or EM iterations of "
     "model mixture; 0 otherwise",
     "model": "model family: lvm (the VAE family), mixture (Bernoulli mixture by EM), cvae, "
-    "conditional_nn (cvae's deterministic baseline), m2 (semi-supervised VAE)",
+    "conditional_nn (cvae's deterministic baseline), m2 (semi-supervised VAE), classifier "
+    "(m2's classifier on the labelled subset alone)",
     "components": "mixture components K (model mixture)",
     "condition": "what cvae / conditional_nn condition on: label or quadrants",
     "given_quadrants": "condition quadrants: how many image quadrants are given (1-3)",
-    "labelled": "model m2: class-balanced labelled training examples",
-    "alpha": "model m2: weight of the classification loss (alpha * N * cross-entropy)",
+    "labelled": "models m2 and classifier: class-balanced labelled training examples",
+    "alpha": "model m2: weight of the classification loss (alpha * N * cross-entropy; 0.1 is "
+    "Kingma et al.'s rule)",
+    "binarize": "cvae / conditional_nn: --no-binarize scores grey-level targets with the "
+    "Bernoulli cross-entropy (as Pyro's CVAE example)",
+    "validation_size": "cvae / conditional_nn: hold out the last N training images for early "
+    "stopping",
+    "patience": "cvae / conditional_nn: stop a stage after N epochs without a better "
+    "validation loss (0 = train every epoch)",
+    "dci_estimator": "DCI importances on data with known factors: forest or boosting "
+    "(gradient boosted trees, as disentanglement_lib)",
+    "dci_train": "DCI: independent training points drawn from the grid (0 = 2:1 split of one "
+    "sample)",
+    "dci_test": "DCI: independent test points drawn from the grid (with --dci-train)",
     "input_dropout": "model lvm: probability of zeroing each input pixel in training",
     "eval_inpainting": "model lvm: score imputation of masked test images",
     "architecture": "mlp, or conv (Burgess et al. 2018: 4 conv layers of 32 4x4 filters, "
@@ -163,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="rerun runs that already have a finished result (replacing it)")
     run.add_argument("--dry-run", action="store_true",
-                     help="list the runs and which are cached; run nothing")
+                     help="list the runs, which are cached and why (or why not: another code "
+                          "protocol, a changed config key, a failed row); run nothing")
     run.add_argument("--retries", type=int, default=2,
                      help="re-executions of a run whose worker process died (default: 2)")
     run.add_argument("--checkpoint-every", type=int, default=10, metavar="EPOCHS",
@@ -342,7 +362,7 @@ def _add_skip_corrupt_flag(parser: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import store
     from bench.report import summary_text
-    from bench.runner import RunOptions, plan, run_suite
+    from bench.runner import RunOptions, explain, plan, run_suite
     from bench.suite import load_suite, resolve_suite_path
 
     for flag, value, low in (("--cpus-per-run", args.cpus_per_run, 1),
@@ -360,11 +380,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         to_run, cached = plan(suite, results, args.filter, args.force, args.skip_corrupt)
         cached_ids = {v.run_id for v in cached}
+        selected = sorted([*to_run, *cached], key=lambda v: suite.variants.index(v))
+        reasons = explain(suite, results, selected, args.force, args.skip_corrupt)
         print(f"suite {suite.name} budget {suite.budget}: {len(to_run)} to run, "
               f"{len(cached)} cached ({results})")
-        for v in sorted([*to_run, *cached], key=lambda v: suite.variants.index(v)):
+        for v in selected:
             state = "cached" if v.run_id in cached_ids else "to run"
-            print(f"  {state:<7} {v.run_id}  {v.name}  seed={v.seed}")
+            print(f"  {state:<7} {v.run_id}  {v.name}  seed={v.seed}  ({reasons[v.run_id]})")
         return 0
     options = RunOptions(
         results=results, executor=args.executor, address=args.address,

@@ -25,7 +25,20 @@ POSTERIORS = ("gaussian", "planar", "radial", "iaf")
 KL_DIRECTIONS = ("reverse", "forward")
 SCHEDULES = ("constant", "burda")
 ARCHITECTURES = ("mlp", "conv")
-MODELS = ("lvm", "mixture", "cvae", "conditional_nn", "m2")
+MODELS = ("lvm", "mixture", "cvae", "conditional_nn", "m2", "classifier")
+INITS = ("authors", "torch")
+OPTIMIZERS = ("adam", "burda_adam")
+DCI_ESTIMATORS = ("forest", "boosting")
+
+#: The version of what a run computes beyond its config: part of every run_id, so a store
+#: never serves a result of older code as cached. Bump it (and say what changed below) with
+#: every change that moves the results of an unchanged config: a new default that behaves
+#: differently, a fixed bug in a trainer, estimator or data pipeline.
+#:   1  first release (PyTorch's default initialisation)
+#:   2  issue 13: the IWAE authors' initialisation by default (Glorot-uniform weights, zero
+#:      biases, Bernoulli output bias = logit of the training pixel means); the burda
+#:      schedule's learning rates rounded as in the authors' code
+PROTOCOL = 2
 CONDITIONS = ("none", "label", "quadrants")
 TOY_DATASETS = ("gmm", "bimodal")  # experiments with known answers (bench.toys), not images
 DATASETS = IMAGE_DATASETS + TOY_DATASETS
@@ -60,6 +73,10 @@ class RunConfig:
     kl_direction: str = "reverse"
 
     # --- optimisation (Burda et al. 2015: Adam, beta1=0.9, beta2=0.999, eps=1e-4)
+    # adam: torch's Adam on the minibatch mean loss with adam_beta1/adam_beta2/adam_eps;
+    # burda_adam: the update of the IWAE authors' code (bench.optim.BurdaAdam) on the loss
+    # summed over the minibatch, with that code's constants (adam_* keys must stay unset)
+    optimizer: str = "adam"
     schedule: str = "constant"  # constant: `epochs` at `lr`; burda: 3^i epochs at 1e-3*10^(-i/7)
     burda_stages: int = 8  # stages i = 0..burda_stages-1 of the burda schedule (8 -> 3280 epochs)
     epochs: int = 20
@@ -90,6 +107,20 @@ class RunConfig:
     input_dropout: float = 0.0  # lvm: zero each input pixel with this probability in training
     eval_inpainting: bool = False  # lvm: score imputation of masked test images
 
+    # --- initialisation. authors: as the IWAE authors' code (Glorot-uniform weights, zero
+    # biases, every Bernoulli decoder's output bias = logit(clip(mean training pixel, 1e-3,
+    # 1 - 1e-3)) of the run's own training set); torch: PyTorch's default initialisation
+    init: str = "authors"
+
+    # --- data and early stopping (models cvae and conditional_nn). binarize = false scores
+    # grey-level targets with the Bernoulli cross-entropy (as Pyro's CVAE example does) and
+    # feeds grey-level inputs; validation_size holds out the LAST n training images as a
+    # validation split; patience > 0 stops a training stage after `patience` epochs without
+    # a better validation loss and keeps the best epoch's weights
+    binarize: bool = True
+    validation_size: int = 0
+    patience: int = 0
+
     # --- disentanglement (issue 9). architecture: mlp (hidden sizes above) or conv (Burgess
     # et al. 2018: four 4x4 stride-2 convolutions of 32 channels, two 256-unit layers, mirrored
     # decoder; `hidden` is then unused). Controlled capacity (Burgess et al. 2018):
@@ -99,6 +130,13 @@ class RunConfig:
     capacity_max: float = 0.0
     capacity_steps: int = 0
     gamma: float = 1000.0
+    # DCI (data with known factors): forest (random forest) or boosting (scikit-learn's
+    # gradient boosted trees, as disentanglement_lib); dci_train / dci_test > 0 draw that
+    # many training and test points independently from the grid (disentanglement_lib: 10000
+    # and 5000); 0 / 0 splits the metrics' one sample of FACTOR_POINTS 2:1
+    dci_estimator: str = "forest"
+    dci_train: int = 0
+    dci_test: int = 0
 
     def __post_init__(self) -> None:
         if self.schedule == "burda":  # the schedule fixes the epoch count; resolve it here
@@ -111,13 +149,16 @@ class RunConfig:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def canonical_json(self) -> str:
-        """Sorted, compact JSON of the fields that define the experiment. Fields added after
-        the first release (`LATER_FIELDS`) are left out while at their default, so adding
-        a field never changes the run_id of a config that does not use it."""
+        """Sorted, compact JSON of what defines the experiment: the fields and the code's
+        `PROTOCOL` version. Fields added after the first release (`LATER_FIELDS`) are left out
+        while at their default, so adding a field that changes nothing keeps every run_id;
+        a change that moves results bumps `PROTOCOL`, which changes every run_id."""
         values = self.to_dict()
         for name, default in LATER_FIELDS.items():
             if values[name] == default:
                 del values[name]
+        if PROTOCOL > 1:  # protocol 1 hashed no version: its run_ids stay what they were
+            values["protocol"] = PROTOCOL
         return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -149,20 +190,24 @@ class RunConfig:
             parts.append(self.architecture)
         if self.capacity_max:
             parts.append(f"capacity{self.capacity_max:g}")
+        if self.init != "authors":
+            parts.append(f"{self.init}init")
+        if self.optimizer != "adam":
+            parts.append(self.optimizer.replace("_", ""))
         if self.model == "mixture":
             return f"mixture-K{self.components}"
         if self.model in ("cvae", "conditional_nn"):
             what = "label" if self.condition == "label" else f"q{self.given_quadrants}"
             return f"{'cvae' if self.model == 'cvae' else 'nn'}-{what}"
-        if self.model == "m2":
-            return f"m2-n{self.labelled}"
+        if self.model in ("m2", "classifier"):
+            return f"{self.model}-n{self.labelled}"
         return "-".join(parts)
 
     # --------------------------------------------------------------- schedule
     def lr_stages(self) -> list[tuple[int, float]]:
         """(epochs, learning rate) per stage of the optimisation schedule."""
-        if self.schedule == "burda":
-            return [(3**i, 1e-3 * 10 ** (-i / 7)) for i in range(self.burda_stages)]
+        if self.schedule == "burda":  # the authors' code rounds 10^(1-i/7) to one decimal
+            return [(3**i, round(10 ** (1 - i / 7), 1) / 1e4) for i in range(self.burda_stages)]
         return [(self.epochs, self.lr)]
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -190,12 +235,15 @@ def config_from_dict(values: Mapping[str, Any], *, where: str = "config") -> Run
         raise BenchError(f"{where}: {err}") from None
 
 
-# New fields go here with their default (which must keep the old behaviour): a config that
-# leaves them at the default hashes exactly as before they existed.
+# New fields go here with their default: a config that leaves them at the default hashes as
+# before they existed. A default that behaves differently from the code before it also
+# bumps PROTOCOL (init = "authors" did).
 LATER_FIELDS: dict[str, Any] = {
     "iterations": 0, "model": "lvm", "components": 0, "condition": "none", "given_quadrants": 0,
     "labelled": 0, "alpha": 0.1, "input_dropout": 0.0, "eval_inpainting": False,
     "architecture": "mlp", "capacity_max": 0.0, "capacity_steps": 0, "gamma": 1000.0,
+    "optimizer": "adam", "init": "authors", "binarize": True, "validation_size": 0,
+    "patience": 0, "dci_estimator": "forest", "dci_train": 0, "dci_test": 0,
 }
 
 
@@ -203,10 +251,11 @@ LATER_FIELDS: dict[str, Any] = {
 _INT_FIELDS = {
     "train_size", "test_size", "k", "burda_stages", "epochs", "batch_size", "seed", "k_eval",
     "flow_steps", "iterations", "components", "given_quadrants", "labelled", "capacity_steps",
+    "validation_size", "patience", "dci_train", "dci_test",
 }
 _FLOAT_FIELDS = {"beta", "lr", "adam_beta1", "adam_beta2", "adam_eps", "alpha", "input_dropout",
                  "capacity_max", "gamma"}
-_BOOL_FIELDS = {"analytic_kl", "eval_inpainting"}
+_BOOL_FIELDS = {"analytic_kl", "eval_inpainting", "binarize"}
 _CHOICES = {
     "dataset": DATASETS,
     "likelihood": LIKELIHOODS,
@@ -217,6 +266,9 @@ _CHOICES = {
     "model": MODELS,
     "condition": CONDITIONS,
     "architecture": ARCHITECTURES,
+    "init": INITS,
+    "optimizer": OPTIMIZERS,
+    "dci_estimator": DCI_ESTIMATORS,
 }
 
 
@@ -342,14 +394,18 @@ def _validate_model(cfg: RunConfig) -> None:
     elif cfg.condition != "none" or cfg.given_quadrants != 0:
         raise BenchError("keys 'condition' and 'given_quadrants' apply to models 'cvae' and "
                          "'conditional_nn' only")
-    if model == "m2":
+    if model in ("m2", "classifier"):
         if cfg.labelled < 10 or cfg.labelled % 10:
-            raise BenchError(f"model 'm2' needs key 'labelled' >= 10 and a multiple of 10 "
+            raise BenchError(f"model '{model}' needs key 'labelled' >= 10 and a multiple of 10 "
                              f"(class-balanced), got {cfg.labelled}")
         if cfg.alpha < 0:
             raise BenchError(f"key 'alpha' must be >= 0, got {cfg.alpha:g}")
+        if model == "classifier" and cfg.alpha != 0.1:
+            raise BenchError("key 'alpha' applies to model 'm2' only (model 'classifier' "
+                             "trains on the labelled cross-entropy alone)")
     elif cfg.labelled != 0 or cfg.alpha != 0.1:
-        raise BenchError("keys 'labelled' and 'alpha' apply to model 'm2' only")
+        raise BenchError("keys 'labelled' and 'alpha' apply to models 'm2' and 'classifier' "
+                         "only")
     if not 0.0 <= cfg.input_dropout < 1.0:
         raise BenchError(f"key 'input_dropout' must be in [0, 1), got {cfg.input_dropout:g}")
     if model != "lvm" and (cfg.input_dropout or cfg.eval_inpainting):
@@ -373,6 +429,38 @@ def _validate_model(cfg: RunConfig) -> None:
     elif cfg.capacity_steps != 0 or cfg.gamma != 1000.0:
         raise BenchError("keys 'capacity_steps' and 'gamma' apply to controlled capacity "
                          "(capacity_max > 0) only")
+    _validate_protocol(cfg)
+
+
+def _validate_protocol(cfg: RunConfig) -> None:
+    """Rules of the optimiser, initialisation, early-stopping and DCI keys."""
+    neural = cfg.model != "mixture" and cfg.dataset not in TOY_DATASETS
+    if not neural and (cfg.init != "authors" or cfg.optimizer != "adam"):
+        raise BenchError("keys 'init' and 'optimizer' apply to the neural image models (not "
+                         "to model 'mixture' or the toys)")
+    if cfg.optimizer == "burda_adam" and (cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps) != (
+            0.9, 0.999, 1e-4):
+        raise BenchError("keys 'adam_beta1', 'adam_beta2' and 'adam_eps' apply to optimizer "
+                         "'adam' only (burda_adam uses the IWAE code's 0.99, 0.999, 1e-4)")
+    quadrant_family = cfg.model in ("cvae", "conditional_nn")
+    if not cfg.binarize and not quadrant_family:
+        raise BenchError("key 'binarize' = false (grey-level targets) applies to models 'cvae' "
+                         "and 'conditional_nn' only")
+    for key in ("validation_size", "patience", "dci_train", "dci_test"):
+        if getattr(cfg, key) < 0:
+            raise BenchError(f"key '{key}' must be >= 0, got {getattr(cfg, key)}")
+    if (cfg.validation_size or cfg.patience) and not quadrant_family:
+        raise BenchError("keys 'validation_size' and 'patience' apply to models 'cvae' and "
+                         "'conditional_nn' only")
+    if cfg.patience and not cfg.validation_size:
+        raise BenchError("key 'patience' > 0 (early stopping) needs key 'validation_size' > 0 "
+                         "(the held-out split it stops on)")
+    if (cfg.dci_train == 0) != (cfg.dci_test == 0):
+        raise BenchError("keys 'dci_train' and 'dci_test' are set together (both > 0: "
+                         "independent draws) or not at all")
+    if cfg.model != "lvm" and (cfg.dci_estimator != "forest" or cfg.dci_train):
+        raise BenchError("keys 'dci_estimator', 'dci_train' and 'dci_test' apply to model "
+                         "'lvm' (on data with known factors) only")
 
 
 def _plain(value: Any) -> Any:

@@ -81,6 +81,12 @@ class Dataset:
         """Return the number of pixels (features) per example."""
         return int(self.train.shape[1])
 
+    @property
+    def pixel_mean(self) -> torch.Tensor:
+        """(D,) float64 mean intensity of each pixel over the training images: the expected
+        value of a dynamically binarized pixel (the authors' output-bias initialisation)."""
+        return self.train.double().mean(0)
+
 
 def data_dir() -> pathlib.Path:
     """Return the data cache directory: $VAEBENCH_DATA if set, else ~/.cache/vaebench."""

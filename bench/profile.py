@@ -32,8 +32,9 @@ from bench.errors import BenchError
 from bench.metrics.cost import training_flops_per_example
 from bench.models import build_model
 from bench.objectives import objective_for
+from bench.optim import loss_scale, make_optimizer
 from bench.suite import load_suite, resolve_suite_path
-from bench.train import drop_pixels, load_data, make_generator, make_optimizer, training_step
+from bench.train import drop_pixels, load_data, make_generator, training_step
 
 TOP_N = 15
 _STEP_LABEL = "train_step"
@@ -133,7 +134,8 @@ def profile_variant(
     dataset = load_data(cfg)
     x_train = dataset.train.to(dev)
     n = x_train.shape[0]
-    model = build_model(cfg, dataset.dim, image_shape=dataset.image_shape).to(dev)
+    model = build_model(cfg, dataset.dim, image_shape=dataset.image_shape,
+                        pixel_mean=dataset.pixel_mean).to(dev)
     optimizer = make_optimizer(model, cfg)
     bound_fn = objective_for(cfg)
     generator = make_generator(cfg.seed, dev)
@@ -157,7 +159,7 @@ def profile_variant(
         xb = next_batch()
         x_in = drop_pixels(xb, cfg.input_dropout, generator) if cfg.input_dropout else None
         training_step(model, optimizer, bound_fn, xb, cfg.k, generator,
-                      detach_samples=detach, x_in=x_in)
+                      detach_samples=detach, x_in=x_in, loss_scale=loss_scale(cfg, len(xb)))
 
     model.train()
     for _ in range(warmup):

@@ -19,6 +19,9 @@ The module is in three layers:
 
 Runs of different budgets are never pooled: every table and plot is per budget, and a
 comparison with a published value is labelled a reproduction only at the reference's budget.
+Every published value comes with its protocol card (`[card.<name>]` of the suite file): each
+row of the paper-vs-ours table names its card, and the card (the known differences from the
+paper's text and from the authors' code) follows the rows that name it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,7 +44,7 @@ import pandas as pd
 from bench import store
 from bench.config import RunConfig, config_from_dict
 from bench.errors import BenchError
-from bench.suite import Reference, Suite, load_suite, resolve_suite_path
+from bench.suite import Card, Reference, Suite, load_suite, resolve_suite_path
 from bench.toys import bimodal
 
 UNSPECIFIED_BUDGET = "unspecified"
@@ -405,6 +409,68 @@ DISENTANGLEMENT_PANELS = (
     ("metric_distortion", "reconstruction: -E log p(x|z) (nats, lower is better)"),
 )
 _KL_UNIT = re.compile(r"metric_kl_unit_(\d+)")
+# factor metric column -> (its name, key of bench.metrics.factors.metric_protocols)
+FACTOR_METRIC_NAMES = {
+    "metric_mig": ("MIG", "mig"),
+    "metric_dci_disentanglement": ("DCI disentanglement", "dci"),
+    "metric_beta_vae_accuracy": ("beta-VAE metric", "beta_vae"),
+}
+
+
+def factor_metric_protocols(runs: pd.DataFrame) -> dict[str, str]:
+    """How each factor metric of `runs` was estimated, from the stored config (cfg_dataset,
+    cfg_dci_estimator, cfg_dci_train, cfg_dci_test; runs stored before the dci keys existed
+    lack them and get the defaults): metric column -> "random forest, 2:1 split of 6,144
+    points" etc. (`bench.metrics.factors.metric_protocols`); runs with different protocols
+    give every distinct one, joined by " | ". Only runs with factor metrics count when any
+    has them."""
+    from bench.metrics.factors import metric_protocols
+
+    rows = runs  # a runs table (metric_mig) or a summary (metric_mig_mean)
+    mig = next((c for c in ("metric_mig", "metric_mig_mean") if c in runs.columns), None)
+    if mig is not None and _numeric(runs, mig).notna().any():
+        rows = runs[_numeric(runs, mig).notna()]
+    found: dict[str, list[str]] = {column: [] for column in FACTOR_METRIC_NAMES}
+    for _, row in rows.iterrows():
+        dataset = row.get("cfg_dataset")
+        estimator = row.get("cfg_dci_estimator")
+        n_train, n_test = _num(row.get("cfg_dci_train")), _num(row.get("cfg_dci_test"))
+        described = metric_protocols(
+            None if _missing(dataset) else str(dataset),
+            "forest" if _missing(estimator) else str(estimator),
+            int(n_train) if math.isfinite(n_train) else 0,
+            int(n_test) if math.isfinite(n_test) else 0)
+        for column, (_name, key) in FACTOR_METRIC_NAMES.items():
+            if described[key] not in found[column]:
+                found[column].append(described[key])
+    return {column: " | ".join(values) for column, values in found.items() if values}
+
+
+def metric_headings(frame: pd.DataFrame, specs: Sequence[MetricSpec]) -> list[str]:
+    """Table headings of `specs` for the runs or summary `frame`: a factor metric's names
+    its estimator ("DCI disentanglement (random forest, 2:1 split of 6,144 points)",
+    "beta-VAE metric (%; logistic regression, ...)", see `factor_metric_protocols`); every
+    other metric keeps its heading."""
+    factor = any(s.column in FACTOR_METRIC_NAMES for s in specs)
+    protocols = factor_metric_protocols(frame) if factor else {}
+    headings = []
+    for spec in specs:
+        if not protocols.get(spec.column):
+            headings.append(spec.heading)
+            continue
+        unit = "%; " if spec.column == "metric_beta_vae_accuracy" else ""
+        headings.append(f"{FACTOR_METRIC_NAMES[spec.column][0]} ({unit}"
+                        f"{protocols[spec.column]})")
+    return headings
+
+
+def factor_metric_sentence(runs: pd.DataFrame) -> str:
+    """"Estimators: MIG: 20-bin histogram, ...; DCI: ...; beta-VAE metric: ...." for a
+    caption; "" without factor metrics."""
+    protocols = factor_metric_protocols(runs) if "metric_mig" in runs.columns else {}
+    parts = [f"{name.split(' disentanglement')[0]}: {protocols[column]}"
+             for column, (name, _key) in FACTOR_METRIC_NAMES.items() if protocols.get(column)]
+    return f"Estimators: {'; '.join(parts)}." if parts else ""
 
 
 def _objective_category(row: Mapping[str, Any]) -> str:
@@ -435,10 +501,13 @@ def disentanglement_data(runs: pd.DataFrame) -> pd.DataFrame | None:
     if finished.empty:
         return None
     order = {c: i for i, c in enumerate(_category_order(finished))}
+    protocols = factor_metric_protocols(finished)
     records = []
     for column, panel in DISENTANGLEMENT_PANELS:
         if column not in finished.columns:
             continue
+        if protocols.get(column):  # name the estimator under the panel's title
+            panel = f"{panel}\n({protocols[column]})"
         for _, row in finished.iterrows():
             value = _num(row.get(column))
             if math.isfinite(value):
@@ -478,7 +547,7 @@ def unit_kl_data(runs: pd.DataFrame) -> pd.DataFrame | None:
 
 
 _FAMILY_LABELS = {"cvae": "CVAE", "conditional_nn": "deterministic NN", "m2": "M2",
-                  "mixture": "mixture (EM)"}
+                  "classifier": "supervised only", "mixture": "mixture (EM)"}
 
 
 def _family_label(row: pd.Series) -> str:
@@ -488,7 +557,7 @@ def _family_label(row: pd.Series) -> str:
 
 INPAINT_MASKS = {"rand25": "random 25%", "rand50": "random 50%", "rand75": "random 75%",
                  "top_half": "top half", "quadrant": "one quadrant"}
-INPAINT_METHODS = {"onepass": "one-pass", "iterative": "iterative"}
+INPAINT_METHODS = {"onepass": "one-pass", "iterative": "iterative", "matched": "matched"}
 
 
 def inpainting_data(runs: pd.DataFrame) -> pd.DataFrame | None:
@@ -513,6 +582,45 @@ def inpainting_data(runs: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(records) if records else None
 
 
+def dropout_ll_data(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Test LL beside the ESS of its importance weights for each input-dropout rate of the
+    finished VAE-family runs, when some were trained with input dropout: one row per variant
+    with input_dropout, ll_mean/_std, ess_mean/_std (ESS / k_eval), elbo_mean/_std, seeds."""
+    if "cfg_input_dropout" not in runs.columns or "metric_test_ll" not in runs.columns:
+        return None
+    finished = runs[runs["status"] == "finished"]
+    if not (_numeric(finished, "cfg_input_dropout") > 0).any():
+        return None
+    records = []
+    for variant, group in finished.groupby("variant", sort=False):
+        record = {"variant": variant,
+                  "input_dropout": float(_py(group.iloc[0]["cfg_input_dropout"]) or 0.0)}
+        for name, column in (("ll", "metric_test_ll"), ("ess", "metric_ess"),
+                             ("elbo", "metric_test_elbo")):
+            record[f"{name}_mean"], record[f"{name}_std"], n = (
+                _mean_std(_numeric(group, column)) if column in group.columns
+                else (math.nan, math.nan, 0))
+            if name == "ll":
+                record["seeds"] = n
+        if record["seeds"]:
+            records.append(record)
+    if not records:
+        return None
+    return pd.DataFrame(records).sort_values("input_dropout", kind="stable") \
+        .reset_index(drop=True)
+
+
+def dropout_ll_table(data: pd.DataFrame) -> Table:
+    ess = MetricSpec("metric_ess", "", 4)  # dropout-trained models' ESS can be ~0.002
+    rows = [[str(r["variant"]), f"{r['input_dropout']:g}",
+             format_mean_std(r["ll_mean"], r["ll_std"], _NLL),
+             format_mean_std(r["ess_mean"], r["ess_std"], ess),
+             format_mean_std(r["elbo_mean"], r["elbo_std"], _NLL), str(r["seeds"])]
+            for _, r in data.iterrows()]
+    return Table(["variant", "input dropout p", "test LL (nats)", "ESS / k_eval",
+                  "ELBO (nats)", "seeds"], rows, [False, True, True, True, True, True])
+
+
 def inpainting_table(data: pd.DataFrame) -> Table:
     """Mask x method rows, one nll and one error column per input dropout."""
     dropouts = sorted(data["input_dropout"].unique())
@@ -532,6 +640,51 @@ def inpainting_table(data: pd.DataFrame) -> Table:
                       format_mean_std(r["error_mean"], r["error_std"], _NLL)]
         rows.append(cells)
     return Table(headers, rows, [False, False] + [True] * (2 * len(dropouts)))
+
+
+# config keys of an M2 run that its supervised-only baseline (model classifier) does not share
+_M2_ONLY_KEYS = frozenset({"cfg_model", "cfg_alpha", "cfg_k", "cfg_latent", "cfg_analytic_kl",
+                           "cfg_k_eval", "cfg_objective", "cfg_beta"})
+
+
+def semisupervised_data(summary: pd.DataFrame) -> pd.DataFrame | None:
+    """Each M2 row of a (one-budget) summary beside its supervised-only baseline: the model
+    "classifier" row with the same training settings (labelled, data, epochs, optimiser, ...).
+    Columns: labelled, m2_variant, m2_mean, m2_std, m2_seeds, sup_variant, sup_mean, sup_std,
+    sup_seeds, diff (M2 - supervised only, percentage points). None without such a pair."""
+    mean = "metric_test_error_mean"
+    if summary.empty or "cfg_model" not in summary.columns or mean not in summary.columns:
+        return None
+    shared = [c for c in summary.columns if c.startswith("cfg_") and c not in _M2_ONLY_KEYS
+              and c != "cfg_seed"]
+    baselines = summary[(summary["cfg_model"] == "classifier") & summary[mean].notna()]
+    records = []
+    for _, row in summary[(summary["cfg_model"] == "m2") & summary[mean].notna()].iterrows():
+        same = [b for _, b in baselines.iterrows()
+                if all(_key(b[c]) == _key(row[c]) for c in shared)]
+        if not same:
+            continue
+        base = same[0]
+        records.append({
+            "labelled": int(row["cfg_labelled"]), "m2_variant": row["variant"],
+            "m2_mean": row[mean], "m2_std": row["metric_test_error_std"],
+            "m2_seeds": int(row["metric_test_error_n"]), "sup_variant": base["variant"],
+            "sup_mean": base[mean], "sup_std": base["metric_test_error_std"],
+            "sup_seeds": int(base["metric_test_error_n"]),
+            "diff": row[mean] - base[mean]})
+    if not records:
+        return None
+    return pd.DataFrame(records).sort_values("labelled", kind="stable").reset_index(drop=True)
+
+
+def semisupervised_table(data: pd.DataFrame) -> Table:
+    spec = MetricSpec("metric_test_error", "", 2)
+    rows = [[str(r["labelled"]), format_mean_std(r["m2_mean"], r["m2_std"], spec),
+             format_mean_std(r["sup_mean"], r["sup_std"], spec), f"{r['diff']:+.2f}",
+             f"{r['m2_seeds']} / {r['sup_seeds']}"] for _, r in data.iterrows()]
+    return Table(["labelled N", "M2 test error (%)", "supervised only (%)",
+                  "M2 - supervised (points)", "seeds (M2 / sup.)"], rows,
+                 [True, True, True, True, True])
 
 
 def _lvm_rows(summary: pd.DataFrame) -> pd.DataFrame:
@@ -815,7 +968,7 @@ def reference_rows(runs: pd.DataFrame, references: Sequence[Reference],
     for i, ref in enumerate(references):
         column, sign = reference_value_column(ref.metric)
         base = {"metric": ref.metric, "paper": ref.value, "source": ref.source,
-                "reference_budget": ref.budget, "note": ref.note}
+                "reference_budget": ref.budget, "note": ref.note, "card": ref.card}
         matched = runs[pd.Series(matched_rows[i], index=runs.index, dtype=bool)] \
             if len(runs) else runs
         if matched.empty:
@@ -1094,6 +1247,8 @@ UNUSED_KEYS: dict[str, frozenset[str]] = {
     "conditional_nn": _VAE_ONLY | {"objective", "k", "beta", "analytic_kl", "components",
                                    "labelled", "alpha"},
     "m2": _VAE_ONLY | {"objective", "beta", "components", "condition", "given_quadrants"},
+    "classifier": _VAE_ONLY | {"objective", "k", "beta", "analytic_kl", "components",
+                               "condition", "given_quadrants", "alpha"},
 }
 
 
@@ -1101,7 +1256,7 @@ def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, T
     """(quality table, cost table or None) of a `summarize_variants` frame."""
     quality = present_metrics(summary, QUALITY_METRICS)
     cost = present_metrics(summary, COST_METRICS)
-    headers = ["variant", *axes, "seeds", *STATUS_COLUMNS, *(s.heading for s in quality)]
+    headers = ["variant", *axes, "seeds", *STATUS_COLUMNS, *metric_headings(summary, quality)]
     numeric = [False] * (1 + len(axes)) + [True] * (4 + len(quality))
     rows = []
     for _, row in summary.iterrows():
@@ -1127,15 +1282,35 @@ def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, T
 
 def reference_table(records: Sequence[Mapping[str, Any]]) -> Table:
     headers = ["metric", "paper", "source", "budget", "variant", "ours", "ours - paper",
-               "seeds", "comparison"]
+               "seeds", "comparison", "protocol card"]
     rows = []
     for r in records:
         ours = r["ours"] or format_mean_std(r["mean"], r["std"], _NLL)
         diff = f"{r['diff']:+.2f}" if math.isfinite(r["diff"]) else "-"
+        card = r.get("card")
         rows.append([str(r["metric"]), f"{r['paper']:.2f}", str(r["source"]),
                      r["budget"] or "-", r["variant"] or "-", ours, diff, str(r["seeds"]),
-                     r["verdict"]])
-    return Table(headers, rows, [False, True, False, False, False, True, True, True, False])
+                     r["verdict"], card.name if card is not None else "none"])
+    return Table(headers, rows,
+                 [False, True, False, False, False, True, True, True, False, False])
+
+
+def card_blocks(card: Card | None, budgets: Sequence[str], rows: int) -> list[Block]:
+    """A protocol card as a lead paragraph and one bullet per known difference: "vs paper"
+    (the paper's text), "vs authors' code", and what code was read. `budgets`: the budgets
+    of the references naming it (the protocol it describes); `rows`: table rows naming it."""
+    if card is None:
+        return [Paragraph(f"No protocol card for the {rows} row(s) above: their differences "
+                          "from the published protocol are not checked.", emphasis=True)]
+    where = ", ".join(dict.fromkeys(budgets)) or "its"
+    lead = Paragraph(f"Protocol card {card.name} (named by the {rows} row(s) above): the known "
+                     f"differences between our protocol at the {where} budget and the "
+                     "published one.")
+    items = [("vs paper", text) for text in card.paper]
+    items += [("vs authors' code", text) for text in card.code]
+    if card.source_code:
+        items.append(("authors' code read", card.source_code))
+    return [lead, Bullets(items)]
 
 
 class _Report:
@@ -1258,7 +1433,19 @@ def _reference_section(report: _Report, data: SuiteData) -> None:
         "reference's own budget reproduce the published protocol; other budgets are shown "
         "for orientation and are not reproductions."))
     records = reference_rows(data.runs, data.suite.references, data.budgets)
-    report.add(reference_table(records))
+    # one table per run of consecutive rows sharing a protocol card, each followed by its card
+    # (in full the first time; a card shared by rows further down is referred back to)
+    shown: set[str] = set()
+    for _, group in itertools.groupby(records, key=lambda r: _card_name(r.get("card"))):
+        group = list(group)
+        card = group[0].get("card")
+        report.add(reference_table(group))
+        if card is not None and card.name in shown:
+            report.add(Paragraph(f"Protocol card {card.name}: as listed above.", emphasis=True))
+            continue
+        report.add(*card_blocks(card, [r["reference_budget"] for r in group], len(group)))
+        if card is not None:
+            shown.add(card.name)
     budgets = {r.budget for r in data.suite.references}
     missing = sorted(b for b in budgets if b not in data.budgets)
     if missing:
@@ -1385,9 +1572,10 @@ def _family_figures(report: _Report, data: SuiteData, summary: pd.DataFrame,
         xlabel="k (samples from the prior, log scale)")
 
     panels = (
-        ("metric_test_error", "labelled", summary.get("cfg_model") == "m2"
+        ("metric_test_error", "labelled", summary["cfg_model"].isin(["m2", "classifier"])
          if "cfg_model" in summary.columns else None,
-         "Semi-supervised M2: test error against the number of labelled examples",
+         "Semi-supervised M2: test error against the number of labelled examples, beside "
+         "M2's classifier trained on the labelled examples alone (supervised only)",
          "labelled training examples N (log scale)", "test error (%, lower is better)", True),
         ("metric_test_cll", "given_quadrants", summary.get("cfg_condition") == "quadrants"
          if "cfg_condition" in summary.columns else None,
@@ -1411,13 +1599,23 @@ def _family_figures(report: _Report, data: SuiteData, summary: pd.DataFrame,
             log_x=log_x: plots.metric_vs_axis(table, refs, path, title=title, xlabel=xlabel,
                                               ylabel=ylabel, log_x=log_x))
 
+    gain = semisupervised_data(summary)
+    if gain is not None:
+        report.add(Paragraph(
+            f"What the unlabelled images buy ({where}): M2's test error beside the supervised-"
+            "only baseline, M2's own classifier q(y|x) trained on the labelled cross-entropy "
+            "alone from the same initial weights, on the same labelled images, with the same "
+            "optimiser and number of steps (mean ± std over seeds; percentage points, "
+            "negative = M2 better)."))
+        report.add(semisupervised_table(gain))
+
     report.plot(
         disentanglement_data(runs), f"{stem}-disentanglement",
         "Disentanglement against beta (and the controlled-capacity objective, C = its "
         f"final capacity in nats): each dot one seed, bars the mean ± std ({where}). MIG and "
         "DCI are 0 for codes that mix the factors and 1 for codes that are the factors; the "
         "beta-VAE metric's chance level is 100 / (factors) %. Reconstruction shows what the "
-        "disentanglement costs.",
+        f"disentanglement costs. {factor_metric_sentence(runs)}",
         f"Disentanglement and reconstruction vs beta ({name})", plots.per_seed_panels,
         xlabel="objective")
     report.plot(
@@ -1435,8 +1633,26 @@ def _family_figures(report: _Report, data: SuiteData, summary: pd.DataFrame,
             "its missing pixels, averaged over images) and the % of missing pixels predicted "
             "wrongly, per mask and imputation method, for each input-dropout rate p used in "
             "training (mean ± std over seeds). One-pass: z ~ q(z | image with missing pixels "
-            "zeroed); iterative: alternate z ~ q(z | filled image) and x_missing ~ p(x | z)."))
+            "zeroed); iterative: alternate z ~ q(z | filled image) and x_missing ~ p(x | z); "
+            "matched: the iterative chain with the encoder shown the filled image with "
+            "training-style pixel dropout at the model's own p (what a dropout-trained encoder "
+            "saw in training). At p = 0 the matched chain is the iterative chain: its numbers "
+            "are the iterative ones, not rerun, and it has no bar of its own."))
         report.add(inpainting_table(table))
+        lls = dropout_ll_data(runs)
+        if lls is not None:
+            report.add(Paragraph(
+                "Test log-likelihood beside the effective sample size of its importance weights "
+                "(ESS / k_eval, mean ± std over seeds): the test LL is an importance-sampling "
+                "estimate with q(z|x) as the proposal, and a dropout-trained encoder is scored "
+                "here on complete test images, off the distribution it was trained on, so a "
+                "small ESS warns that its estimate may be looser (further below log p(x)) "
+                "than the plain VAE's, and part of its lower test LL may be the estimator, not "
+                "the model."))
+            report.add(dropout_ll_table(lls))
+        table = table[~((table["method"] == INPAINT_METHODS["matched"])
+                        & (table["input_dropout"] == 0))]  # p = 0: the iterative bar again
+        table = table.sort_values("input_dropout", kind="stable")  # bars in order of p
         bars = table.assign(group=table["mask"],
                             bar=[f"p={p:g}, {m}" for p, m in
                                  zip(table["input_dropout"], table["method"], strict=True)],
@@ -1629,3 +1845,7 @@ def _safe_name(text: str) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _card_name(card: Card | None) -> str | None:
+    return None if card is None else card.name

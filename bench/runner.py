@@ -1,6 +1,8 @@
 """Schedule a suite's runs on Ray (embedded or a cluster) or in-process, and store each result.
 
     plan        which runs are cached (a finished row exists) and which must run
+    explain     why: one line per run (the finished row it reuses, or what differs from the
+                stored rows of its variant and seed: the protocol, a config key, a status)
     execute     one run, inside whatever process runs it: train, then a row (never raises)
     run_suite   the driver: submit, collect as they finish, write each row at once
 
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import config as bench_config
 from bench import provenance, store
 from bench.config import TOY_DATASETS
 from bench.suite import Suite, Variant, filter_variants
@@ -92,6 +95,58 @@ def plan(
     to_run = [v for v in selected if v.run_id not in done]
     cached = [v for v in selected if v.run_id in done]
     return to_run, cached
+
+
+def explain(suite: Suite, results: Path, variants: Sequence[Variant], force: bool = False,
+            skip_corrupt: bool = False) -> dict[str, str]:
+    """run_id -> why that run is cached or must run, for `vaebench run --dry-run`.
+
+    A run is cached only by a finished row of its own run_id. Otherwise the stored rows of
+    the same variant name and seed say why not: a row of another code protocol
+    (bench.config.PROTOCOL: results of older code are never reused), a config that differs
+    in some key (the suite changed), or a row of the same run that failed or diverged."""
+    runs = store.load_runs(results, suite=suite.name, skip_corrupt=skip_corrupt)
+    rows = runs.to_dict("records") if not runs.empty else []
+    reasons: dict[str, str] = {}
+    for variant in variants:
+        own = [r for r in rows if r.get("run_id") == variant.run_id]
+        if force:
+            reasons[variant.run_id] = "--force reruns it"
+        elif any(r.get("status") == "finished" for r in own):
+            reasons[variant.run_id] = f"finished row, protocol {bench_config.PROTOCOL}"
+        elif own:
+            reasons[variant.run_id] = f"its stored row is {own[-1].get('status')}: runs again"
+        else:
+            same = [r for r in rows if r.get("variant") == variant.name
+                    and r.get("cfg_seed") == variant.seed and r.get("status") == "finished"]
+            reasons[variant.run_id] = (_difference(same[-1], variant) if same
+                                       else "no stored result")
+    return reasons
+
+
+def _difference(row: dict, variant: Variant) -> str:
+    """Why a finished row of the same variant and seed does not stand for `variant`."""
+    stored = row.get("protocol")
+    stored = 1 if stored is None or stored != stored else int(stored)  # absent before 2
+    old = row.get("run_id")
+    if stored != bench_config.PROTOCOL:
+        return (f"{old} is a result of protocol {stored}, this code is protocol "
+                f"{bench_config.PROTOCOL} "
+                "(see bench.config.PROTOCOL): older code's results are not reused")
+    changed = [f"{key} {_show(row.get(f'cfg_{key}'))} -> {_show(value)}"
+               for key, value in variant.config.to_dict().items()
+               if _show(row.get(f"cfg_{key}")) != _show(value)]
+    return f"{old} has another config: {', '.join(changed) or 'a key this code adds'}"
+
+
+def _show(value) -> str:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, tuple):
+        value = list(value)
+    if value is None or value != value:  # NaN: a column older rows lack
+        return "unset"
+    return str(value)
 
 
 def checkpoint_path(results: Path, suite: str, run_id: str) -> Path:

@@ -44,6 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench import config as _config
 from bench.config import RunConfig
 from bench.errors import BenchError
 
@@ -152,6 +153,7 @@ def run_row(
         "error": error,
         "traceback": traceback,
         "schema_version": SCHEMA_VERSION,
+        "protocol": _config.PROTOCOL,  # part of the run_id; rows before protocol 2 lack it
     }
     row.update({f"cfg_{key}": value for key, value in config.to_dict().items()})
     row.update({f"metric_{key}": _plain(value) for key, value in metrics.items()})

@@ -32,6 +32,16 @@ File format (every table but [suite] is optional)::
                                  # reproduction; must name a budget if the suite has any
     match = { objective = "vae", k = 1 }    # RunConfig values a run must have to apply
     note = "..."                 # optional
+    card = "iwae-paper"          # required: the [card.<name>] of this comparison
+
+    [card.iwae-paper]            # a protocol card: the known differences between our protocol
+                                 # at the reference's budget and the published one; a name
+                                 # ([a-z0-9_-]+) shared by any number of [[reference]]s
+    paper = ["...", "..."]       # required, non-empty: differences from the paper's text, one
+                                 # per string ("not checked: <what>" where unknown)
+    code = ["..."]               # required, non-empty: differences from the authors' code (or
+                                 # one entry saying that no code was published)
+    source_code = "github owner/repo: files read"   # optional: what `code` was checked against
 
 Expansion: runs = (named variants, or one unnamed variant when there are none) x grid points
 x seeds, in that order (the last grid axis varies fastest, seeds fastest of all).
@@ -47,7 +57,11 @@ value, so a typo in `[budget.paper]` fails a `--budget smoke` run too. Each erro
 `BenchError` of one line that starts with the file path and names the table and key, e.g.
 `suites/x.toml: [grid] axis 'k' = 0: key 'k' must be >= 1, got 0`. Two entries of the
 expansion resolving to the same run_id (a grid that collapses) are an error as well, as is a
-[[reference]] that matches no run at its budget.
+[[reference]] that matches no run at its budget. Protocol cards are checked the same way: a
+[[reference]] without `card` or naming an unknown card, a card with an empty or non-string
+`paper` or `code` list, and a card no [[reference]] uses are each a one-line error; a suite
+without references needs no card. Reports show each reference's card under its row, so no
+published number appears without its list of known differences.
 
 A variant's `name` is the named variant's name and the grid point as `key=value`, joined with
 ",", e.g. `2layer,objective=iwae,k=5`; it is unique within the suite without the seed. With
@@ -73,9 +87,10 @@ CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
 SETTABLE_KEYS: tuple[str, ...] = tuple(k for k in CONFIG_KEYS if k != "seed")
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 
-_TOP_TABLES = ("suite", "base", "grid", "variant", "budget", "reference")
+_TOP_TABLES = ("suite", "base", "grid", "variant", "budget", "reference", "card")
 _SUITE_KEYS = ("name", "description", "default_budget", "seeds")
-_REFERENCE_KEYS = ("metric", "value", "source", "budget", "match", "note")
+_REFERENCE_KEYS = ("metric", "value", "source", "budget", "match", "note", "card")
+_CARD_KEYS = ("paper", "code", "source_code")
 _SLUG = re.compile(r"[a-z0-9_-]+")
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _MARK = "\x00where\x00"  # placeholder `where`, replaced once the culprit table is known
@@ -115,8 +130,21 @@ class FrozenMap(Mapping[str, Any]):
 
 
 @dataclass(frozen=True)
+class Card:
+    """A protocol card: the known differences between our protocol at a reference's budget and
+    the published one, (a) from the paper's text and (b) from the authors' code, one per
+    string. Where a difference is unknown the card says "not checked: ...", never nothing."""
+
+    name: str
+    paper: tuple[str, ...]
+    code: tuple[str, ...]
+    source_code: str = ""  # what `code` was checked against (repository, files read)
+
+
+@dataclass(frozen=True)
 class Reference:
-    """A published value of one metric for the runs whose config matches `match`."""
+    """A published value of one metric for the runs whose config matches `match`, with the
+    protocol card of the comparison (always set for references loaded from a suite file)."""
 
     metric: str
     value: float
@@ -124,6 +152,7 @@ class Reference:
     budget: str = "paper"
     match: Mapping[str, Any] = FrozenMap()
     note: str = ""
+    card: Card | None = None
 
     def matches(self, config: RunConfig) -> bool:
         values = config.to_dict()
@@ -159,6 +188,7 @@ class Suite:
     variants: tuple[Variant, ...]  # every (variant, seed) run, in expansion order
     references: tuple[Reference, ...]
     grid_axes: tuple[str, ...]  # keys set by named variants (first) or the grid
+    cards: tuple[Card, ...] = ()  # the [card.*] tables, in the order written
 
 
 # --------------------------------------------------------------------------- loading
@@ -204,6 +234,7 @@ def load_suite(path: str | Path, budget: str | None = None) -> Suite:
         variants=tuple(expansions[budget]),
         references=tuple(spec.references),
         grid_axes=spec.axes_keys(),
+        cards=tuple(spec.cards.values()),
     )
 
 
@@ -314,6 +345,7 @@ class _Spec:
     budgets: dict[str, dict[str, Any]]  # overrides without `seeds`
     budget_seeds: dict[str, list[int]]
     references: list[Reference]
+    cards: dict[str, Card]
 
     def axes_keys(self) -> tuple[str, ...]:
         keys: dict[str, None] = {}
@@ -409,17 +441,67 @@ def _parse(raw: dict[str, Any], where: str) -> _Spec:
             f"(known: {known})"
         )
 
-    # [[reference]]
+    # [card.*], then [[reference]] (each naming a card), then cards nobody uses
+    cards = {cname: _card(cname, entry, where)
+             for cname, entry in _table(raw, "card", where).items()}
     references = [
-        _reference(entry, i, where, budgets)
+        _reference(entry, i, where, budgets, cards)
         for i, entry in enumerate(_array(raw, "reference", where), 1)
     ]
+    used = {ref.card.name for ref in references if ref.card is not None}
+    for cname in cards:
+        if cname not in used:
+            raise BenchError(
+                f"{where}: [card.{cname}] is used by no [[reference]] (name it with "
+                f"card = \"{cname}\" in a [[reference]], or remove the card)"
+            )
     return _Spec(name, description, default_budget, seeds, base, grid, variants, budgets,
-                 budget_seeds, references)
+                 budget_seeds, references, cards)
+
+
+def _card(cname: str, entry: Any, where: str) -> Card:
+    """One [card.<name>] table: non-empty lists of strings `paper` and `code`."""
+    table = f"[card.{cname}]"
+    if not isinstance(entry, dict):
+        raise BenchError(
+            f"{where}: [card] key '{cname}' must be a table {table} with keys 'paper' and "
+            f"'code', got {_one_line(_fmt(entry))}"
+        )
+    if not _SLUG.fullmatch(cname):
+        raise BenchError(f"{where}: {table}: card names must match [a-z0-9_-]+")
+    _check_keys(entry, _CARD_KEYS, where, table)
+    lists = {}
+    for key, what in (("paper", "the paper's text"), ("code", "the authors' code")):
+        if key not in entry:
+            raise BenchError(
+                f"{where}: {table} is missing key '{key}' (the known differences from {what}; "
+                f"write \"not checked: ...\" where unknown)"
+            )
+        items = entry[key]
+        if not isinstance(items, list):
+            raise BenchError(
+                f"{where}: {table} key '{key}' must be a list of strings, got "
+                f"{_one_line(_fmt(items))}"
+            )
+        if not items:
+            raise BenchError(
+                f"{where}: {table} key '{key}' is empty: list the known differences from "
+                f"{what}, or write \"not checked: <what>\""
+            )
+        for j, item in enumerate(items, 1):
+            if not isinstance(item, str) or not item.strip():
+                raise BenchError(
+                    f"{where}: {table} key '{key}' entry #{j} must be a non-empty string, "
+                    f"got {_one_line(repr(item))}"
+                )
+        lists[key] = tuple(" ".join(item.split()) for item in items)
+    source_code = _string(entry, "source_code", where, table) or ""
+    return Card(cname, lists["paper"], lists["code"], source_code)
 
 
 def _reference(
-    entry: dict[str, Any], i: int, where: str, budgets: Mapping[str, Any]
+    entry: dict[str, Any], i: int, where: str, budgets: Mapping[str, Any],
+    cards: Mapping[str, Card],
 ) -> Reference:
     table = f"[[reference]] #{i}"
     _check_keys(entry, _REFERENCE_KEYS, where, table)
@@ -447,7 +529,17 @@ def _reference(
             )
     _check_values({k: v for k, v in match.items() if k != "seed"}, where, f"{table} match")
     note = _string(entry, "note", where, table) or ""
-    return Reference(metric, float(value), source, budget, FrozenMap(match), note)
+    if "card" not in entry:
+        raise BenchError(
+            f"{where}: {table} ({metric}) is missing key 'card': every published value needs a "
+            f"protocol card, a [card.<name>] table listing the known differences from the "
+            f"paper and the authors' code"
+        )
+    cname = _string(entry, "card", where, table)
+    if cname not in cards:
+        known = ", ".join(cards) if cards else "none: the suite has no [card.<name>] table"
+        raise BenchError(f"{where}: {table} key 'card': unknown card '{cname}' (known: {known})")
+    return Reference(metric, float(value), source, budget, FrozenMap(match), note, cards[cname])
 
 
 def _expand(spec: _Spec, budget: str | None, where: str, chosen: bool) -> list[Variant]:
@@ -529,6 +621,7 @@ _MODEL_COMPANIONS: dict[str, dict[str, Any]] = {
     "cvae": {"condition": "label"},
     "conditional_nn": {"condition": "quadrants", "given_quadrants": 1},
     "m2": {"labelled": 10},
+    "classifier": {"labelled": 10},
 }
 
 
@@ -567,7 +660,18 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
     elif key == "gamma" or (key in ("capacity_steps", "capacity_max") and value != 0):
         values.setdefault("capacity_max", 1.0)
         values.setdefault("capacity_steps", 1)
+    elif (key == "binarize" and value is False) or (
+            key in ("validation_size", "patience") and _is_nonzero_int(value)):
+        values.update(_MODEL_COMPANIONS["conditional_nn"], model="conditional_nn")
+        if key == "patience":
+            values["validation_size"] = 1
+    elif key in ("dci_train", "dci_test") and _is_nonzero_int(value):
+        values.update({"dci_train": 1, "dci_test": 1, key: value})
     config_from_dict(values, where=f"{where}: {table}")
+
+
+def _is_nonzero_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value != 0
 
 
 def _check_config_keys(

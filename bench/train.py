@@ -23,7 +23,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from bench.metrics.imputation import evaluate_inpainting
 from bench.metrics.likelihood import TestMetrics, evaluate
 from bench.models import LatentVariableModel, build_model
 from bench.objectives import ControlledCapacity, Objective, objective_for
+from bench.optim import loss_scale, make_optimizer
 
 # Metrics that measure the machine (time, memory), not the model: they differ between two
 # runs of the same config and seed, and are left out of reproducibility checks.
@@ -59,6 +60,9 @@ class EpochRecord:
     train_bound: float  # mean training objective over the epoch, nats per example
     samples_per_s: float
     wall_seconds: float  # since the start of training
+    # minus the mean validation loss after the epoch (same estimator as train_bound), for
+    # trainers with a held-out validation split (bench.families.cvae); None otherwise
+    valid_bound: float | None = None
 
 
 @dataclass
@@ -116,14 +120,16 @@ def training_step(
     generator: torch.Generator | None = None,
     detach_samples: bool = False,
     x_in: torch.Tensor | None = None,
+    loss_scale: float = 1.0,
 ) -> torch.Tensor:
-    """One Adam step on minibatch xb (B, D); returns the loss (negative mean bound) as a
+    """One optimiser step on minibatch xb (B, D); returns the loss (negative mean bound) as a
     0-d tensor still on the device, so the caller decides when to synchronise. `x_in`, if
-    given, is the encoder's input in place of xb (input dropout); the bound still scores xb."""
+    given, is the encoder's input in place of xb (input dropout); the bound still scores xb.
+    The gradient is that of loss * loss_scale (bench.optim.loss_scale: B sums the loss)."""
     sample = model(xb, k, generator=generator, detach_samples=detach_samples, x_in=x_in)
     loss = -bound_fn(sample).mean()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * loss_scale if loss_scale != 1 else loss).backward()
     optimizer.step()
     return loss.detach()
 
@@ -182,23 +188,13 @@ def drop_pixels(x: torch.Tensor, p: float, generator: torch.Generator | None = N
 
 def load_data(cfg: RunConfig) -> Dataset:
     """The data set a config trains on: its first train_size / test_size examples, binarized
-    (dynamically for training, once for the test set) when the likelihood is Bernoulli."""
+    (dynamically for training, once for the test set) when the likelihood is Bernoulli and
+    cfg.binarize (false: grey levels, scored by the Bernoulli cross-entropy)."""
     if cfg.dataset in TOY_DATASETS:
         raise BenchError(f"dataset '{cfg.dataset}' is a toy with no data to load: run it with "
                          f"`vaebench toy {cfg.dataset}` or as a suite run")
     return load_dataset(cfg.dataset, train_size=cfg.train_size, test_size=cfg.test_size,
-                        binarize=cfg.likelihood == "bernoulli")
-
-
-def make_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: RunConfig
-                   ) -> torch.optim.Adam:
-    """Adam over a model's (or the given) parameters with the config's learning rate, betas
-    and epsilon."""
-    if isinstance(params, torch.nn.Module):
-        params = params.parameters()
-    return torch.optim.Adam(
-        list(params), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
-    )
+                        binarize=cfg.likelihood == "bernoulli" and cfg.binarize)
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -234,7 +230,8 @@ def train(
     x_train = dataset.train.to(device)
     x_test = dataset.test.to(device)
     n = x_train.shape[0]
-    model = build_model(cfg, dataset.dim, image_shape=dataset.image_shape).to(device)
+    model = build_model(cfg, dataset.dim, image_shape=dataset.image_shape,
+                        pixel_mean=dataset.pixel_mean).to(device)
     optimizer = make_optimizer(model, cfg)
     bound_fn = objective_for(cfg)
     generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
@@ -256,7 +253,8 @@ def train(
             xb = binarize_dynamic(xb, generator)
         x_in = drop_pixels(xb, cfg.input_dropout, generator) if cfg.input_dropout else None
         return training_step(model, optimizer, bound_fn, xb, cfg.k, generator,
-                             detach_samples=cfg.kl_direction == "forward", x_in=x_in)
+                             detach_samples=cfg.kl_direction == "forward", x_in=x_in,
+                             loss_scale=loss_scale(cfg, xb.shape[0]))
 
     def after_epoch(epoch: int, now: float) -> None:
         if checkpointing is not None and (
@@ -279,12 +277,12 @@ def train(
         images = blur_metrics(model, dataset, generator=eval_generator)
         samples = sample_records(model, dataset, generator=eval_generator)
         if cfg.eval_inpainting:  # last, so the metrics above are the same with or without it
-            inpainting, inpaint_rows = evaluate_inpainting(model, dataset,
-                                                           generator=eval_generator)
+            inpainting, inpaint_rows = evaluate_inpainting(
+                model, dataset, generator=eval_generator, input_dropout=cfg.input_dropout)
             samples += inpaint_rows
         if has_factors(dataset):  # known generative factors: disentanglement and traversals
             factor_start = time.perf_counter()
-            factors, traversals = factor_metrics(model, dataset, seed=cfg.seed)
+            factors, traversals = factor_metrics(model, dataset, seed=cfg.seed, config=cfg)
             factors["factor_seconds"] = time.perf_counter() - factor_start
             samples += traversals
     cost = {

@@ -24,7 +24,7 @@ def test_run_id_is_stable_across_machines_and_versions():
     cfg = RunConfig()
     assert cfg.canonical_json().startswith('{"adam_beta1":0.9,"adam_beta2":0.999,"adam_eps":0.0001')
     assert cfg.run_id == RunConfig().run_id
-    assert cfg.run_id == "a22183d31700ebeb"
+    assert cfg.run_id == "3246fd5efdf7b467"  # protocol 2 (tests/test_protocol.py pins 1 too)
 
 
 def test_int_where_float_expected_hashes_the_same():
@@ -76,6 +76,7 @@ def test_a_field_added_later_does_not_change_existing_run_ids(monkeypatch):
     assert '"iterations":10' in toy.canonical_json()
     later = set(config.LATER_FIELDS) | {"flow_steps"}
     without = {k: v for k, v in cfg.to_dict().items() if k not in later}
+    without["protocol"] = config.PROTOCOL
     old_hash = hashlib.sha256(
         json.dumps(without, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     # pretend flow_steps arrived in a later release, defaulting to the old behaviour
@@ -107,7 +108,7 @@ def test_toy_datasets_are_validated(values, fragment):
 
 def test_model_family_keys_keep_old_run_ids_and_hash_when_set():
     # the lvm default hashes as before the families existed (pinned id of RunConfig())
-    assert RunConfig().run_id == "a22183d31700ebeb"
+    assert RunConfig().run_id == "3246fd5efdf7b467"
     mixture = RunConfig(model="mixture", components=10, iterations=5)
     assert '"components":10' in mixture.canonical_json()
     assert mixture.run_id != RunConfig(model="mixture", components=50, iterations=5).run_id
@@ -126,7 +127,20 @@ def test_model_family_keys_keep_old_run_ids_and_hash_when_set():
         ({"model": "cvae", "condition": "quadrants", "given_quadrants": 4}, "in 1, 2, 3"),
         ({"model": "conditional_nn", "condition": "label"}, "needs condition 'quadrants'"),
         ({"model": "m2", "labelled": 105}, "multiple of 10"),
-        ({"alpha": 0.5}, "apply to model 'm2' only"),
+        ({"alpha": 0.5}, "apply to models 'm2' and 'classifier' only"),
+        ({"model": "classifier", "labelled": 100, "alpha": 0.5}, "applies to model 'm2' only"),
+        ({"init": "zeros"}, "unknown init 'zeros'"),
+        ({"optimizer": "sgd"}, "unknown optimizer 'sgd'"),
+        ({"model": "mixture", "components": 3, "iterations": 2, "init": "torch"},
+         "neural image models"),
+        ({"binarize": False}, "'binarize' = false"),
+        ({"patience": 3}, "apply to models 'cvae' and 'conditional_nn' only"),
+        ({"model": "conditional_nn", "condition": "quadrants", "given_quadrants": 1,
+          "patience": 3}, "needs key 'validation_size' > 0"),
+        ({"model": "cvae", "condition": "quadrants", "given_quadrants": 1,
+          "validation_size": -1}, "'validation_size' must be >= 0"),
+        ({"dci_train": 100}, "set together"),
+        ({"model": "m2", "labelled": 100, "dci_estimator": "boosting"}, "model 'lvm'"),
         ({"input_dropout": 1.0}, "must be in \\[0, 1\\)"),
         ({"model": "m2", "labelled": 100, "input_dropout": 0.5}, "model 'lvm' only"),
         ({"model": "bogus"}, "unknown model 'bogus'"),

@@ -1,8 +1,10 @@
 """The conditional VAE family: quadrant geometry, no leakage of hidden pixels, the CLL
-estimators against exact answers, class-conditional samples, and end-to-end digits runs."""
+estimators against exact answers, class-conditional samples, end-to-end digits runs, grey-level
+targets (binarize = false), and early stopping on a held-out validation split."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,8 +13,10 @@ import torch
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.families import FamilyResult, train_model
+from bench.families import cvae as cvae_module
 from bench.families.cvae import (
     ConditionalNN,
+    EarlyStopping,
     LabelCVAE,
     QuadrantCVAE,
     conditional_estimates,
@@ -22,13 +26,16 @@ from bench.families.cvae import (
     pixel_marginal_cll,
     quadrant_masks,
     run,
+    split_validation,
 )
 from bench.train import MACHINE_METRICS, load_data
 
 QUADRANT_METRICS = {"cvae": {"test_cll", "test_cll_is", "rate", "nn_test_cll",
-                             "test_cll_marginal", "eval_seconds"},
-                    "conditional_nn": {"test_cll", "test_cll_marginal", "eval_seconds"}}
-LABEL_METRICS = {"test_ll", "test_elbo", "rate", "eval_seconds"}
+                             "test_cll_marginal", "eval_seconds", "nn_epochs_run",
+                             "cvae_epochs_run"},
+                    "conditional_nn": {"test_cll", "test_cll_marginal", "eval_seconds",
+                                       "nn_epochs_run"}}
+LABEL_METRICS = {"test_ll", "test_elbo", "rate", "eval_seconds", "cvae_epochs_run"}
 SMALL = dict(dataset="digits", hidden=((32,),), latent=(4,), train_size=300, test_size=60,
              epochs=2, k_eval=20)
 
@@ -166,20 +173,28 @@ def test_importance_estimate_is_at_least_the_elbo_and_equals_it_at_k1():
     assert float(est.elbo.mean()) == pytest.approx(float(est.elbo_mc.mean()), abs=0.5)
 
 
-def test_conditional_nn_test_cll_is_the_hand_computed_cross_entropy(digits):
-    cfg = small(model="conditional_nn", condition="quadrants", given_quadrants=2)
-    result = run(cfg, digits)
-    model = fit(cfg, digits).model  # deterministic: the very network `run` scored
+@pytest.mark.parametrize("binarize", [True, False])
+def test_conditional_nn_test_cll_is_the_hand_computed_cross_entropy(binarize):
+    cfg = small(model="conditional_nn", condition="quadrants", given_quadrants=2,
+                binarize=binarize)
+    data = load_data(cfg)
+    result = run(cfg, data)
+    model = fit(cfg, data).model  # deterministic: the very network `run` scored
     _, missing = quadrant_masks((8, 8), 2)
-    probs = torch.sigmoid(model.logits(digits.test)).double()
+    probs = torch.sigmoid(model.logits(data.test)).double()
+    # grey levels: the test targets are the intensities themselves, scored by the
+    # cross-entropy t log p + (1 - t) log(1 - p) (Pyro's MaskedBCELoss), never binarized
+    truth = data.test_intensities if not binarize else data.test
+    assert torch.equal(data.test, truth)
+    assert bool(((truth > 0) & (truth < 1)).any()) != binarize
     total = 0.0
-    for i in range(digits.test.shape[0]):
+    for i in range(data.test.shape[0]):
         for j, pixel in enumerate(torch.nonzero(missing).flatten().tolist()):
-            y, p = float(digits.test[i, pixel]), float(probs[i, j])
-            total -= math.log(p) if y == 1.0 else math.log(1.0 - p)
-    assert result.family_metrics["test_cll"] == pytest.approx(total / digits.test.shape[0],
+            y, p = float(truth[i, pixel]), float(probs[i, j])
+            total -= y * math.log(p) + (1.0 - y) * math.log(1.0 - p)
+    assert result.family_metrics["test_cll"] == pytest.approx(total / data.test.shape[0],
                                                               rel=1e-6)
-    assert float(nn_cross_entropy(model, digits.test).mean()) == pytest.approx(
+    assert float(nn_cross_entropy(model, data.test).mean()) == pytest.approx(
         result.family_metrics["test_cll"], rel=1e-9)
 
 
@@ -301,3 +316,234 @@ def test_training_follows_the_learning_rate_schedule(digits, model):
     stages = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]  # 1 + 3 epochs
     per_stage = 1 if model == "conditional_nn" else 2  # a cvae trains its baseline first
     assert [r.lr for r in result.curves] == stages * per_stage
+
+
+# --------------------------------------------------------------------------- grey levels
+def record_targets(monkeypatch) -> list[torch.Tensor]:
+    """Every target tensor the cvae module's Bernoulli log-likelihood scores, in call order."""
+    seen: list[torch.Tensor] = []
+    real = cvae_module._bernoulli_log_prob
+
+    def spy(logits, target):
+        seen.append(target.detach().clone())
+        return real(logits, target)
+
+    monkeypatch.setattr(cvae_module, "_bernoulli_log_prob", spy)
+    return seen
+
+
+def same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b hold the same rows in some order."""
+    key = torch.randn(a.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sort = lambda t: t[torch.argsort(t.double() @ key)]
+    return a.shape == b.shape and torch.equal(sort(a), sort(b))
+
+
+@pytest.mark.parametrize("model", ["conditional_nn", "cvae"])
+def test_grey_targets_reach_the_training_loss_unbinarized(model, monkeypatch):
+    cfg = small(model=model, condition="quadrants", given_quadrants=2, binarize=False,
+                train_size=300, batch_size=100)
+    data = load_data(cfg)
+    assert not data.binarized
+    targets = record_targets(monkeypatch)
+    fit(cfg, data)
+    _, missing = quadrant_masks((8, 8), 2)
+    want = data.train[:, missing]  # the grey intensities of the hidden pixels
+    assert bool(((want > 0) & (want < 1)).any())  # digits are grey: the check can fail
+    # one epoch = 3 minibatches; a cvae's CVAE stage starts after its baseline's 2 epochs
+    first_epochs = [targets[0:3]] + ([targets[6:9]] if model == "cvae" else [])
+    assert len(targets) == 3 * cfg.epochs * len(first_epochs)
+    for epoch in first_epochs:
+        assert same_rows(torch.cat(epoch), want)  # every image once, exactly its intensities
+
+
+def test_grey_level_metrics_are_finite_and_ordered(digits):
+    cfg = small(model="cvae", condition="quadrants", given_quadrants=2, binarize=False)
+    data = load_data(cfg)
+    result = run(cfg, data)
+    m = result.family_metrics
+    assert all(math.isfinite(v) for v in m.values())
+    # cross-entropies of soft targets: positive, the IS estimate still below the ELBO one
+    assert 0 < m["test_cll_is"] <= m["test_cll"] and m["rate"] >= 0
+    assert m["nn_test_cll"] > 0 and m["test_cll_marginal"] > 0
+    truth = [torch.tensor(r["pixels"]) for r in result.samples if r["kind"] == "truth"]
+    assert any(bool(((t > 0) & (t < 1)).any()) for t in truth)  # grey truths are shown
+    # the same config on binarized digits scores other targets: other numbers
+    assert run(cfg.replace(binarize=True), digits).family_metrics["test_cll"] != m["test_cll"]
+
+
+# --------------------------------------------------------------------------- early stopping
+def test_early_stopping_follows_pyros_rule():
+    # Pyro (examples/cvae baseline.py, cvae.py): improvement = strictly below the best; the
+    # count of epochs without one resets on an improvement; stop when it reaches patience
+    stopper = EarlyStopping(3)
+    curve = [5.0, 4.0, 4.5, 3.9, 3.9, 4.0, 4.1, 3.0]
+    improved = []
+    for loss in curve:
+        improved.append(stopper.update(loss))
+        if stopper.stop:
+            break
+    assert improved == [True, True, False, True, False, False, False]  # an equal loss is no gain
+    assert (stopper.epochs, stopper.best_epoch, stopper.best_loss) == (7, 4, 3.9)
+    never = EarlyStopping(0)
+    for loss in [1.0, 2.0, 3.0, 4.0, 5.0]:
+        never.update(loss)
+        assert not never.stop
+    assert never.best_epoch == 1
+    nan = EarlyStopping(2)
+    for loss in [math.nan, math.nan]:
+        assert not nan.update(loss)
+    assert nan.stop and nan.best_epoch is None
+
+
+def constructed_validation(monkeypatch, curve: list[float]) -> list[float]:
+    """Make every validation evaluation return the next value of `curve` (the weights still
+    train as usual); returns the list of values handed out."""
+    values = iter(curve)
+    given: list[float] = []
+
+    def fake(loss, x, y, *, binarized, seed, chunk=1000):
+        given.append(next(values))
+        return given[-1]
+
+    monkeypatch.setattr(cvae_module, "validation_loss", fake)
+    return given
+
+
+CURVE = [5.0, 4.0, 4.5, 3.9, 3.9, 4.0, 4.1] + [3.0] * 20  # best epoch 4, stop after 7
+
+
+def test_early_stopping_stops_at_the_pinned_epoch_and_keeps_the_best_weights(
+        digits, monkeypatch):
+    cfg = small(model="conditional_nn", condition="quadrants", given_quadrants=1, epochs=20,
+                validation_size=60, patience=3)
+    constructed_validation(monkeypatch, CURVE)
+    stopped = run(cfg, digits)
+    m = stopped.family_metrics
+    assert (m["nn_epochs_run"], m["nn_best_epoch"], m["nn_valid_loss"]) == (7, 4, 3.9)
+    assert len(stopped.curves) == 7 and stopped.metrics()["epochs_done"] == 7
+    assert [r.valid_bound for r in stopped.curves] == [-v for v in CURVE[:7]]
+    # the best epoch's weights: exactly the network trained for 4 epochs and kept
+    four = run(cfg.replace(epochs=4, patience=0), digits)
+    assert four.family_metrics["test_cll"] == m["test_cll"]
+    assert four.samples == stopped.samples
+    # ... not the last (7th) epoch's
+    seven = run(cfg.replace(epochs=7, patience=0), digits)
+    assert seven.family_metrics["test_cll"] != m["test_cll"]
+
+
+def test_a_cvae_restores_each_stages_best_weights(digits, monkeypatch):
+    cfg = small(model="cvae", condition="quadrants", given_quadrants=2, epochs=20,
+                validation_size=60, patience=2)
+    # baseline: best at 3, stops after 5; CVAE: best at 1, stops after 3
+    constructed_validation(monkeypatch, [3.0, 2.0, 1.0, 1.5, 1.2] + [9.0, 9.5, 9.5] + [0.0] * 30)
+    built, snapshots = [], []
+    real_build = cvae_module.build
+    monkeypatch.setattr(cvae_module, "build",
+                        lambda *a: built.append(real_build(*a)) or built[-1])
+
+    def snapshot(record, total):
+        snapshots.append({k: v.clone() for k, v in built[0].state_dict().items()})
+
+    result = run(cfg, digits, on_epoch=snapshot)
+    m = result.family_metrics
+    assert (m["nn_epochs_run"], m["nn_best_epoch"], m["cvae_epochs_run"],
+            m["cvae_best_epoch"]) == (5, 3, 3, 1)
+    assert len(snapshots) == len(result.curves) == 8
+    final = built[0].state_dict()
+    for name, value in final.items():  # baseline from epoch 3, the rest from epoch 5 + 1
+        want = snapshots[3 - 1 if name.startswith("baseline.") else 5 + 1 - 1][name]
+        assert torch.equal(value, want), name
+    # the stored metrics are those of these weights, not of the last epoch's
+    last = real_build(cfg, split_validation(cfg, digits).fit)
+    last.load_state_dict(snapshots[-1])
+    gen = lambda: cvae_module.make_generator(cfg.seed + cvae_module._EVAL_STREAM, "cpu")
+    assert evaluate(last.eval(), cfg, digits, generator=gen())[0]["test_cll"] != m["test_cll"]
+    best = real_build(cfg, split_validation(cfg, digits).fit)
+    best.load_state_dict(final)
+    again, _ = evaluate(best.eval(), cfg, digits, generator=gen())
+    assert again["test_cll"] == m["test_cll"] and again["test_cll_is"] == m["test_cll_is"]
+
+
+def test_real_validation_curve_obeys_the_stopping_rule(digits):
+    cfg = small(model="conditional_nn", condition="quadrants", given_quadrants=3, epochs=60,
+                lr=1e-2, hidden=((128, 128),), train_size=200, validation_size=100, patience=2,
+                binarize=False)  # grey: no binarization noise, so the check below is exact
+    data = load_data(cfg)
+    result = run(cfg, data)
+    m = result.family_metrics
+    losses = [-r.valid_bound for r in result.curves]
+    best = m["nn_best_epoch"]
+    assert m["nn_epochs_run"] == len(losses) < 60  # 100 images overfit: it stops
+    assert m["nn_epochs_run"] == best + 2 and losses[best - 1] == m["nn_valid_loss"]
+    assert min(losses) == losses[best - 1] and all(v >= losses[best - 1] for v in losses[best:])
+    # the validation loss is the exact cross-entropy of the kept network on the LAST 100
+    model = fit(cfg, data).model
+    assert float(nn_cross_entropy(model, data.train[-100:]).mean()) == pytest.approx(
+        m["nn_valid_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("model", ["conditional_nn", "cvae", "label"])
+def test_validation_images_are_never_trained_on(model, digits):
+    kind = dict(model="cvae", condition="label") if model == "label" else dict(
+        model=model, condition="quadrants", given_quadrants=1)
+    cfg = small(**kind, train_size=None, validation_size=100, epochs=2)
+    data = load_data(cfg)
+    # the same training images, other held-out ones: training must not notice
+    other = dataclasses.replace(data, train=torch.cat([data.train[:-100],
+                                                        1.0 - data.train[-100:]]))
+    a, b = run(cfg, data), run(cfg, other)
+    assert [r.train_bound for r in a.curves] == [r.train_bound for r in b.curves]
+    assert [r.valid_bound for r in a.curves] != [r.valid_bound for r in b.curves]
+    strip = lambda m: {k: v for k, v in m.items()
+                       if k not in MACHINE_METRICS and not k.endswith(("_valid_loss",
+                                                                       "_best_epoch"))}
+    assert strip(a.family_metrics) == strip(b.family_metrics) and a.samples == b.samples
+    # ... and it does notice a change among the images it trains on
+    moved = dataclasses.replace(data, train=torch.cat([1.0 - data.train[:1],
+                                                        data.train[1:]]))
+    assert [r.train_bound for r in run(cfg, moved).curves] != [r.train_bound for r in a.curves]
+
+
+def test_validation_size_must_leave_training_images(digits):
+    with pytest.raises(BenchError, match="validation_size"):
+        split_validation(small(model="conditional_nn", condition="quadrants",
+                               given_quadrants=1, validation_size=300), digits)
+
+
+@pytest.mark.parametrize("binarize", [True, False])
+def test_early_stopped_runs_repeat_bit_for_bit(binarize):
+    cfg = small(model="cvae", condition="quadrants", given_quadrants=1, binarize=binarize,
+                epochs=8, lr=1e-2, validation_size=80, patience=2)
+    data = load_data(cfg)
+    a, b = run(cfg, data), run(cfg, data)
+    strip = lambda m: {k: v for k, v in m.items() if k not in MACHINE_METRICS}
+    assert strip(a.metrics()) == strip(b.metrics())
+    assert a.samples == b.samples
+    assert [(r.train_bound, r.valid_bound) for r in a.curves] == [
+        (r.train_bound, r.valid_bound) for r in b.curves]
+    assert all(r.valid_bound is not None and math.isfinite(r.valid_bound) for r in a.curves)
+
+
+def test_the_validation_estimate_uses_the_same_noise_every_epoch(digits, monkeypatch):
+    # frozen weights (an optimiser that never steps): a validation loss drawing fresh noise
+    # each epoch would move; one re-seeded for every evaluation cannot
+    class Frozen(torch.optim.SGD):
+        def step(self, closure=None):
+            return None
+
+    monkeypatch.setattr(cvae_module, "make_optimizer",
+                        lambda params, cfg: Frozen(list(params), lr=cfg.lr))
+    cfg = small(model="cvae", condition="quadrants", given_quadrants=2, epochs=3,
+                validation_size=100)
+    result = run(cfg, digits)
+    nn_curve = [r.valid_bound for r in result.curves[:3]]
+    cvae_curve = [r.valid_bound for r in result.curves[3:]]
+    assert len(set(nn_curve)) == 1 and len(set(cvae_curve)) == 1
+    # it is a noisy estimator: another seed of the noise gives another value
+    model = fit(cfg, digits).model
+    x = split_validation(cfg, digits).valid
+    loss = lambda xb, yb, gen: -model(xb, 1, gen).log_weights.mean()
+    values = {cvae_module.validation_loss(loss, x, None, binarized=True, seed=s)
+              for s in (0, 0, 1)}
+    assert len(values) == 2

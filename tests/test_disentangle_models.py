@@ -16,15 +16,21 @@ import pytest
 import torch
 from torch import nn
 
+import bench.metrics.factors
 import bench.train
 from bench.config import RunConfig
-from bench.data import load_dataset
+from bench.data import SHAPES_GRIDS, load_dataset
 from bench.errors import BenchError
+from bench.metrics.disentanglement import beta_vae_score, dci, mig
 from bench.metrics.factors import (
     ACTIVE_KL,
+    FACTOR_POINTS,
     TRAVERSAL_VALUES,
+    dci_draws,
+    encode_means,
     factor_metrics,
     has_factors,
+    metric_protocols,
     traversal_rows,
     unit_kls,
 )
@@ -430,3 +436,176 @@ def test_data_without_factors_gets_no_factor_metrics():
     assert not any(key.startswith("kl_unit_") for key in metrics)
     assert not any(r["kind"] == "test image" or r["kind"].startswith("unit ")
                    for r in result.samples)
+
+
+# ---- the DCI protocol keys (dci_estimator, dci_train, dci_test) and the report's labels --
+def _grid_codes(model, data):
+    from bench.shapes import load_shapes
+
+    grid = load_shapes(SHAPES_GRIDS[data.name])
+    return grid, encode_means(model, grid.pixels())
+
+
+def test_default_dci_keys_keep_the_original_protocol_bit_for_bit(factor_run):
+    cfg, data, result = factor_run
+    assert (cfg.dci_estimator, cfg.dci_train, cfg.dci_test) == ("forest", 0, 0)
+    stored = {k: v for k, v in result.metrics().items()
+              if k in FACTOR_KEYS - {"factor_seconds"}}
+    # train() passes its config (the keys at their defaults); no config is the old call
+    plain, _ = factor_metrics(result.model, data, seed=cfg.seed)
+    assert {k: plain[k] for k in stored} == stored
+    # ... and they are what the code computed before the keys existed: one sample of
+    # FACTOR_POINTS grid images (all 6,144 here) drawn with the seed, MIG on it, the forest
+    # DCI on its 2:1 split (dci's default), the beta-VAE metric from the grid's codes
+    grid, codes = _grid_codes(result.model, data)
+    points = np.random.default_rng(cfg.seed).choice(
+        len(grid), size=min(len(grid), FACTOR_POINTS), replace=False)
+    factors = grid.factor_indices[points]
+    old = dci(codes[points], factors, seed=cfg.seed)
+    assert stored["mig"] == mig(codes[points], factors)
+    assert (stored["dci_disentanglement"], stored["dci_completeness"],
+            stored["dci_informativeness"]) == (old.disentanglement, old.completeness,
+                                               old.informativeness_test)
+    assert stored["beta_vae_accuracy"] == 100.0 * beta_vae_score(
+        lambda f: codes[grid.index_of(f)], grid.spec.factor_sizes, seed=cfg.seed)
+
+
+def test_dci_keys_draw_independent_training_and_test_points_for_boosted_trees(
+        factor_run, monkeypatch):
+    import sklearn.ensemble
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    cfg, data, result = factor_run
+    fitted, calls = [], []
+
+    class Recorded(GradientBoostingClassifier):
+        def fit(self, x, y, *args, **kwargs):
+            fitted.append((self.get_params(), np.array(x)))
+            return super().fit(x, y, *args, **kwargs)
+
+    def spy_dci(codes, factors, **kwargs):
+        calls.append((codes, factors, kwargs))
+        return dci(codes, factors, **kwargs)
+
+    monkeypatch.setattr(sklearn.ensemble, "GradientBoostingClassifier", Recorded)
+    monkeypatch.setattr(bench.metrics.factors, "dci", spy_dci)
+    boosted = RunConfig(**FACTOR_RUN, dci_estimator="boosting", dci_train=600, dci_test=300)
+    metrics, _ = factor_metrics(result.model, data, seed=cfg.seed, config=boosted)
+    (train_z, train_f, kwargs), = calls
+    test_z, test_f = kwargs["test"]
+    assert kwargs["estimator"] == "boosting"
+    assert train_z.shape == (600, 4) and test_z.shape == (300, 4)
+    # the codes are the encoder means of the drawn factor combinations
+    grid, codes = _grid_codes(result.model, data)
+    np.testing.assert_array_equal(train_z, codes[grid.index_of(train_f)])
+    np.testing.assert_array_equal(test_z, codes[grid.index_of(test_f)])
+    # independent draws with replacement (disentanglement_lib's generate_batch_factor_code
+    # called twice): repeats within a draw and points in both, impossible for a split of
+    # one sample drawn without replacement
+    train_rows, test_rows = grid.index_of(train_f), grid.index_of(test_f)
+    assert len(np.unique(train_rows)) < 600
+    assert len(np.intersect1d(train_rows, test_rows)) > 0
+    order = np.random.default_rng(cfg.seed).permutation(min(len(grid), FACTOR_POINTS))
+    split_test = np.random.default_rng(cfg.seed).choice(
+        len(grid), size=min(len(grid), FACTOR_POINTS), replace=False)[order[:2048]]
+    assert not set(test_rows) <= set(split_test)
+    # one sklearn GradientBoostingClassifier per factor at sklearn's defaults (as
+    # disentanglement_lib), each fitted on all 600 training points
+    assert len(fitted) == 5
+    for params, x in fitted:
+        assert (params["n_estimators"], params["max_depth"], params["learning_rate"]) == (
+            100, 3, 0.1)
+        np.testing.assert_array_equal(x, train_z)
+    assert 0.0 <= metrics["dci_disentanglement"] <= 1.0
+    # MIG and the beta-VAE metric do not depend on the DCI keys
+    default = result.metrics()
+    assert (metrics["mig"], metrics["beta_vae_accuracy"]) == (default["mig"],
+                                                              default["beta_vae_accuracy"])
+
+
+def test_dci_draws_are_uniform_with_replacement_and_train_and_test_independent():
+    sizes = (3, 4, 8, 8, 8)
+    train, test = dci_draws(sizes, 20000, 500, seed=0)
+    assert train.shape == (20000, 5) and test.shape == (500, 5)
+    for k, size in enumerate(sizes):
+        counts = np.bincount(train[:, k], minlength=size)
+        assert len(counts) == size
+        np.testing.assert_allclose(counts / 20000, 1 / size, atol=0.02)
+    # the test points do not depend on how many training points were drawn
+    np.testing.assert_array_equal(dci_draws(sizes, 10, 500, seed=0)[1], test)
+    assert not np.array_equal(dci_draws(sizes, 10, 500, seed=1)[1], test)
+
+
+def test_factor_metrics_rejects_half_set_dci_keys(factor_run):
+    from types import SimpleNamespace
+
+    cfg, data, result = factor_run
+    bad = SimpleNamespace(dci_estimator="forest", dci_train=100, dci_test=0)
+    with pytest.raises(BenchError, match="dci_train and dci_test"):
+        factor_metrics(result.model, data, seed=0, config=bad)
+    with pytest.raises(BenchError, match="dci_estimator"):
+        factor_metrics(result.model, data, seed=0,
+                       config=SimpleNamespace(dci_estimator="lasso", dci_train=0, dci_test=0))
+
+
+def test_metric_protocols_name_each_estimator():
+    assert metric_protocols("shapes_small") == {
+        "mig": "20-bin histogram, 6,144 points",
+        "dci": "random forest, 2:1 split of 6,144 points",
+        "beta_vae": "logistic regression, 10,000/5,000 points of 64 pairs",
+    }
+    paper = metric_protocols("shapes", "boosting", 10000, 5000)
+    assert paper["dci"] == "gradient-boosted trees, 10,000/5,000 independent draws"
+    assert paper["mig"] == "20-bin histogram, 10,000 points"
+    assert metric_protocols(None)["mig"] == "20-bin histogram, up to 10,000 points"
+
+
+def _stored_run(root, cfg: RunConfig, budget: str, *, drop_dci_keys: bool = False) -> None:
+    from bench import store
+
+    metrics = {"test_ll": -80.0, "test_elbo": -82.0, "rate": 10.0, "distortion": 72.0,
+               "mig": 0.2, "dci_disentanglement": 0.4, "dci_completeness": 0.3,
+               "dci_informativeness": 0.8, "beta_vae_accuracy": 80.0, "active_kl_units": 3.0,
+               "kl_unit_0": 2.0, "kl_unit_1": 0.0}
+    row = store.run_row(suite="dis", variant=f"beta{cfg.beta:g}", config=cfg,
+                        status="finished", metrics=metrics,
+                        provenance={"hostname": "node-a", "wall_seconds": 1.0}, budget=budget)
+    if drop_dci_keys:  # as stored before the keys existed
+        row = {k: v for k, v in row.items() if not k.startswith("cfg_dci_")}
+    store.write_run(root, row)
+
+
+def test_the_report_names_each_metrics_estimator_from_the_stored_config(tmp_path):
+    from bench import report, store
+
+    small = dict(SHAPES, epochs=1, k_eval=5)
+    _stored_run(tmp_path, RunConfig(**small, beta=4.0), "smoke", drop_dci_keys=True)
+    _stored_run(tmp_path, RunConfig(**small, beta=4.0, seed=1), "smoke", drop_dci_keys=True)
+    paper = dict(small, dataset="shapes", dci_estimator="boosting", dci_train=10000,
+                 dci_test=5000)
+    _stored_run(tmp_path, RunConfig(**paper, beta=4.0), "paper")
+    runs = report.prepare_runs(store.load_runs(tmp_path, suite="dis"))
+    old = runs[runs["budget"] == "smoke"]
+    assert "cfg_dci_estimator" not in old.dropna(axis=1, how="all").columns
+    assert report.factor_metric_protocols(old)["metric_dci_disentanglement"] == (
+        "random forest, 2:1 split of 6,144 points")
+    new = runs[runs["budget"] == "paper"]
+    assert report.factor_metric_protocols(new) == {
+        "metric_mig": "20-bin histogram, 10,000 points",
+        "metric_dci_disentanglement": "gradient-boosted trees, 10,000/5,000 independent draws",
+        "metric_beta_vae_accuracy": "logistic regression, 10,000/5,000 points of 64 pairs",
+    }
+    panels = set(report.disentanglement_data(new)["panel"])
+    assert "DCI disentanglement\n(gradient-boosted trees, 10,000/5,000 independent draws)" \
+        in panels
+    md = report.build_report(tmp_path, tmp_path / "out").read_text(encoding="utf-8")
+    for heading in ("MIG (20-bin histogram, 6,144 points)",
+                    "DCI disentanglement (random forest, 2:1 split of 6,144 points)",
+                    "beta-VAE metric (%; logistic regression, 10,000/5,000 points of 64 pairs)",
+                    "MIG (20-bin histogram, 10,000 points)",
+                    "DCI disentanglement (gradient-boosted trees, 10,000/5,000 independent "
+                    "draws)"):
+        assert heading in md, heading
+    assert ("Estimators: MIG: 20-bin histogram, 10,000 points; DCI: gradient-boosted trees, "
+            "10,000/5,000 independent draws; beta-VAE metric: logistic regression, "
+            "10,000/5,000 points of 64 pairs.") in md

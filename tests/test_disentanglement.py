@@ -229,6 +229,58 @@ def test_dci_is_reproducible_and_drops_constant_factors():
     assert dropped.importance.shape == (F, F)
 
 
+def _recording_boosting(made: list):
+    """A stand-in for sklearn.ensemble.GradientBoostingClassifier: the real class, recording
+    each instance and the rows it was fitted on and asked to predict."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    class Recorded(GradientBoostingClassifier):
+        def fit(self, x, y, *args, **kwargs):
+            self.fitted_on = np.array(x)
+            return super().fit(x, y, *args, **kwargs)
+
+        def predict(self, x):
+            self.predicted_on = [*getattr(self, "predicted_on", []), np.array(x)]
+            return super().predict(x)
+
+    def make(*args, **kwargs):
+        made.append(Recorded(*args, **kwargs))
+        return made[-1]
+
+    return make, GradientBoostingClassifier
+
+
+def test_dci_with_a_test_sample_trains_on_all_points_and_scores_on_the_other_sample(
+        monkeypatch):
+    import sklearn.ensemble
+
+    made: list = []
+    make, real = _recording_boosting(made)
+    monkeypatch.setattr(sklearn.ensemble, "GradientBoostingClassifier", make)
+    rng = np.random.default_rng(0)
+    train_f = rng.integers(0, [3, 4], size=(300, 2))
+    test_f = rng.integers(0, [3, 4], size=(120, 2))
+    noisy = lambda f: f + 0.1 * rng.standard_normal(f.shape)  # noqa: E731
+    train_z, test_z = noisy(train_f), noisy(test_f)
+    result = dci(train_z, train_f, estimator="boosting", test=(test_z, test_f), seed=1)
+    assert len(made) == 2  # one per factor, each sklearn's GradientBoostingClassifier
+    for model in made:
+        assert isinstance(model, real)
+        params = model.get_params()  # disentanglement_lib's: sklearn's defaults
+        assert (params["n_estimators"], params["max_depth"], params["learning_rate"],
+                params["subsample"]) == (100, 3, 0.1, 1.0)
+        np.testing.assert_array_equal(model.fitted_on, train_z)  # every training point
+        np.testing.assert_array_equal(model.predicted_on[-1], test_z)  # scored on the other
+    assert result.informativeness_test > 0.95 and result.disentanglement > 0.9
+    # test factors the codes do not predict: the test accuracy falls, the fit is the same
+    shuffled = dci(train_z, train_f, estimator="boosting", test=(test_z, test_f[::-1]), seed=1)
+    assert shuffled.informativeness_train == result.informativeness_train
+    assert shuffled.informativeness_test < 0.6
+    np.testing.assert_array_equal(shuffled.importance, result.importance)
+    with pytest.raises(BenchError, match="test"):
+        dci(train_z, train_f, test=(test_z[:, :1], test_f))
+
+
 # ---------------------------------------------------------------- beta-VAE metric
 
 # 1000 training and 2000 test points of 64 pairs: the accuracy's standard error at chance is

@@ -21,6 +21,7 @@ from bench.errors import BenchError
 from bench.metrics.imputation import (
     MASK_LABELS,
     MASKS,
+    METHOD_LABELS,
     METHODS,
     N_SAMPLE_IMAGES,
     SAMPLE_MASKS,
@@ -92,15 +93,23 @@ def test_the_encoder_sees_zeros_at_hidden_pixels_and_observed_pixels_unchanged(m
     try:
         impute(model, x, mask, "onepass", generator=gen())
         impute(model, x, mask, "iterative", rounds=4, generator=gen())
+        impute(model, x, mask, "matched", rounds=3, generator=gen(), dropout=0.5)
     finally:
         handle.remove()
-    assert len(seen) == 1 + 4
-    for h in (seen[0], seen[1]):  # one-pass and the first iterative round
+    assert len(seen) == 1 + 4 + 3
+    matched = seen[5:]
+    seen = seen[:5]
+    for h in (seen[0], seen[1], matched[0]):  # one-pass and each chain's first round
         assert torch.equal(h, hide(x, mask))
         assert (h[mask] == 0).all() and torch.equal(h[~mask], x[~mask])
     for h in seen[2:]:  # later rounds: S chains of (B, D) states
         states = h.reshape(-1, *x.shape)
         assert torch.equal(states[:, ~mask], x[~mask].expand(states.shape[0], -1))
+        assert ((states == 0) | (states == 1)).all()
+    for h in matched[1:]:  # matched, later rounds: observed pixels kept or dropped, never 1 - x
+        states = h.reshape(-1, *x.shape)
+        observed = x[~mask].expand(states.shape[0], -1)
+        assert ((states[:, ~mask] == observed) | (states[:, ~mask] == 0)).all()
         assert ((states == 0) | (states == 1)).all()
 
 
@@ -112,8 +121,9 @@ def test_imputation_and_scores_are_identical_whatever_the_hidden_pixels_hold(
     for name in MASKS:
         mask = make_mask(name, 25, digits.image_shape)
         changed = torch.where(mask, 1.0 - x, x)  # every hidden pixel flipped
-        logits = impute(model, x, mask, method, rounds=3, generator=gen(4))
-        logits_changed = impute(model, changed, mask, method, rounds=3, generator=gen(4))
+        logits = impute(model, x, mask, method, rounds=3, generator=gen(4), dropout=0.5)
+        logits_changed = impute(model, changed, mask, method, rounds=3, generator=gen(4),
+                                dropout=0.5)
         assert torch.equal(logits, logits_changed)
         for a, b in zip(score(logits, x, mask), score(logits_changed, x, mask), strict=True):
             assert torch.equal(a, b)
@@ -121,8 +131,8 @@ def test_imputation_and_scores_are_identical_whatever_the_hidden_pixels_hold(
     mask = make_mask("top_half", 25, digits.image_shape)
     observed = x.clone()
     observed[:, -1] = 1.0 - observed[:, -1]
-    assert not torch.equal(impute(model, x, mask, method, generator=gen(4)),
-                           impute(model, observed, mask, method, generator=gen(4)))
+    assert not torch.equal(impute(model, x, mask, method, generator=gen(4), dropout=0.5),
+                           impute(model, observed, mask, method, generator=gen(4), dropout=0.5))
 
 
 # ------------------------------------------------------------------------- methods
@@ -136,6 +146,104 @@ def test_iterative_with_one_round_is_one_pass_and_more_rounds_differ(model, digi
                            one_pass)
     with pytest.raises(ValueError, match="rounds"):
         impute(model, x, mask, "iterative", rounds=0)
+
+
+def test_matched_chain_drops_about_p_of_the_encoders_input_in_every_later_round(model, digits):
+    """The realistic bug is a matched chain that forgets the dropout and so IS the iterative
+    chain: with p > 0 every round after the first must show the encoder about p of the chain's
+    pixels zeroed (observed ones included), and the result must differ from iterative."""
+    x = digits.test[:40]
+    mask = make_mask("rand50", 40, digits.image_shape)
+    seen: list[torch.Tensor] = []
+    handle = model.encoders[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        matched = impute(model, x, mask, "matched", rounds=5, generator=gen(9), dropout=0.5)
+        seen_matched, seen[:] = list(seen), []
+        iterative = impute(model, x, mask, "iterative", rounds=5, generator=gen(9))
+        seen_iterative = list(seen)
+    finally:
+        handle.remove()
+    assert len(seen_matched) == len(seen_iterative) == 5
+    assert torch.equal(seen_matched[0], hide(x, mask))  # round 1: the shared one-pass start
+    ones = (x == 1) & ~mask  # observed ink: 1 in every chain's state
+    for t, (h_m, h_i) in enumerate(zip(seen_matched[1:], seen_iterative[1:], strict=True)):
+        states_m = h_m.reshape(-1, *x.shape)
+        states_i = h_i.reshape(-1, *x.shape)
+        assert (states_i[:, ones] == 1).all(), t  # iterative: no dropout
+        dropped = (states_m[:, ones] == 0).double().mean().item()
+        assert dropped == pytest.approx(0.5, abs=0.05), t  # matched: about p, each round
+    assert not torch.equal(matched, iterative)
+    # a different p drops a different share
+    seen.clear()
+    handle = model.encoders[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        impute(model, x, mask, "matched", rounds=2, generator=gen(9), dropout=0.2)
+    finally:
+        handle.remove()
+    states = seen[1].reshape(-1, *x.shape)
+    assert (states[:, ones] == 0).double().mean().item() == pytest.approx(0.2, abs=0.05)
+
+
+def test_matched_chain_with_p_zero_is_the_iterative_chain_and_one_round_is_one_pass(
+    model, digits
+):
+    x = digits.test[:30]
+    mask = make_mask("top_half", 30, digits.image_shape)
+    iterative = impute(model, x, mask, "iterative", rounds=4, generator=gen(2))
+    assert torch.equal(impute(model, x, mask, "matched", rounds=4, generator=gen(2)), iterative)
+    assert torch.equal(
+        impute(model, x, mask, "matched", rounds=4, generator=gen(2), dropout=0.0), iterative)
+    # the other methods ignore dropout
+    assert torch.equal(
+        impute(model, x, mask, "iterative", rounds=4, generator=gen(2), dropout=0.5), iterative)
+    one_pass = impute(model, x, mask, "onepass", generator=gen(2))
+    assert torch.equal(
+        impute(model, x, mask, "matched", rounds=1, generator=gen(2), dropout=0.5), one_pass)
+    with pytest.raises(ValueError, match="dropout"):
+        impute(model, x, mask, "matched", dropout=1.0)
+
+
+# The one-pass and iterative scores of the untrained QUICK model with generator seed 0 and 4
+# chunks of 30 images, as computed before the matched chain existed: adding a method must not
+# move them. Refresh only for a change that is MEANT to move them (masks, draws, model init).
+PINNED_NLL = {
+    "rand25": (11.164209661191173, 11.183383825227251),
+    "rand50": (22.39173173925949, 22.405374874975383),
+    "rand75": (33.483642341198376, 33.632247930240865),
+    "top_half": (22.116423789093634, 22.388595881958985),
+    "quadrant": (11.174731090829232, 11.186182296435723),
+}
+PINNED_ERROR = {
+    "rand25": (49.3125, 49.6875),
+    "rand50": (48.4375, 49.5),
+    "rand75": (50.4375, 50.791666666666664),
+    "top_half": (47.78125, 52.28125),
+    "quadrant": (48.3125, 51.1875),
+}
+
+
+def test_the_matched_chain_moves_no_number_of_the_other_two_chains(model, digits):
+    by_p = {p: evaluate_inpainting(model, digits, generator=gen(0), input_dropout=p,
+                                   rows_per_chunk=300)[0] for p in (0.0, 0.5)}
+    for name in MASKS:
+        for i, method in enumerate(("onepass", "iterative")):
+            key = f"inpaint_{name}_{method}"
+            for metrics in by_p.values():
+                assert metrics[f"{key}_nll"] == pytest.approx(PINNED_NLL[name][i], rel=1e-9)
+                assert metrics[f"{key}_error"] == pytest.approx(PINNED_ERROR[name][i],
+                                                                rel=1e-9)
+            assert by_p[0.0][f"{key}_nll"] == by_p[0.5][f"{key}_nll"]  # bit for bit
+        # p = 0: the matched scores are the iterative chain's; p > 0: its own
+        for s in ("nll", "error"):
+            assert (by_p[0.0][f"inpaint_{name}_matched_{s}"]
+                    == by_p[0.0][f"inpaint_{name}_iterative_{s}"])
+        assert (by_p[0.5][f"inpaint_{name}_matched_nll"]
+                != by_p[0.5][f"inpaint_{name}_iterative_nll"])
+    # control: the pins can fail (another generator seed moves every one of them)
+    other = evaluate_inpainting(model, digits, generator=gen(1), rows_per_chunk=300)[0]
+    for name in MASKS:
+        assert other[f"inpaint_{name}_onepass_nll"] != pytest.approx(PINNED_NLL[name][0],
+                                                                      rel=1e-6)
 
 
 def test_score_is_the_log_mean_exp_over_samples_of_the_missing_pixels_likelihood():
@@ -169,7 +277,8 @@ def test_nll_of_a_decoder_that_ignores_z_is_the_exact_bernoulli_cross_entropy(di
     x = digits.test.double()
     n = x.shape[0]
     # rows_per_chunk = 10 samples x 7 images: 15 chunks, so aggregation over chunks counts
-    metrics, rows = evaluate_inpainting(model, digits, generator=gen(), rows_per_chunk=70)
+    metrics, rows = evaluate_inpainting(model, digits, generator=gen(), rows_per_chunk=70,
+                                        input_dropout=0.5)
     for name in MASKS:
         mask = make_mask(name, n, digits.image_shape)
         cross_entropy = -torch.where(mask, x * log_p1 + (1 - x) * log_p0, 0.0).sum(1)
@@ -181,7 +290,7 @@ def test_nll_of_a_decoder_that_ignores_z_is_the_exact_bernoulli_cross_entropy(di
     # the shown images (8, gathered over two chunks) are the composites of sigmoid(b)
     mask = make_mask("quadrant", N_SAMPLE_IMAGES, digits.image_shape)
     expected = torch.where(mask, torch.sigmoid(bias), digits.test[:N_SAMPLE_IMAGES])
-    for what in ("one-pass", "iterative"):
+    for what in METHOD_LABELS.values():
         shown = [r["pixels"] for r in rows if r["kind"] == f"{what}: quadrant"]
         assert torch.allclose(torch.tensor(shown), expected, atol=1e-6)
 
@@ -194,7 +303,7 @@ def test_inpainting_needs_binarized_images(model, digits):
 # ------------------------------------------------------------------ input dropout
 def _plain_training(cfg: RunConfig, data) -> torch.nn.Module:
     """The trainer's loop before input dropout existed, written out: same draws, same ops."""
-    model = build_model(cfg, data.dim)
+    model = build_model(cfg, data.dim, pixel_mean=data.pixel_mean)  # as the trainer
     optimizer, bound = make_optimizer(model, cfg), objective_for(cfg)
     generator = make_generator(cfg.seed + bench.train._TRAIN_STREAM, "cpu")
     n = data.train.shape[0]
@@ -225,8 +334,8 @@ def _spy_on_training(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     pairs: list[list[torch.Tensor]] = []
     real_build = bench.train.build_model
 
-    def spying_build(cfg, n_data, seed=None, image_shape=None):
-        model = real_build(cfg, n_data, seed, image_shape=image_shape)
+    def spying_build(cfg, n_data, *args, **kwargs):
+        model = real_build(cfg, n_data, *args, **kwargs)
         decoder_log_prob = model.decoder.log_prob
 
         def encoder_input(module, args):
@@ -275,6 +384,9 @@ def test_dropout_training_with_inpainting_gives_every_metric_finite_and_determin
             assert math.isfinite(nll) and nll > 0
             assert 0 <= error <= 100
     assert metrics["inpaint_seconds"] > 0 and "inpaint_seconds" in MACHINE_METRICS
+    # the trainer hands its p to the matched chain: it is not the iterative chain here
+    assert all(metrics[f"inpaint_{name}_matched_nll"] != metrics[f"inpaint_{name}_iterative_nll"]
+               for name in MASKS)
     strip = lambda m: {key: v for key, v in m.items() if key not in MACHINE_METRICS}
     assert strip(metrics) == strip(b.metrics())
     assert a.samples == b.samples
@@ -289,7 +401,7 @@ def test_dropout_training_with_inpainting_gives_every_metric_finite_and_determin
     kinds = list(dict.fromkeys(row["kind"] for row in rows))
     assert kinds == ["truth"] + [
         f"{what}: {MASK_LABELS[name]}" for name in SAMPLE_MASKS
-        for what in ("masked", "one-pass", "iterative")
+        for what in ("masked", *METHOD_LABELS.values())
     ]
     by_kind = {kind: [r for r in rows if r["kind"] == kind] for kind in kinds}
     assert all(len(images) == N_SAMPLE_IMAGES for images in by_kind.values())
@@ -298,7 +410,7 @@ def test_dropout_training_with_inpainting_gives_every_metric_finite_and_determin
     assert torch.equal(truth, digits.test[:N_SAMPLE_IMAGES])
     masked = torch.tensor([r["pixels"] for r in by_kind["masked: top half"]])
     assert (masked[mask] == 0.5).all() and torch.equal(masked[~mask], truth[~mask])
-    for what in ("one-pass", "iterative"):
+    for what in METHOD_LABELS.values():
         filled = torch.tensor([r["pixels"] for r in by_kind[f"{what}: top half"]])
         assert torch.equal(filled[~mask], truth[~mask])
         assert ((filled[mask] > 0) & (filled[mask] < 1)).all()  # predictive means

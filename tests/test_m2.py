@@ -233,3 +233,124 @@ def test_a_non_finite_loss_ends_the_run_as_diverged():
     assert result.status == "diverged" and result.diverged_epoch is not None
     assert len(result.curves) == result.diverged_epoch
     assert "test_error" not in result.metrics()
+
+
+# --------------------------------------------------------------------------- alpha rule
+def test_default_alpha_is_the_papers_0_1_in_every_budget_of_the_suite():
+    from bench.suite import load_suite, resolve_suite_path
+
+    assert digits_cfg().alpha == 0.1
+    for budget in ("smoke", "cpu", "paper"):
+        suite = load_suite(resolve_suite_path("semisupervised"), budget=budget)
+        m2_runs = [v.config for v in suite.variants if v.config.model == "m2"]
+        assert m2_runs and all(cfg.alpha == 0.1 for cfg in m2_runs), budget
+
+
+def test_run_weights_the_classification_term_by_alpha_times_the_training_set_size(
+    monkeypatch
+):
+    """The loss the trainer minimises is J^alpha / N_train: mean U of the unlabelled batch
+    (weight 1), mean L of the labelled batch (weight N_l / N_train) and mean -log q(y|x) of the
+    labelled batch (weight alpha = 0.1), so J^alpha's classification term is
+    alpha * N_train * mean_l[-log q(y|x)] with N = the TRAINING SET size (450 here; not the
+    50 labels, not a batch). Checked on every step of a real run."""
+    import bench.families.m2 as m2
+
+    real = m2.semi_supervised_loss
+    n_train, n_lab = 450, 50
+    steps = []
+
+    def spy(model, x_u, x_l, y_l, **kwargs):
+        out = real(model, x_u, x_l, y_l, **kwargs)
+        assert kwargs["alpha"] == 0.1  # the default: the paper's alpha
+        assert kwargs["n_total"] == n_train and kwargs["n_labelled"] == n_lab
+        assert x_u.shape[0] in (100, 50) and x_l.shape[0] == n_lab  # B_l = min(100, N_l)
+        with torch.no_grad():
+            ce = torch.nn.functional.cross_entropy(model.classify(x_l), y_l)
+        torch.testing.assert_close(out.classification, ce)
+        torch.testing.assert_close(
+            out.loss, out.unlabelled + n_lab / n_train * out.labelled + 0.1 * ce)
+        steps.append(x_u.shape[0])
+        return out
+
+    monkeypatch.setattr(m2, "semi_supervised_loss", spy)
+    cfg = digits_cfg(epochs=1, train_size=n_train, test_size=20, labelled=n_lab, k_eval=1)
+    assert train_model(cfg, load_data(cfg)).status == "finished"
+    assert steps == [100, 100, 100, 100, 50]  # ceil(450 / 100) steps, the last one short
+
+
+# --------------------------------------------------------------------------- supervised only
+def _spy_on_training(monkeypatch) -> dict:
+    """Record, for the next run: the labelled subset drawn, the initial weights of q(y|x)
+    handed to the optimiser, and the optimiser steps taken."""
+    import bench.families.m2 as m2
+
+    seen: dict = {"steps": 0}
+    real_subset, real_make = m2.balanced_labelled_subset, m2.make_optimizer
+
+    def subset(labels, n, generator):
+        seen["subset"] = real_subset(labels, n, generator)
+        return seen["subset"]
+
+    def make(module, cfg):
+        classifier = module.classifier if isinstance(module, M2) else module
+        seen["initial"] = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
+        seen["trained"] = set(map(id, module.parameters()))
+        optimizer = real_make(module, cfg)
+        step = optimizer.step
+
+        def counted(*args, **kwargs):
+            seen["steps"] += 1
+            return step(*args, **kwargs)
+
+        optimizer.step = counted
+        return optimizer
+
+    monkeypatch.setattr(m2, "balanced_labelled_subset", subset)
+    monkeypatch.setattr(m2, "make_optimizer", make)
+    return seen
+
+
+def test_supervised_only_matches_m2_in_steps_labelled_subset_and_initial_weights(monkeypatch):
+    cfg = digits_cfg(epochs=3, train_size=450, test_size=50, labelled=50)
+    data = load_data(cfg)
+    seen_m2 = _spy_on_training(monkeypatch)
+    m2_result = train_model(cfg, data)
+    monkeypatch.undo()  # the next spy wraps the real functions, not the first spy
+    seen_sup = _spy_on_training(monkeypatch)
+    sup = train_model(cfg.replace(model="classifier"), data)
+    assert m2_result.status == sup.status == "finished"
+    # one step per unlabelled minibatch of M2: 3 epochs x ceil(450 / 100) = 15, both
+    assert seen_m2["steps"] == seen_sup["steps"] == 15
+    assert m2_result.metrics()["train_steps"] == sup.metrics()["train_steps"] == 15
+    assert len(sup.curves) == len(m2_result.curves) == 3
+    # the same labelled images
+    assert torch.equal(seen_m2["subset"], seen_sup["subset"])
+    # q(y|x) starts from M2's initial weights, and only q(y|x) is trained
+    assert seen_m2["initial"].keys() == seen_sup["initial"].keys()
+    for key, value in seen_m2["initial"].items():
+        assert torch.equal(value, seen_sup["initial"][key]), key
+    model = build_m2(cfg, data.dim, data.pixel_mean)
+    assert seen_sup["trained"] != set(map(id, model.parameters()))
+    assert len(seen_sup["trained"]) == len(list(model.classifier.parameters()))
+    # its metrics: M2's classifier scores, no generative ones, no analogies
+    metrics = sup.metrics()
+    assert {"test_error", "train_labelled_error", "train_steps"} <= set(metrics)
+    assert "test_unlabelled_bound" not in metrics and sup.samples == []
+    assert metrics["test_error"] != m2_result.metrics()["test_error"]
+
+
+def test_supervised_only_learns_from_the_labels_and_is_deterministic():
+    cfg = digits_cfg(model="classifier", epochs=20)
+    data = load_data(cfg)
+    a, b = train_model(cfg, data), train_model(cfg, data)
+    strip = lambda m: {k: v for k, v in m.items() if k not in MACHINE_METRICS}  # noqa: E731
+    assert strip(a.metrics()) == strip(b.metrics())
+    assert a.metrics()["train_labelled_error"] < 10  # 100 labels, 300 steps: fits them
+    assert a.metrics()["test_error"] < 45  # chance is 90 %
+    assert a.curves[-1].train_bound > a.curves[0].train_bound  # -CE rises
+
+
+def test_classifier_model_refuses_alpha():
+    with pytest.raises(BenchError, match="alpha"):
+        digits_cfg(model="classifier", alpha=0.5)

@@ -154,3 +154,63 @@ def test_summary_rows_blank_the_keys_a_family_does_not_use():
     assert table.rows[0][1:4] == ["vae", "1", "-"]
     assert table.rows[1][1:4] == ["-", "-", "200"]
     assert table.rows[2][1:4] == ["-", "-", "-"]
+
+
+def test_m2_is_shown_beside_its_supervised_only_baseline_at_each_n():
+    """The M2 figure has a supervised-only line, and the table pairs each M2 row with the
+    classifier row of the same training settings (never one of another budget's settings)."""
+    def row(model, n, mean, std, epochs=8):
+        return {"variant": f"model={model},labelled={n}", "cfg_model": model,
+                "cfg_labelled": n, "cfg_epochs": epochs, "cfg_alpha": 0.1,
+                "cfg_k": 1, "cfg_latent": [50], "cfg_hidden": [[500]], "cfg_seed": 0,
+                "metric_test_error_mean": mean, "metric_test_error_std": std,
+                "metric_test_error_n": 2}
+    summary = pd.DataFrame([
+        row("m2", 100, 30.0, 1.0), row("m2", 600, 18.0, 0.5),
+        row("classifier", 100, 27.0, 0.8), row("classifier", 600, 15.0, 0.6),
+        row("classifier", 1000, 12.0, 0.4),  # no M2 row at 1000: no pair
+        row("classifier", 600, 99.0, 0.0, epochs=3),  # other settings: never paired
+    ])
+    table = report.semisupervised_data(summary)
+    assert list(table["labelled"]) == [100, 600]
+    assert list(table["diff"]) == pytest.approx([3.0, 3.0])
+    assert list(table["sup_mean"]) == [27.0, 15.0]
+    rendered = report.semisupervised_table(table)
+    assert rendered.rows[0] == ["100", "30.00 ± 1.00", "27.00 ± 0.80", "+3.00", "2 / 2"]
+    lines = report.axis_metric_data(summary, "metric_test_error", "labelled",
+                                    summary["cfg_model"].isin(["m2", "classifier"]))
+    assert set(lines["line"]) == {"M2", "supervised only"}
+    assert report.semisupervised_data(summary[summary["cfg_model"] == "m2"]) is None
+    # the summary table blanks alpha and k for the baseline, not for M2
+    table, _ = report.summary_tables(
+        summary.assign(seeds=1, finished=1, failed=0, diverged=0,
+                       alpha=0.1, k=1, labelled=summary["cfg_labelled"]),
+        ["labelled", "alpha", "k"])
+    assert table.rows[0][1:4] == ["100", "0.1", "1"]
+    assert table.rows[2][1:4] == ["100", "-", "-"]
+
+
+def test_dropout_models_show_the_ess_beside_their_test_ll():
+    runs = pd.DataFrame([
+        {"variant": f"input_dropout={p}", "status": "finished", "cfg_input_dropout": p,
+         "cfg_seed": seed, "metric_test_ll": ll, "metric_ess": ess, "metric_test_elbo": ll - 2}
+        for p, seed, ll, ess in ((0.5, 0, -117.0, 0.01), (0.5, 1, -118.0, 0.03),
+                                 (0.0, 0, -104.0, 0.2), (0.0, 1, -104.0, 0.2))])
+    table = report.dropout_ll_data(runs)
+    assert list(table["input_dropout"]) == [0.0, 0.5]
+    assert table.iloc[1]["ess_mean"] == pytest.approx(0.02)
+    assert table.iloc[1]["ll_mean"] == pytest.approx(-117.5)
+    rendered = report.dropout_ll_table(table)
+    assert rendered.headers[2:4] == ["test LL (nats)", "ESS / k_eval"]
+    assert rendered.rows[1][3] == "0.0200 ± 0.0141"
+    # no dropout-trained model: no table
+    assert report.dropout_ll_data(runs.assign(cfg_input_dropout=0.0)) is None
+
+
+def test_inpainting_section_shows_the_matched_chain_and_the_ess(family_results):
+    _, _, md = family_results
+    section = md[md.index("## Suite inpainting"):]
+    section = section[:section.find("\n## Suite ", 1)]
+    assert "matched: the iterative chain" in section
+    assert re.search(r"\| input_dropout=0\.5 \| 0\.5 \| -[0-9.]+( ± [0-9.]+)? \| "
+                     r"[0-9.]+( ± [0-9.]+)? \|", section)  # test LL, then its ESS

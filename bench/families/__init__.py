@@ -5,6 +5,8 @@
     cvae            bench.families.cvae: conditional VAE (class labels, or MNIST quadrants)
     conditional_nn  bench.families.cvae: the deterministic baseline of the quadrant task
     m2              bench.families.m2: the semi-supervised VAE of Kingma et al. 2014
+    classifier      bench.families.m2: M2's classifier alone on the labelled subset (the
+                    supervised-only baseline)
 
 `train_model(cfg, dataset, ...)` is the one entry point the runner and the CLI call; it
 hands `cfg.model` to its family. A family's result has the same surface as the lvm
@@ -59,7 +61,7 @@ def train_model(
         from bench.families import mixture as family
     elif cfg.model in ("cvae", "conditional_nn"):
         from bench.families import cvae as family
-    elif cfg.model == "m2":
+    elif cfg.model in ("m2", "classifier"):
         from bench.families import m2 as family
     else:  # config validation makes this unreachable
         raise ValueError(f"no model family {cfg.model!r}")

@@ -32,46 +32,86 @@ quadrants, the output y the missing pixels; the given quadrants are Pyro's:
                     conditional ELBO  E_q log p(y|x,z) - beta KL(q(z|x,y) || p(z|x)) (closed
                     form between diagonal Gaussians) or the IWAE bound with weights
                     p(y|x,z) p(z|x) / q(z|x,y). ReLU MLPs as in Pyro (hidden[0], latent[0]).
-    A cvae run first trains its baseline for `epochs` epochs (exactly the conditional_nn run
-    of the same seed), then the CVAE for `epochs` epochs: its curves hold 2 * epochs records,
-    the first half the baseline's -cross-entropy, the second half the CVAE's bound (both a
-    log-likelihood of the missing pixels, nats per image, higher is better).
+    A cvae run first trains its baseline (exactly the conditional_nn run of the same config
+    and seed), then the CVAE, each stage for at most `epochs` epochs (the lr schedule's);
+    its curves hold the baseline's records first (nn_epochs_run of them: minus the
+    cross-entropy), then the CVAE's (cvae_epochs_run: its bound), both nats per image,
+    higher is better.
     Hidden pixels never reach the prior or generation networks: the networks read the given
     pixels by index (and the prior the baseline's guess, itself a function of them).
     Metrics (nats per test image; lower is better for every *_cll):
         test_cll    conditional_nn: the exact negative CLL -log p(y|x), the summed
                     cross-entropy over the missing pixels. cvae: estimated the way Pyro's
-                    table ("CVAE (Monte Carlo)") is: Trace_ELBO's loss, i.e. the negative
-                    conditional ELBO with z ~ q(z|x,y) and the Monte Carlo KL,
-                    -(1/K) sum_k log [p(y|x,z_k) p(z_k|x) / q(z_k|x,y)]. It upper-bounds
-                    -log p(y|x) in expectation. Pyro used K = 10 particles; we use K = k_eval
-                    (same expectation, less noise).
+                    table ("CVAE (Monte Carlo)", util.generate_table) is: Trace_ELBO's loss,
+                    i.e. the negative conditional ELBO with z ~ q(z|x,y) and the Monte Carlo
+                    KL, -(1/K) sum_k log [p(y|x,z_k) p(z_k|x) / q(z_k|x,y)], K = k_eval
+                    (Pyro: num_particles = 10). It upper-bounds -log p(y|x) in expectation,
+                    and its expectation does not depend on K.
         test_cll_is (cvae) the importance-sampling estimate -log (1/K) sum_k w_k from the same
                     K = k_eval samples: tighter (never above test_cll, equal at K = 1) and
                     consistent as K grows (Sohn et al.'s importance-sampling estimate).
         rate        (cvae) KL(q(z|x,y) || p(z|x)), closed form.
         nn_test_cll (cvae) the exact test_cll of the cvae's own baseline network.
         test_cll_marginal  a floor every model must beat: independent Bernoulli pixels with
-                    the training set's mean intensity (add-one smoothed), exact.
-    Both conditions also record eval_seconds (the test-set estimates, samples excluded).
+                    the mean intensity of the images trained on (add-one smoothed), exact.
     Samples (10 test images each): "input (given quadrants)" with the hidden area at 0.5 grey,
     "prediction" (cvae: the decoder mean at one z from the prior network; conditional_nn: its
     probabilities; given pixels composited in), "truth".
-    Data: training images binarized afresh per minibatch (binarize_dynamic), the test set
-    binarized once (bench.data). Pyro scored grey-level MNIST with a Bernoulli cross-entropy;
-    we score binarized digits, so our numbers are comparable in kind, not exactly.
     Architecture differences from Pyro: its networks read 784-pixel images with the hidden
     pixels set to -1 and emit 784 outputs of which the hidden ones are used; ours read and
     emit only the pixels that carry information (the constant -1 inputs only shift biases).
     Pyro's generation network reads z alone; ours reads (x, z) as in Sohn et al.'s p(y|x,z).
+    Pyro's Gaussian heads emit log sigma; ours emit log sigma^2 (the same family).
+
+Data: what the numbers mean (both conditions).
+    binarize = true (the default): training images are binarized afresh per minibatch
+        (binarize_dynamic), the test set once (bench.data); inputs and targets are 0/1, the
+        Bernoulli likelihood is a proper probability mass function, and every *_ll / *_cll
+        is a (bound on a) log-likelihood of binary pixels, in nats.
+    binarize = false (Pyro's protocol): inputs AND targets are the grey intensities in
+        [0, 1] (as stored by bench.data: byte / 256; Pyro's torchvision tensors are
+        byte / 255), never binarized, and the "Bernoulli log-likelihood" of a grey target t
+        under probability p is minus the cross-entropy t log p + (1 - t) log(1 - p) (binary
+        cross-entropy with soft targets, Pyro's MaskedBCELoss and Bernoulli(validate_args =
+        False)). That is NOT a likelihood: exp(-cross-entropy) is not normalised over grey
+        values, and even a perfect model pays the entropy of the targets (for MNIST's test
+        set ~35 / 26 / 13 nats over the missing pixels with 1 / 2 / 3 quadrants given). So
+        test_cll is Pyro's quantity (cross-entropy, or its ELBO-style Monte Carlo estimate),
+        comparable with Pyro's table and with other grey-level runs only, never with
+        binarized runs; test_cll_is is the same log-mean-exp of the unnormalised weights
+        exp(-cross-entropy) p(z|x) / q(z|x,y), still never above test_cll; rate is a proper
+        KL; test_cll_marginal the cross-entropy of the grey targets against the smoothed mean
+        intensities; the label cvae's test_ll / test_elbo are likewise minus cross-entropies.
+        Samples show grey truths and the predicted intensities.
+
+Validation and early stopping (both conditions).
+    validation_size = n > 0 holds out the LAST n training images: they are never trained on
+    (nor used for the authors' output-bias initialisation or test_cll_marginal). After every
+    epoch each training stage (the baseline, then the CVAE) computes its validation loss: the
+    same estimator as its training loss (the baseline's exact cross-entropy; the CVAE's or
+    label CVAE's negative bound with cfg.k samples), mean per image, with binarization and
+    latent noise drawn from a generator re-seeded identically for every evaluation, so the
+    curve is reproducible and epochs are compared on common random numbers. It is stored
+    in the curves as valid_bound (minus the loss). patience = P > 0 applies Pyro's rule
+    (examples/cvae baseline.py and cvae.py): an epoch improves when its validation loss is
+    strictly below the best so far; otherwise a counter of epochs without improvement goes
+    up by one (an improvement resets it), and the stage stops once the counter reaches P,
+    i.e. P epochs after its best epoch. The best epoch's weights are then restored, so
+    every metric is that of the best epoch. patience = 0 trains every epoch and keeps the
+    last weights. Pyro selects on the MNIST test split (its "val" loader); we never do.
+    Metrics per stage (prefix nn_ for the baseline, cvae_ for the CVAE): *_epochs_run (always;
+    epochs run, at most `epochs`), and with a validation split *_best_epoch (1-based within
+    the stage; for a cvae's CVAE stage its curve record is nn_epochs_run + cvae_best_epoch)
+    and *_valid_loss (the best validation loss, nats per image).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -83,17 +123,12 @@ from bench.errors import BenchError
 from bench.families import FamilyResult, OnEpoch
 from bench.metrics.blur import image_rows
 from bench.metrics.likelihood import DEFAULT_ROWS_PER_CHUNK
+from bench.models.init import init_authors
 from bench.models.lvm import ModelSample
 from bench.models.posteriors import LOG_2PI, ConditionalGaussian, gaussian_log_prob, mlp
 from bench.objectives import objective_for
-from bench.train import (
-    _EVAL_STREAM,
-    _TRAIN_STREAM,
-    EpochRecord,
-    make_generator,
-    make_optimizer,
-    train_epochs,
-)
+from bench.optim import loss_scale, make_optimizer
+from bench.train import _EVAL_STREAM, _TRAIN_STREAM, EpochRecord, make_generator, train_epochs
 
 # quadrants given as input for each value of given_quadrants (Pyro's MaskImages)
 GIVEN_QUADRANTS: dict[int, tuple[str, ...]] = {
@@ -397,13 +432,23 @@ def nn_cross_entropy(model: ConditionalNN, x: torch.Tensor, batch: int = 4096) -
 def pixel_marginal_cll(train: torch.Tensor, test: torch.Tensor, missing: torch.Tensor
                        ) -> torch.Tensor:
     """(N,) float64 exact -log p(y) of the test images' missing pixels under independent
-    Bernoullis with the training mean intensity, add-one smoothed (p = (s + 1) / (n + 2))."""
+    Bernoullis with the training mean intensity, add-one smoothed (p = (s + 1) / (n + 2));
+    with grey-level images the cross-entropy of the grey targets against those p."""
     p = (train.sum(0, dtype=torch.float64)[missing] + 1.0) / (train.shape[0] + 2.0)
     y = test[:, missing].double()
     return -(y * torch.log(p) + (1 - y) * torch.log1p(-p)).sum(-1)
 
 
 # ----------------------------------------------------------------------------- training
+#: offset of the validation estimator's stream from cfg.seed (bench.train's streams are 0
+#: and 1_000_003); the generator is re-seeded with it for every evaluation
+_VALID_STREAM = 2_000_029
+VALID_CHUNK = 1000  # validation images per forward pass
+
+# a stage's loss: (minibatch (B, D), its one-hot labels (B, C) or None, noise) -> 0-d mean
+StageLoss = Callable[[torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
+
+
 @dataclass
 class Fitted:
     """A trained model with its training record."""
@@ -413,23 +458,70 @@ class Fitted:
     curves: list[EpochRecord]
     train_seconds: float
     diverged_epoch: int | None = None
+    # per stage (nn_, cvae_): epochs_run; with a validation split best_epoch, valid_loss
+    stage_metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A run's training data: what it trains on, and the held-out validation images."""
+
+    fit: Dataset  # the data set with train / train_labels cut to the images trained on
+    valid: torch.Tensor | None  # (validation_size, D) the LAST training images; None if 0
+    valid_labels: torch.Tensor | None
+
+
+def split_validation(cfg: RunConfig, dataset: Dataset) -> Split:
+    """Hold out the last cfg.validation_size training images (nothing when it is 0)."""
+    n_valid, n = cfg.validation_size, dataset.train.shape[0]
+    if n_valid == 0:
+        return Split(dataset, None, None)
+    if n_valid >= n:
+        raise BenchError(f"key 'validation_size' = {n_valid} leaves no image to train on "
+                         f"(the training set has {n})")
+    cut = n - n_valid
+    factors = dataset.train_factors
+    fit_data = dataclasses.replace(dataset, train=dataset.train[:cut],
+                                   train_labels=dataset.train_labels[:cut],
+                                   train_factors=None if factors is None else factors[:cut])
+    return Split(fit_data, dataset.train[cut:], dataset.train_labels[cut:])
 
 
 def build(cfg: RunConfig, dataset: Dataset) -> Model:
     """The untrained model of `cfg`, weights drawn from cfg.seed with the global RNG left
-    untouched (on the CPU; move it to a device afterwards)."""
+    untouched (on the CPU; move it to a device afterwards), initialised by cfg.init (authors:
+    every Bernoulli output bias is the logit of the training pixel means it predicts).
+    `dataset` is the data trained on (fit() passes split_validation's `fit`)."""
     hidden, latent = tuple(cfg.hidden[0]), cfg.latent[0]
+    init = cfg.init == "authors"
+    pixel_mean = dataset.pixel_mean
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         if cfg.condition == "label":
-            return LabelCVAE(dataset.dim, _n_classes(dataset), hidden, latent)
-        given, _ = quadrant_masks(dataset.image_shape, cfg.given_quadrants)
-        # the baseline is built first, from the same seed: a cvae's baseline is identical to
-        # the conditional_nn of the same config and seed
+            model = LabelCVAE(dataset.dim, _n_classes(dataset), hidden, latent)
+            if init:
+                init_authors(model, _output_linear(model.decoder), pixel_mean)
+            return model
+        given, missing = quadrant_masks(dataset.image_shape, cfg.given_quadrants)
+        # the baseline is built (and initialised) first, from the same seed: a cvae's
+        # baseline is identical to the conditional_nn of the same config and seed
         baseline = ConditionalNN(given, hidden)
+        if init:
+            init_authors(baseline, baseline.net[-1], pixel_mean[missing])
         if cfg.model == "conditional_nn":
             return baseline
-        return QuadrantCVAE(baseline, hidden, latent)
+        model = QuadrantCVAE(baseline, hidden, latent)
+        if init:
+            for network in (model.prior_net, model.recognition_net):
+                init_authors(network, None, None)
+            init_authors(model.generation_net, _output_linear(model.generation_net),
+                         pixel_mean[missing])
+        return model
+
+
+def _output_linear(network: nn.Module) -> nn.Linear:
+    """The last linear layer with a bias: a SplitInputMLP's output layer."""
+    return [m for m in network.modules() if isinstance(m, nn.Linear) and m.bias is not None][-1]
 
 
 def fit(
@@ -439,30 +531,32 @@ def fit(
     device: torch.device | str = "cpu",
     on_epoch: OnEpoch | None = None,
 ) -> Fitted:
-    """Build and train `cfg`'s model (a quadrant cvae: baseline first, then the CVAE)."""
+    """Build and train `cfg`'s model (a quadrant cvae: baseline first, then the CVAE) on
+    the training images left after split_validation, early-stopping on the held-out ones."""
     _check(cfg, dataset)
     device = torch.device(device)
-    model = build(cfg, dataset).to(device)
+    split = split_validation(cfg, dataset)
+    data = split.fit
+    model = build(cfg, data).to(device)
     generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
-    x_train = dataset.train.to(device)
     bound = objective_for(cfg)
+    loop = _Loop(cfg, data, split, device, generator, on_epoch)
     if isinstance(model, LabelCVAE):
-        loop = _Loop(cfg, dataset.binarized, x_train, generator, on_epoch, cfg.epochs)
-        onehot = F.one_hot(dataset.train_labels, model.n_classes).float().to(device)
-        loop.stage(model.parameters(),
-                   lambda xb, rows: -bound(model(xb, onehot[rows], cfg.k, generator)).mean())
+        loop.labels(model.n_classes)
+        loop.stage("cvae", model.parameters(),
+                   lambda xb, yb, gen: -bound(model(xb, yb, cfg.k, gen)).mean())
     else:
         baseline = model if isinstance(model, ConditionalNN) else model.baseline
-        loop = _Loop(cfg, dataset.binarized, x_train, generator, on_epoch,
-                     cfg.epochs * (1 if model is baseline else 2))
+        loop.total *= 1 if model is baseline else 2
         baseline.requires_grad_(True)
-        loop.stage(baseline.parameters(), lambda xb, rows: -baseline.log_prob(xb).mean())
+        loop.stage("nn", baseline.parameters(),
+                   lambda xb, yb, gen: -baseline.log_prob(xb).mean())
         baseline.requires_grad_(False)
         if isinstance(model, QuadrantCVAE) and loop.diverged_epoch is None:
             trainable = [p for name, p in model.named_parameters()
                          if not name.startswith("baseline.")]
-            loop.stage(trainable,
-                       lambda xb, rows: -bound(model(xb, cfg.k, generator)).mean())
+            loop.stage("cvae", trainable,
+                       lambda xb, yb, gen: -bound(model(xb, cfg.k, gen)).mean())
     model.eval()
     return Fitted(
         model=model,
@@ -470,42 +564,128 @@ def fit(
         curves=loop.curves,
         train_seconds=time.perf_counter() - loop.start,
         diverged_epoch=loop.diverged_epoch,
+        stage_metrics=loop.metrics,
     )
+
+
+class EarlyStopping:
+    """Pyro's early-stopping rule (examples/cvae: baseline.train and cvae.train). Feed it
+    each epoch's validation loss with `update`: an epoch improves when its loss is strictly
+    below the best so far (the first finite loss always is); otherwise the count of epochs
+    without improvement goes up by one, and an improvement resets it to 0. `stop` is true
+    once that count reaches `patience` (never for patience 0), i.e. `patience` epochs after
+    the best one. NaN never improves."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_loss = math.inf
+        self.best_epoch: int | None = None  # 1-based, among the updates
+        self.epochs = 0
+        self.without_improvement = 0
+
+    def update(self, loss: float) -> bool:
+        """Record the next epoch's loss; True when it is the new best."""
+        self.epochs += 1
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch = loss, self.epochs
+            self.without_improvement = 0
+            return True
+        self.without_improvement += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.patience > 0 and self.without_improvement >= self.patience
+
+
+@torch.no_grad()
+def validation_loss(loss: StageLoss, x: torch.Tensor, y: torch.Tensor | None, *,
+                    binarized: bool, seed: int, chunk: int = VALID_CHUNK) -> float:
+    """Mean of `loss` over the validation images x (and one-hot labels y), in chunks, with a
+    generator seeded afresh from `seed` (binarization, then the loss's noise, per chunk): the
+    same value for the same weights, whenever it is called."""
+    generator = make_generator(seed, x.device)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for lo in range(0, x.shape[0], chunk):
+        xb = x[lo:lo + chunk]
+        if binarized:
+            xb = binarize_dynamic(xb, generator)
+        yb = None if y is None else y[lo:lo + chunk]
+        total += loss(xb, yb, generator).double() * xb.shape[0]
+    return float(total) / x.shape[0]
 
 
 class _Loop:
     """Training stages sharing one record: curves and on_epoch span all stages, and a stage
-    after a diverged one does not run."""
+    after a diverged one does not run. With a validation split each stage early-stops on it
+    (see the module doc) and leaves its metrics in `metrics`."""
 
-    def __init__(self, cfg: RunConfig, binarized: bool, x_train: torch.Tensor,
-                 generator: torch.Generator, on_epoch: OnEpoch | None, total: int):
-        self.cfg, self.binarized, self.x, self.generator = cfg, binarized, x_train, generator
-        self.on_epoch, self.total = on_epoch, total
+    def __init__(self, cfg: RunConfig, data: Dataset, split: Split, device: torch.device,
+                 generator: torch.Generator, on_epoch: OnEpoch | None):
+        self.cfg, self.binarized, self.generator = cfg, data.binarized, generator
+        self.x = data.train.to(device)
+        self.x_valid = None if split.valid is None else split.valid.to(device)
+        self.y: torch.Tensor | None = None  # one-hot labels (label cvae only)
+        self.y_valid: torch.Tensor | None = None
+        self._labels = (data.train_labels, split.valid_labels)
+        self.on_epoch, self.total = on_epoch, cfg.epochs  # total: the most epochs, all stages
         self.curves: list[EpochRecord] = []
+        self.metrics: dict[str, float | None] = {}
         self.diverged_epoch: int | None = None
         self.start = time.perf_counter()
 
-    def stage(self, parameters, batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-              ) -> None:
-        """Adam on `parameters` for the config's epochs and learning-rate schedule."""
+    def labels(self, n_classes: int) -> None:
+        """Pass each minibatch's one-hot class labels to the loss (the label cvae)."""
+        train, valid = self._labels
+        self.y = F.one_hot(train, n_classes).float().to(self.x.device)
+        if self.x_valid is not None:
+            self.y_valid = F.one_hot(valid, n_classes).float().to(self.x.device)
+
+    def stage(self, name: str, parameters, loss: StageLoss) -> None:
+        """cfg.optimizer on `parameters` for the config's epochs and learning-rate schedule
+        (at most: early stopping may end it sooner and restore its best epoch's weights)."""
         cfg = self.cfg
+        parameters = list(parameters)
         optimizer = make_optimizer(parameters, cfg)
 
         def step(rows: torch.Tensor) -> torch.Tensor:
             xb = self.x[rows]
             if self.binarized:
                 xb = binarize_dynamic(xb, self.generator)
-            loss = batch_loss(xb, rows)
+            batch_loss = loss(xb, None if self.y is None else self.y[rows], self.generator)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (batch_loss * loss_scale(cfg, rows.shape[0])).backward()
             optimizer.step()
-            return loss.detach()
+            return batch_loss.detach()
 
-        lrs = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]
-        self.diverged_epoch = train_epochs(
-            lrs, step, n=self.x.shape[0], batch_size=cfg.batch_size, optimizer=optimizer,
-            generator=self.generator, curves=self.curves, start=self.start,
-            on_epoch=self.on_epoch, total=self.total)
+        first = len(self.curves)
+        stopper = EarlyStopping(cfg.patience)
+        best_weights: list[torch.Tensor] | None = None
+        for lr in [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]:
+            # one epoch per call: the same permutations and draws as one call for all epochs
+            self.diverged_epoch = train_epochs(
+                [lr], step, n=self.x.shape[0], batch_size=cfg.batch_size, optimizer=optimizer,
+                generator=self.generator, curves=self.curves, start=self.start,
+                on_epoch=self.on_epoch, total=self.total)
+            if self.diverged_epoch is not None:
+                return
+            if self.x_valid is None:
+                continue
+            valid = validation_loss(loss, self.x_valid, self.y_valid, binarized=self.binarized,
+                                    seed=cfg.seed + _VALID_STREAM)
+            self.curves[-1].valid_bound = -valid
+            if stopper.update(valid) and cfg.patience:
+                best_weights = [p.detach().clone() for p in parameters]
+            if stopper.stop:
+                break
+        if best_weights is not None:  # patience > 0: the best epoch's weights
+            with torch.no_grad():
+                for p, best in zip(parameters, best_weights, strict=True):
+                    p.copy_(best)
+        self.metrics[f"{name}_epochs_run"] = len(self.curves) - first
+        if self.x_valid is not None:
+            self.metrics[f"{name}_best_epoch"] = stopper.best_epoch
+            self.metrics[f"{name}_valid_loss"] = stopper.best_loss
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -541,8 +721,9 @@ def evaluate(
     if not isinstance(model, LabelCVAE):
         missing = torch.zeros(dataset.dim, dtype=torch.bool)
         missing[model.missing_index.cpu()] = True
+        trained_on = split_validation(cfg, dataset).fit.train  # never the held-out images
         metrics["test_cll_marginal"] = float(
-            pixel_marginal_cll(dataset.train, dataset.test, missing).mean())
+            pixel_marginal_cll(trained_on, dataset.test, missing).mean())
     metrics["eval_seconds"] = time.perf_counter() - start
     return metrics, _samples(model, dataset, x, generator)
 
@@ -579,6 +760,7 @@ def run(
     if fitted.status == "finished":
         generator = make_generator(cfg.seed + _EVAL_STREAM, torch.device(device))
         metrics, samples = evaluate(fitted.model, cfg, dataset, generator=generator)
+        metrics.update(fitted.stage_metrics)
     return FamilyResult(
         status=fitted.status,
         curves=fitted.curves,

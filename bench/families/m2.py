@@ -36,6 +36,12 @@ cfg.alpha = 0.1 is the factor in front of N, and the classification term of J^al
 
     alpha * N * mean_{labelled}[-log q(y|x)]   (= alpha * N / N_l per labelled example).
 
+Divided by N (the loss below), that is alpha * mean_{labelled}[-log q(y|x)] beside the MEAN
+per-image bound: the paper's rule fixes the classification term at 0.1 relative to the mean
+bound, whatever the data set size. A budget that trains on fewer images (train_size) keeps
+alpha = 0.1; raising alpha so that alpha * N stays at 0.1 * 50,000 (the paper's absolute
+weight) is not the paper's rule but a 50,000 / N times stronger classifier term.
+
 Minibatch loss. Each step takes B_u unlabelled images (an epoch is one pass over the training
 set in a fresh random order) and B_l = min(batch_size, N_l) labelled images cycled from the
 labelled set (a fresh permutation whenever it runs out). Scaling each sum up to its data set
@@ -47,6 +53,17 @@ so the labelled and unlabelled terms keep the paper's relative weight whatever t
 (the authors' code, with n_minibatches batches of both sets, computes the same estimate).
 The reported train bound is the epoch's mean of -loss (nats per training image).
 Inputs are binarized per minibatch (`binarize_dynamic`); the test set is binarized once.
+
+Supervised-only baseline (config model = "classifier"): what M2 would score without the
+unlabelled images. The SAME network q(y|x) (the classifier of the M2 that `build_m2` builds
+for the config, so the same initial weights), the same class-balanced labelled subset (the
+same seed stream), the same optimiser (`make_optimizer`, `loss_scale`; over the classifier's
+parameters only), the same labelled minibatch size B_l = min(batch_size, N_l) drawn the same
+way (cycled, dynamically binarized), and the same number of optimisation steps as the M2 run
+of the config: one per unlabelled minibatch, i.e. cfg.epochs * ceil(N / batch_size), with the
+same learning-rate schedule. Its loss is mean_{B_l}[-log q(y|x)] alone (the sum, times B_l,
+for burda_adam). Metrics: test_error and train_labelled_error as M2's, and train_steps (also
+stored by M2); no unlabelled bound and no analogies (it has no generative model).
 """
 
 from __future__ import annotations
@@ -65,15 +82,10 @@ from bench.data import Dataset, binarize_dynamic
 from bench.errors import BenchError
 from bench.families import FamilyResult
 from bench.metrics.blur import image_rows
+from bench.models.init import init_authors
 from bench.models.posteriors import LOG_2PI, mlp
-from bench.train import (
-    _EVAL_STREAM,
-    _TRAIN_STREAM,
-    EpochRecord,
-    make_generator,
-    make_optimizer,
-    train_epochs,
-)
+from bench.optim import loss_scale, make_optimizer
+from bench.train import _EVAL_STREAM, _TRAIN_STREAM, EpochRecord, make_generator, train_epochs
 
 N_CLASSES = 10
 N_ANALOGIES = 10  # test images shown (columns), each decoded under every class (rows)
@@ -186,9 +198,10 @@ class M2(nn.Module):
         return (q * (bounds - log_q)).sum(0)  # sum_y q (-L) + H(q)
 
 
-def build_m2(cfg: RunConfig, n_data: int) -> M2:
-    """The M2 a config describes, weights initialised from cfg.seed without touching the
-    caller's global RNG."""
+def build_m2(cfg: RunConfig, n_data: int, pixel_mean: torch.Tensor | None = None) -> M2:
+    """The M2 a config describes, weights initialised from cfg.seed by cfg.init without
+    touching the caller's global RNG (authors: the decoder's output bias is the logit of
+    `pixel_mean`, the training pixel means, when given)."""
     if len(cfg.latent) != 1 or len(cfg.hidden) != 1:
         raise BenchError(f"model 'm2' has one stochastic layer: keys 'hidden' and 'latent' need "
                          f"one entry each, got {len(cfg.hidden)} and {len(cfg.latent)}")
@@ -196,7 +209,10 @@ def build_m2(cfg: RunConfig, n_data: int) -> M2:
         raise BenchError("model 'm2' needs key 'hidden' = [[sizes]] with at least one size")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return M2(n_data, cfg.hidden[0], cfg.latent[0], analytic_kl=cfg.analytic_kl)
+        model = M2(n_data, cfg.hidden[0], cfg.latent[0], analytic_kl=cfg.analytic_kl)
+        if cfg.init == "authors":
+            init_authors(model, model.decoder_out[-1], pixel_mean)
+        return model
 
 
 # --------------------------------------------------------------------------- the objective
@@ -326,21 +342,33 @@ def _check(cfg: RunConfig) -> None:
                          f"beta 1 (got objective '{cfg.objective}', beta {cfg.beta:g})")
 
 
+def _labelled_data(cfg: RunConfig, dataset: Dataset, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(training images, labelled images, their labels) on `device`: the cfg.labelled
+    class-balanced images drawn from the seed's own stream, the same for M2 and the
+    supervised-only classifier of one config."""
+    labelled_idx = balanced_labelled_subset(
+        dataset.train_labels, cfg.labelled, make_generator(cfg.seed + _LABELLED_STREAM, "cpu"))
+    x_train = dataset.train.to(device)
+    x_lab = x_train[labelled_idx.to(device)]
+    y_lab = dataset.train_labels[labelled_idx].to(device)
+    return x_train, x_lab, y_lab
+
+
 def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
         on_epoch: Callable[[EpochRecord, int], None] | None = None) -> FamilyResult:
     """Train M2 on `dataset` (labels of cfg.labelled balanced training images, the rest used
     unlabelled), then evaluate: test error of argmax q(y|x), mean test -U(x) at cfg.k_eval,
-    error on the labelled subset, and the analogy images."""
+    error on the labelled subset, and the analogy images. Model "classifier": the
+    supervised-only baseline instead (`run_classifier`)."""
+    if cfg.model == "classifier":
+        return run_classifier(cfg, dataset, device=device, on_epoch=on_epoch)
     _check(cfg)
     device = torch.device(device)
-    labelled_idx = balanced_labelled_subset(
-        dataset.train_labels, cfg.labelled, make_generator(cfg.seed + _LABELLED_STREAM, "cpu"))
-    x_train = dataset.train.to(device)
+    x_train, x_lab, y_lab = _labelled_data(cfg, dataset, device)
     n = x_train.shape[0]
-    x_lab = x_train[labelled_idx.to(device)]
-    y_lab = dataset.train_labels[labelled_idx].to(device)
     n_lab = x_lab.shape[0]
-    model = build_m2(cfg, dataset.dim).to(device)
+    model = build_m2(cfg, dataset.dim, dataset.pixel_mean).to(device)
     optimizer = make_optimizer(model, cfg)
     generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
     labelled_batches = _Cycler(n_lab, min(cfg.batch_size, n_lab), generator, device)
@@ -348,8 +376,10 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
 
     curves: list[EpochRecord] = []
     start = time.perf_counter()
+    steps = 0
 
     def step(rows: torch.Tensor) -> torch.Tensor:
+        nonlocal steps
         x_u = x_train[rows]
         pick = labelled_batches.next()
         x_l, y_l = x_lab[pick], y_lab[pick]
@@ -358,8 +388,9 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
         terms = semi_supervised_loss(model, x_u, x_l, y_l, n_total=n, n_labelled=n_lab,
                                      alpha=cfg.alpha, k=cfg.k, generator=generator)
         optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
+        (terms.loss * loss_scale(cfg, rows.shape[0])).backward()
         optimizer.step()
+        steps += 1
         return terms.loss.detach()
 
     diverged_epoch = train_epochs(epoch_lrs, step, n=n, batch_size=cfg.batch_size,
@@ -382,8 +413,67 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
             "test_unlabelled_bound": mean_unlabelled_bound(model, x_test, cfg.k_eval,
                                                            generator=eval_generator),
             "train_labelled_error": error_percent(model, x_lab_eval, y_lab),
+            "train_steps": steps,
         }
         samples = analogy_records(model, dataset, device)
         metrics["eval_seconds"] = time.perf_counter() - eval_start
     return FamilyResult(status=status, curves=curves, train_seconds=train_seconds,
                         family_metrics=metrics, samples=samples, diverged_epoch=diverged_epoch)
+
+
+def run_classifier(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
+                   on_epoch: Callable[[EpochRecord, int], None] | None = None) -> FamilyResult:
+    """The supervised-only baseline of the M2 run of the same config (module docstring):
+    M2's classifier trained on the labelled cross-entropy alone, with the same initial
+    weights, labelled subset, optimiser, labelled batch size and number of steps. An epoch is
+    M2's epoch: ceil(N / batch_size) steps (the unlabelled images only set the count)."""
+    device = torch.device(device)
+    x_train, x_lab, y_lab = _labelled_data(cfg, dataset, device)
+    n = x_train.shape[0]
+    n_lab = x_lab.shape[0]
+    model = build_m2(cfg, dataset.dim, dataset.pixel_mean).to(device)  # M2's initial weights
+    optimizer = make_optimizer(model.classifier, cfg)  # only q(y|x) is trained
+    generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
+    batch_l = min(cfg.batch_size, n_lab)
+    labelled_batches = _Cycler(n_lab, batch_l, generator, device)
+    epoch_lrs = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]
+
+    curves: list[EpochRecord] = []
+    start = time.perf_counter()
+    steps = 0
+
+    def step(rows: torch.Tensor) -> torch.Tensor:  # one step per M2 unlabelled minibatch
+        nonlocal steps
+        pick = labelled_batches.next()
+        x_l, y_l = x_lab[pick], y_lab[pick]
+        if dataset.binarized:
+            x_l = binarize_dynamic(x_l, generator)
+        loss = F.cross_entropy(model.classify(x_l), y_l)
+        optimizer.zero_grad(set_to_none=True)
+        (loss * loss_scale(cfg, batch_l)).backward()
+        optimizer.step()
+        steps += 1
+        return loss.detach()
+
+    diverged_epoch = train_epochs(epoch_lrs, step, n=n, batch_size=cfg.batch_size,
+                                  optimizer=optimizer, generator=generator, curves=curves,
+                                  start=start, on_epoch=on_epoch)
+    status = "finished" if diverged_epoch is None else "diverged"
+    train_seconds = time.perf_counter() - start
+
+    metrics: dict = {}
+    if status == "finished":
+        eval_start = time.perf_counter()
+        model.eval()
+        eval_generator = make_generator(cfg.seed + _EVAL_STREAM, device)
+        # the same binarized labelled images as M2's evaluation (the first draw of the stream)
+        x_lab_eval = binarize_dynamic(x_lab, eval_generator) if dataset.binarized else x_lab
+        metrics = {
+            "test_error": error_percent(model, dataset.test.to(device),
+                                        dataset.test_labels.to(device)),
+            "train_labelled_error": error_percent(model, x_lab_eval, y_lab),
+            "train_steps": steps,
+            "eval_seconds": time.perf_counter() - eval_start,
+        }
+    return FamilyResult(status=status, curves=curves, train_seconds=train_seconds,
+                        family_metrics=metrics, diverged_epoch=diverged_epoch)

@@ -223,6 +223,7 @@ def dci(
     estimator: Literal["forest", "boosting"] = "forest",
     n_estimators: int = DCI_FOREST_TREES,
     test_fraction: float = DCI_TEST_FRACTION,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
     seed: int = 0,
 ) -> DCIResult:
     """DCI disentanglement, completeness and informativeness (Eastwood and Williams 2018,
@@ -230,17 +231,23 @@ def dci(
 
     One classifier per factor predicts the factor's value from all units, trained on a random
     (1 - test_fraction) of the rows (numpy Generator seeded by `seed`) and scored on the rest.
-    R[:, k] is its impurity feature importance (normalized to sum to 1, so every factor
-    weighs the same, as in disentanglement_lib).
+    With `test` = (test codes, test factors), a separately drawn sample, the classifiers are
+    trained on all of `codes`/`factors` and scored on `test` instead (`test_fraction`
+    ignored): disentanglement_lib's protocol, which draws its 10000 training and 5000 test
+    points independently (`compute_dci` calls `generate_batch_factor_code` twice on one
+    random state). R[:, k] is its impurity feature importance (normalized to sum to 1, so
+    every factor weighs the same, as in disentanglement_lib).
 
     estimator="forest" (default): a random forest of `n_estimators` trees, all units
     considered at every split (importance goes to the unit that explains the factor, not to
     whichever units a split happened to be offered), leaves of at least 1 % of the training
     rows. Eastwood and Williams used random forests (and lasso); disentanglement_lib uses
     scikit-learn's default gradient boosted trees (estimator="boosting", `n_estimators`
-    ignored: 100 stages of depth-3 trees, one tree per class per stage), which take ~90 s
-    at 10000 points x 10 units x 5 factors of 4-10 values on one core, where the forest
-    takes ~4 s. Impurity importances of any tree ensemble lower D when the codes are noisy
+    ignored: 100 stages of depth-3 trees, one tree per class per stage), which take, on one
+    core, 10,000 training / 5,000 test points x 10 units, 76 s of CPU for 5 factors of
+    3, 4, 8, 8, 8 values (`shapes_small`) and 303 s for 3, 6, 40, 32, 32 (`shapes`, 113
+    trees per stage), where the forest takes 3-4 s (measured on a shared 2-core machine).
+    Impurity importances of any tree ensemble lower D when the codes are noisy
     (trees fit the noise with every unit); the leaf size sets how much, and 1 % was chosen
     because it tracks the boosted trees: on 5 factors x 8 units, N = 1500 / 3000 / 10000,
     forest vs boosting D = 0.92/0.95/0.99 vs 0.85/0.88/0.93 (factors + noise 0.05),
@@ -253,29 +260,43 @@ def dci(
     from sklearn.metrics import accuracy_score
 
     codes, factors = _check_codes_factors(codes, factors)
-    if not 0 < test_fraction < 1:
-        raise BenchError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if n_estimators < 1:
         raise BenchError(f"n_estimators must be at least 1, got {n_estimators}")
     used = tuple(k for k in range(factors.shape[1]) if np.unique(factors[:, k]).size > 1)
     if not used:
         raise BenchError("factors: every factor has a single value, DCI is undefined")
-    n = codes.shape[0]
-    n_test = int(round(n * test_fraction))
-    if n_test < 1 or n - n_test < 2:
-        raise BenchError(f"codes: {n} rows are too few to split with test_fraction={test_fraction}")
     rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    test_idx, train_idx = order[:n_test], order[n_test:]
+    if test is None:  # one sample, split: a random 1 - test_fraction trains, the rest tests
+        if not 0 < test_fraction < 1:
+            raise BenchError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        n = codes.shape[0]
+        n_test = int(round(n * test_fraction))
+        if n_test < 1 or n - n_test < 2:
+            raise BenchError(
+                f"codes: {n} rows are too few to split with test_fraction={test_fraction}")
+        order = rng.permutation(n)
+        test_idx, train_idx = order[:n_test], order[n_test:]
+        x_train, f_train = codes[train_idx], factors[train_idx]
+        x_test, f_test = codes[test_idx], factors[test_idx]
+    else:  # two samples drawn independently: train on all of one, score on the other
+        if not isinstance(test, tuple) or len(test) != 2:
+            raise BenchError("test must be a (codes, factors) pair of the test points")
+        x_test, f_test = _check_codes_factors(*test)
+        if x_test.shape[1] != codes.shape[1] or f_test.shape[1] != factors.shape[1]:
+            raise BenchError(
+                f"test: codes {x_test.shape} and factors {f_test.shape} must have the units "
+                f"and factors of the training points, codes {codes.shape} and factors "
+                f"{factors.shape}")
+        x_train, f_train = codes, factors
     importance = np.zeros((codes.shape[1], len(used)))
     acc_train, acc_test = [], []
     for col, k in enumerate(used):
         model = _make_predictor(estimator, n_estimators, int(rng.integers(2**31 - 1)))
-        y_train = factors[train_idx, k]
-        model.fit(codes[train_idx], y_train)
+        y_train = f_train[:, k]
+        model.fit(x_train, y_train)
         importance[:, col] = np.abs(model.feature_importances_)
-        acc_train.append(accuracy_score(y_train, model.predict(codes[train_idx])))
-        acc_test.append(accuracy_score(factors[test_idx, k], model.predict(codes[test_idx])))
+        acc_train.append(accuracy_score(y_train, model.predict(x_train)))
+        acc_test.append(accuracy_score(f_test[:, k], model.predict(x_test)))
     d, c = disentanglement_completeness(importance)
     return DCIResult(
         disentanglement=d,

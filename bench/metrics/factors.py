@@ -1,6 +1,6 @@
 """A trained VAE scored on a data set whose generative factors are known (`bench.shapes`).
 
-    factor_metrics(model, dataset)  ->  (metrics, image rows)
+    factor_metrics(model, dataset, seed=..., config=cfg)  ->  (metrics, image rows)
 
 Codes are the encoder means E_q[z | x] (q's first stochastic layer), computed once for every
 image of the grid (6,144 for `shapes_small`; the 737,280 of `shapes` in chunks, cheap on a GPU
@@ -9,7 +9,13 @@ disentanglement_lib's sizes are table lookups. Metrics (`bench.metrics.disentang
 the definitions):
 
     mig                    MIG on up to FACTOR_POINTS grid images drawn with the run's seed
-    dci_disentanglement    DCI disentanglement (random-forest importances) on the same points
+                           (without replacement: all 6,144 of `shapes_small`)
+    dci_disentanglement    DCI disentanglement: by default random-forest importances on the
+                           same points split 2:1 (train:test); the config's dci_estimator
+                           ("boosting": disentanglement_lib's gradient-boosted trees) and
+                           dci_train / dci_test (> 0: that many training and test points
+                           drawn independently, uniformly with replacement from the grid, as
+                           disentanglement_lib's 10000 / 5000) change it
     dci_completeness       DCI completeness;  dci_informativeness: mean test accuracy
     beta_vae_accuracy      the beta-VAE metric: its classifier's test accuracy, in %
                            (as Higgins et al. report it; chance = 100 / 5 factors = 20 %)
@@ -27,10 +33,24 @@ import numpy as np
 import torch
 
 from bench.data import SHAPES_GRIDS, Dataset
+from bench.errors import BenchError
 from bench.metrics.blur import image_rows
-from bench.metrics.disentanglement import beta_vae_score, dci, mig
+from bench.metrics.disentanglement import (
+    BETA_VAE_BATCH,
+    BETA_VAE_TEST,
+    BETA_VAE_TRAIN,
+    DCI_TEST_FRACTION,
+    MIG_BINS,
+    beta_vae_score,
+    dci,
+    mig,
+)
 
 FACTOR_POINTS = 10000  # grid images MIG and DCI are computed on (disentanglement_lib: 10000)
+DCI_ESTIMATOR_NAMES = {"forest": "random forest", "boosting": "gradient-boosted trees"}
+# Entropy for the independent DCI draws (dci_train / dci_test > 0), mixed with the run's seed
+# so they are not the stream that picks the MIG / default-DCI points.
+DCI_DRAW_STREAM = 0xDC1
 ACTIVE_KL = 0.01  # nats: a unit below this carries (almost) no information about x
 TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 11)
 ENCODE_CHUNK = 4096
@@ -65,17 +85,87 @@ def unit_kls(model, x: torch.Tensor) -> np.ndarray:
     return (total / len(x)).cpu().numpy()
 
 
-def factor_metrics(model, dataset: Dataset, *, seed: int) -> tuple[dict, list[dict]]:
-    """Disentanglement metrics, per-unit KL and traversal images (see the module doc)."""
+def _dci_protocol(config) -> tuple[str, int, int]:
+    """(estimator, training points, test points) of a RunConfig-like `config`; None (or a
+    config without the keys) is the default: forest, 0, 0 (the 2:1 split)."""
+    estimator = getattr(config, "dci_estimator", "forest")
+    n_train, n_test = getattr(config, "dci_train", 0), getattr(config, "dci_test", 0)
+    if estimator not in DCI_ESTIMATOR_NAMES:
+        raise BenchError(f"dci_estimator must be one of {', '.join(DCI_ESTIMATOR_NAMES)}, "
+                         f"got {estimator!r}")
+    for name, value in (("dci_train", n_train), ("dci_test", n_test)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise BenchError(f"{name} must be a non-negative integer, got {value!r}")
+    if (n_train == 0) != (n_test == 0):
+        raise BenchError("dci_train and dci_test are set together (both > 0: independent "
+                         f"draws; both 0: the 2:1 split), got {n_train} and {n_test}")
+    if n_train == 1:
+        raise BenchError("dci_train must be at least 2 training points, got 1")
+    return estimator, n_train, n_test
+
+
+def dci_draws(sizes, n_train: int, n_test: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Factor indices of `n_train` training and `n_test` test points, (n, F) int64 each: every
+    factor uniform and independent (a uniform draw from the grid, with replacement), training
+    and test points from independent streams of `seed`, as disentanglement_lib's
+    `generate_batch_factor_code` (`sample_factors`: `random_state.randint(size)` per factor)
+    called once for the training and once for the test points."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    train_rng, test_rng = (np.random.default_rng(s) for s in
+                           np.random.SeedSequence([seed, DCI_DRAW_STREAM]).spawn(2))
+    return (train_rng.integers(0, sizes, size=(n_train, sizes.size)),
+            test_rng.integers(0, sizes, size=(n_test, sizes.size)))
+
+
+def metric_protocols(dataset: str | None = None, dci_estimator: str = "forest",
+                     dci_train: int = 0, dci_test: int = 0) -> dict[str, str]:
+    """How each factor metric of a run on `dataset` with these DCI keys is estimated, for
+    the report: {"mig": "20-bin histogram, 6,144 points", "dci": "random forest, 2:1 split
+    of 6,144 points" or "gradient-boosted trees, 10,000/5,000 independent draws",
+    "beta_vae": "logistic regression, 10,000/5,000 points of 64 pairs"}. An unknown (or
+    missing) dataset gives "up to 10,000 points"."""
+    from bench.shapes import get_spec
+
+    if dataset in SHAPES_GRIDS:
+        points = f"{min(get_spec(SHAPES_GRIDS[dataset]).count, FACTOR_POINTS):,} points"
+    else:
+        points = f"up to {FACTOR_POINTS:,} points"
+    estimator = DCI_ESTIMATOR_NAMES.get(dci_estimator, str(dci_estimator))
+    if dci_train or dci_test:
+        dci_points = f"{dci_train:,}/{dci_test:,} independent draws"
+    else:
+        train_parts = round(1 / DCI_TEST_FRACTION) - 1
+        dci_points = f"{train_parts}:1 split of {points}"
+    return {
+        "mig": f"{MIG_BINS}-bin histogram, {points}",
+        "dci": f"{estimator}, {dci_points}",
+        "beta_vae": f"logistic regression, {BETA_VAE_TRAIN:,}/{BETA_VAE_TEST:,} points of "
+                    f"{BETA_VAE_BATCH} pairs",
+    }
+
+
+def factor_metrics(model, dataset: Dataset, *, seed: int,
+                   config=None) -> tuple[dict, list[dict]]:
+    """Disentanglement metrics, per-unit KL and traversal images (see the module doc).
+
+    `config` (a RunConfig, or anything with its dci_estimator / dci_train / dci_test) sets
+    how DCI is computed; None, or the keys at their defaults, is the original protocol
+    (random forest on the MIG points split 2:1) with the same numbers bit for bit."""
     from bench.shapes import load_shapes
 
+    estimator, n_train, n_test = _dci_protocol(config)
     grid = load_shapes(SHAPES_GRIDS[dataset.name])
     pixels = _grid_pixels(grid)
     codes = np.concatenate([encode_means(model, chunk) for chunk in pixels])
     rng = np.random.default_rng(seed)
     points = rng.choice(len(grid), size=min(len(grid), FACTOR_POINTS), replace=False)
     factors = grid.factor_indices[points]
-    scores = dci(codes[points], factors, seed=seed)
+    if n_train:  # disentanglement_lib: independent draws of training and test points
+        train_f, test_f = dci_draws(grid.spec.factor_sizes, n_train, n_test, seed=seed)
+        scores = dci(codes[grid.index_of(train_f)], train_f, estimator=estimator,
+                     test=(codes[grid.index_of(test_f)], test_f), seed=seed)
+    else:
+        scores = dci(codes[points], factors, estimator=estimator, seed=seed)
     device = next(model.parameters()).device
     kls = unit_kls(model, dataset.test.to(device))
     metrics = {

@@ -30,6 +30,17 @@ Methods, each with S = N_SAMPLES posterior draws per image:
                rounds repair. Conversely a q trained with input dropout expects zeroed
                pixels and is off-distribution on the chain's completed images (the chain
                then drifts; see suites/inpainting.toml). T = N_ROUNDS = 20.
+    matched    the iterative chain with the encoder's input matched to what a dropout-trained
+               encoder (config input_dropout = p) saw in training: rounds t = 2..T draw
+               z^t ~ q(z_1 | drop(x^{t-1})), drop = `bench.train.drop_pixels` with the run's
+               p (each pixel of the completed image, observed or imputed, zeroed with
+               probability p, a fresh draw per round and chain). Round 1 is the same one-pass
+               draw as in the other chains: its input already has its missing pixels zeroed,
+               and dropping more would hide more than training did. The chain's states and
+               the decoder are untouched; only the encoder's view is dropped. With p = 0 the
+               matched chain IS the iterative chain (`impute` draws nothing extra then: same
+               draws, same numbers), so `evaluate_inpainting` does not run it again for a
+               p = 0 model and stores the iterative chain's scores under the matched keys.
 
 Scores per mask and method (`inpaint_<mask>_<method>_nll` / `_error` in the run's metrics):
 
@@ -42,7 +53,9 @@ Scores per mask and method (`inpaint_<mask>_<method>_nll` / `_error` in the run'
 
 Evaluation is batched (ROWS_PER_CHUNK image x sample rows per pass) and draws its noise from
 the caller's generator (the trainer's evaluation stream) in a fixed order: masks in MASKS
-order, one-pass then iterative, chunks in test-set order.
+order, one-pass then iterative, chunks in test-set order; then, after ALL of those, the
+matched chain for every mask in the same order. Adding the matched chain therefore moved no
+number of the other two (tests/test_inpainting.py pins them).
 """
 
 from __future__ import annotations
@@ -59,7 +72,8 @@ from bench.metrics.blur import image_rows
 from bench.models.lvm import BernoulliDecoder, LatentVariableModel
 
 MASKS: tuple[str, ...] = ("rand25", "rand50", "rand75", "top_half", "quadrant")
-METHODS: tuple[str, ...] = ("onepass", "iterative")
+METHODS: tuple[str, ...] = ("onepass", "iterative", "matched")
+METHOD_LABELS = {"onepass": "one-pass", "iterative": "iterative", "matched": "matched"}
 RANDOM_FRACTIONS = {"rand25": 0.25, "rand50": 0.5, "rand75": 0.75}
 MASK_LABELS = {"rand25": "25% random", "rand50": "50% random", "rand75": "75% random",
                "top_half": "top half", "quadrant": "quadrant"}
@@ -106,13 +120,17 @@ def impute(
     n_samples: int = N_SAMPLES,
     rounds: int = N_ROUNDS,
     generator: torch.Generator | None = None,
+    dropout: float = 0.0,
 ) -> torch.Tensor:
     """Decoder logits (S, B, D) at the S scored draws of z_1 for images x (B, D) with missing
-    pixels `mask` (B, D). Depends on x only through its observed pixels."""
+    pixels `mask` (B, D). Depends on x only through its observed pixels. `dropout` is the p
+    of the matched chain (ignored by the other methods; with p = 0 matched = iterative)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout:g}")
     if not isinstance(model.decoder, BernoulliDecoder):
         raise ValueError("inpainting needs a Bernoulli decoder (likelihood 'bernoulli')")
     encoder: nn.Module = model.encoders[0]
@@ -122,10 +140,16 @@ def impute(
     if method == "onepass":
         return logits
     batch, dim = x.shape
+    drop = dropout if method == "matched" else 0.0
+    if drop:
+        from bench.train import drop_pixels  # here: bench.train imports this module
     for _ in range(rounds - 1):
         draw = torch.bernoulli(torch.sigmoid(logits), generator=generator)
         state = torch.where(mask, draw, x_filled)  # (S, B, D): one chain per sample
-        z = encoder(state.reshape(n_samples * batch, dim), 1, generator=generator).z
+        seen = state.reshape(n_samples * batch, dim)
+        if drop:  # the matched chain: the encoder's view as in dropout training
+            seen = drop_pixels(seen, drop, generator)
+        z = encoder(seen, 1, generator=generator).z
         logits = decode(z.reshape(n_samples, batch, -1))
     return logits
 
@@ -154,6 +178,7 @@ def evaluate_inpainting(
     dataset: Dataset,
     *,
     generator: torch.Generator | None = None,
+    input_dropout: float = 0.0,
     n_samples: int = N_SAMPLES,
     rounds: int = N_ROUNDS,
     rows_per_chunk: int = ROWS_PER_CHUNK,
@@ -161,7 +186,8 @@ def evaluate_inpainting(
 ) -> tuple[dict, list[dict]]:
     """Score every mask and method on the test set: (metrics, sample rows for the report).
     Metrics: `inpaint_<mask>_<method>_nll` (nats per image), `..._error` (%), and
-    `inpaint_seconds`."""
+    `inpaint_seconds`. `input_dropout` is the p the model was trained with, the matched
+    chain's dropout (p = 0: the matched scores are the iterative chain's, not rerun)."""
     if dataset.image_shape is None or not dataset.binarized:
         raise BenchError(f"key 'eval_inpainting' needs binarized image data; dataset "
                          f"'{dataset.name}' is not")
@@ -174,37 +200,50 @@ def evaluate_inpainting(
     batch = max(1, rows_per_chunk // n_samples)
     shown = min(n_images, n)
     metrics: dict = {}
-    means: dict[tuple[str, str], list[torch.Tensor]] = {}  # of the first `shown` images
-    masks: dict[str, torch.Tensor] = {}
-    for name in MASKS:
-        mask = make_mask(name, n, dataset.image_shape).to(device)
-        masks[name] = mask[:shown]
+    means: dict[tuple[str, str], torch.Tensor] = {}  # of the first `shown` images
+    masks = {name: make_mask(name, n, dataset.image_shape).to(device) for name in MASKS}
+
+    def run(name: str, method: str) -> None:
+        mask = masks[name]
+        nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+        wrong = torch.zeros((), dtype=torch.int64, device=device)
+        shown_means = []
+        for lo in range(0, n, batch):
+            xb, mb = x[lo : lo + batch], mask[lo : lo + batch]
+            logits = impute(model, xb, mb, method, n_samples=n_samples, rounds=rounds,
+                            generator=generator, dropout=input_dropout)
+            nll, wrong_b = score(logits, xb, mb)
+            nll_sum += nll.sum()
+            wrong += wrong_b.sum()
+            if lo < shown:
+                shown_means.append(predictive_mean(logits[:, : shown - lo]))
+        means[name, method] = torch.cat(shown_means)
         n_missing = int(mask.sum())
-        for method in METHODS:
-            nll_sum = torch.zeros((), dtype=torch.float64, device=device)
-            wrong = torch.zeros((), dtype=torch.int64, device=device)
-            shown_means = means[name, method] = []
-            for lo in range(0, n, batch):
-                xb, mb = x[lo : lo + batch], mask[lo : lo + batch]
-                logits = impute(model, xb, mb, method, n_samples=n_samples, rounds=rounds,
-                                generator=generator)
-                nll, wrong_b = score(logits, xb, mb)
-                nll_sum += nll.sum()
-                wrong += wrong_b.sum()
-                if lo < shown:
-                    shown_means.append(predictive_mean(logits[:, : shown - lo]))
-            key = f"inpaint_{name}_{method}"
-            metrics[f"{key}_nll"] = float(nll_sum) / n
-            metrics[f"{key}_error"] = 100.0 * float(wrong) / n_missing if n_missing else math.nan
+        key = f"inpaint_{name}_{method}"
+        metrics[f"{key}_nll"] = float(nll_sum) / n
+        metrics[f"{key}_error"] = 100.0 * float(wrong) / n_missing if n_missing else math.nan
+
+    for name in MASKS:  # the draws of the first two methods, in their original order
+        for method in ("onepass", "iterative"):
+            run(name, method)
+    for name in MASKS:  # then the matched chain: it moves none of the numbers above
+        if input_dropout:
+            run(name, "matched")
+        else:  # p = 0: the matched chain is the iterative chain (module docstring)
+            for score_name in ("nll", "error"):
+                metrics[f"inpaint_{name}_matched_{score_name}"] = \
+                    metrics[f"inpaint_{name}_iterative_{score_name}"]
     metrics["inpaint_seconds"] = time.perf_counter() - start
     model.train(was_training)
 
     truth = x[:shown]
+    shown_methods = ("onepass", "iterative", "matched") if input_dropout else (
+        "onepass", "iterative")  # p = 0: a matched row would repeat the iterative one
     kinds: dict[str, torch.Tensor] = {"truth": truth}
     for name in SAMPLE_MASKS:
-        label, mask = MASK_LABELS[name], masks[name]
+        label, mask = MASK_LABELS[name], masks[name][:shown]
         kinds[f"masked: {label}"] = truth.masked_fill(mask, 0.5)  # missing drawn grey
-        for method, what in (("onepass", "one-pass"), ("iterative", "iterative")):
-            mean = torch.cat(means[name, method])
-            kinds[f"{what}: {label}"] = torch.where(mask, mean, truth)  # observed pixels kept
+        for method in shown_methods:
+            mean = means[name, method]
+            kinds[f"{METHOD_LABELS[method]}: {label}"] = torch.where(mask, mean, truth)
     return metrics, image_rows(kinds, dataset.image_shape)

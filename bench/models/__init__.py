@@ -6,19 +6,24 @@ import torch
 
 from bench.config import RunConfig
 from bench.errors import BenchError
+from bench.models.init import init_authors
 from bench.models.lvm import LatentVariableModel, ModelSample
 
 
 def build_model(cfg: RunConfig, n_data: int, seed: int | None = None,
-                image_shape: tuple[int, int] | None = None) -> LatentVariableModel:
+                image_shape: tuple[int, int] | None = None,
+                pixel_mean: torch.Tensor | None = None) -> LatentVariableModel:
     """The model a config describes; weights initialised from `seed` (default: cfg.seed)
-    without touching the caller's global RNG. The conv architecture needs `image_shape`."""
+    without touching the caller's global RNG, by cfg.init (bench.models.init). With init
+    "authors" a Bernoulli decoder's output bias is the logit of `pixel_mean` (D,), the
+    training set's mean pixel intensities (left at 0 when None). The conv architecture needs
+    `image_shape`."""
     if cfg.architecture == "conv" and image_shape is None:
         raise BenchError(f"architecture 'conv' needs an image data set; '{cfg.dataset}' has "
                          "no image shape")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed if seed is None else seed)
-        return LatentVariableModel(
+        model = LatentVariableModel(
             n_data=n_data,
             hidden=cfg.hidden,
             latent=cfg.latent,
@@ -28,6 +33,10 @@ def build_model(cfg: RunConfig, n_data: int, seed: int | None = None,
             architecture=cfg.architecture,
             image_shape=image_shape,
         )
+        if cfg.init == "authors":
+            output = model.decoder.output_layer if cfg.likelihood == "bernoulli" else None
+            init_authors(model, output, pixel_mean)
+        return model
 
 
 __all__ = ["LatentVariableModel", "ModelSample", "build_model"]

@@ -62,6 +62,13 @@ class BernoulliDecoder(nn.Module):
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(z))
 
+    @property
+    def output_layer(self) -> nn.Module:
+        """The layer whose bias holds the pixels' logits at z's zero contribution (MLP: the
+        last linear layer; conv: the last transposed convolution)."""
+        net = self.net.deconv if hasattr(self.net, "deconv") else self.net
+        return net[-1]
+
 
 class GaussianDecoder(nn.Module):
     """p(x | z) = N(f(z), I) for continuous data (the lecture's choice)."""

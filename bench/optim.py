@@ -1,0 +1,84 @@
+"""Optimisers: torch's Adam, or the Adam of the IWAE authors' code (`burda_adam`).
+
+`BurdaAdam` is the update of yburda/iwae `optimizers.py` (Burda et al. 2015), which differs
+from Kingma & Ba's Adam (and from torch.optim.Adam) in four ways:
+
+    beta1 = 0.99, beta2 = 0.999; the second moment v starts at 1 (not 0); epsilon = 1e-4 is
+    added to sqrt(v); the step size is lr * sqrt(1 - beta2^t) / (1 - beta1^t), t from 1;
+    and, because Theano evaluates every update of one call from the values BEFORE the call,
+    the parameter step at call t uses the moments m_{t-1}, v_{t-1} (the first call moves
+    nothing, m_0 = 0), while the moments then take in the current gradient:
+
+        p   <- p - lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + 1e-4)
+        m   <- beta1 m + (1 - beta1) g,   v <- beta2 v + (1 - beta2) g^2,   t <- t + 1
+
+The authors' gradient is that of the objective summed over the minibatch (not its mean):
+`loss_scale(cfg, batch)` says what a mean loss is multiplied by. Since v starts at 1 and the
+epsilon is large, the gradient's scale matters, so that is part of the protocol. The state
+(m, v, t) persists across the learning-rate stages, as the authors' one optimiser object.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from bench.config import RunConfig
+
+BURDA_BETAS = (0.99, 0.999)
+BURDA_EPS = 1e-4
+
+
+class BurdaAdam(torch.optim.Optimizer):
+    """The IWAE code's Adam (see the module doc); minimises the loss whose gradient is in
+    .grad (the authors ascend the bound: the same step with the sign folded in)."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-3,
+                 betas: tuple[float, float] = BURDA_BETAS, eps: float = BURDA_EPS):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 1  # the authors' timestep starts at 1
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.ones_like(p)
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                alpha = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-alpha)  # old m, v
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                state["step"] = t + 1
+        return loss
+
+
+def make_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: RunConfig
+                   ) -> torch.optim.Optimizer:
+    """cfg.optimizer over a model's (or the given) parameters at cfg.lr: torch's Adam with
+    the config's betas and epsilon, or BurdaAdam with the authors' constants."""
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    if cfg.optimizer == "burda_adam":
+        return BurdaAdam(list(params), lr=cfg.lr)
+    return torch.optim.Adam(
+        list(params), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
+    )
+
+
+def loss_scale(cfg: RunConfig, batch: int) -> int:
+    """What a minibatch-MEAN loss over `batch` examples is multiplied by before backward:
+    1 for adam, `batch` for burda_adam (the authors' gradient is of the minibatch sum)."""
+    return batch if cfg.optimizer == "burda_adam" else 1

@@ -71,10 +71,12 @@ def test_iwae_k_trains_a_better_log_likelihood_than_the_vae():
     assert iwae.test_ll > vae.test_ll
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "burda_adam"])  # burda_adam: v, t resume too
 def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(
-    digits, tmp_path
+    digits, tmp_path, optimizer
 ):
-    cfg = RunConfig(**{**QUICK, "epochs": 5, "objective": "iwae", "k": 2})
+    cfg = RunConfig(**{**QUICK, "epochs": 5, "objective": "iwae", "k": 2,
+                       "optimizer": optimizer})
     reference = train(cfg, digits)
 
     checkpointing = Checkpointing(tmp_path / "run.pt", every_epochs=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
+import os
 import warnings
 from pathlib import Path
 
@@ -322,3 +323,111 @@ def test_load_runs_accepts_a_single_parquet_file(tmp_path):
     assert store.load_curves(curves_file)["epoch"].tolist() == [1, 2]
     with pytest.raises(BenchError, match="does not exist"):
         store.load_runs(tmp_path / "nope.parquet")
+
+
+# ------------------------------------------------------------- durability (issue 14)
+def spy_durability(monkeypatch, root: Path) -> list[tuple]:
+    """Every os.fsync and os.replace, in order, each with the set of files under `root` that
+    exist at that moment: ("fsync", path of the fd) and ("replace", src, dst, bytes of src)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to name an fsynced descriptor")
+    events: list[tuple] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    existing = lambda: {p for p in root.rglob("*") if p.is_file()}
+
+    def fsync(fd):
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")), existing()))
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        src, dst = Path(src), Path(dst)
+        events.append(("replace", src, dst, src.read_bytes(), existing()))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def assert_landed_atomically(events: list[tuple], final: Path) -> None:
+    """`final` appeared only by one rename of a hidden temp file in its own directory that
+    was fsynced before the rename, with the directory fsynced after it, and was not touched
+    afterwards."""
+    renames = [i for i, e in enumerate(events) if e[0] == "replace" and e[2] == final]
+    assert len(renames) == 1, f"{final.name} was not renamed into place exactly once"
+    at = renames[0]
+    _, tmp, _, tmp_bytes, _ = events[at]
+    assert tmp.parent == final.parent  # a rename within one file system, atomic
+    assert tmp.name.startswith(".") and tmp.name.endswith(".tmp")  # readers skip it
+    assert all(final not in e[-1] for e in events[: at + 1])  # not there before the rename
+    assert any(e[0] == "fsync" and e[1] == tmp for e in events[:at])  # data on disk first
+    assert any(e[0] == "fsync" and e[1] == final.parent for e in events[at + 1:])  # the name
+    assert final.read_bytes() == tmp_bytes  # nothing written to it after the rename
+    assert not tmp.exists()
+
+
+def test_every_file_lands_by_rename_of_an_fsynced_temp_file(tmp_path, monkeypatch):
+    # Guards against: a "simplified" _write_atomic that writes the Parquet file in place (a
+    # crash or a concurrent reader then sees half a file: a corrupt run, or a finished run
+    # read as missing), or that renames without fsyncing the data first (after a power cut
+    # the rename can survive while the data does not: an empty file under a finished name).
+    results = tmp_path / "results"
+    events = spy_durability(monkeypatch, tmp_path)
+    cfg = RunConfig()
+    run_file = store.write_run(results, finished_row(cfg), curves(3))
+    assert_landed_atomically(events, store.curves_path(results, "s1", cfg.run_id))
+    assert_landed_atomically(events, run_file)
+    # the curves land before the run row: a run file never exists without its curves
+    order = [e[2] for e in events if e[0] == "replace"]
+    assert order == [store.curves_path(results, "s1", cfg.run_id), run_file]
+    # a baseline written by `vaebench baseline` too
+    out = tmp_path / "baselines" / "s1.parquet"
+    store.export_runs(results, "s1", out)
+    assert_landed_atomically(events, out)
+    assert temp_files(tmp_path) == []
+
+
+# --------------------------------------------------------------- baselines (issue 14)
+def row_at(cfg: RunConfig, status: str, budget: str, suite: str = "s1") -> dict:
+    error = None if status == "finished" else "RuntimeError: boom"
+    return store.run_row(suite=suite, variant=cfg.label, config=cfg, status=status,
+                         metrics={"test_ll": -90.0 - cfg.seed}, provenance=PROVENANCE,
+                         error=error, budget=budget)
+
+
+def test_baseline_keeps_only_the_finished_runs_of_the_chosen_budget(tmp_path, capsys):
+    # Guards against: `vaebench baseline` exporting failed or diverged rows (compare would
+    # then hold candidates to a crashed run's metrics, or count its seeds), or ignoring
+    # --budget (a cpu baseline mixed with smoke runs of the same variants: every later
+    # comparison at cpu budget is against the wrong numbers).
+    from bench.cli import main
+
+    results = tmp_path / "results"
+    cfgs = {seed: RunConfig(seed=seed) for seed in range(8)}
+    rows = [
+        row_at(cfgs[0], "finished", "cpu"), row_at(cfgs[1], "finished", "cpu"),
+        row_at(cfgs[2], "failed", "cpu"), row_at(cfgs[3], "diverged", "cpu"),
+        row_at(cfgs[4], "finished", "smoke"), row_at(cfgs[5], "failed", "smoke"),
+        row_at(cfgs[6], "diverged", "smoke"),
+        row_at(cfgs[7], "finished", "cpu", suite="s2"),  # another suite
+    ]
+    for row in rows:
+        store.write_run(results, row)
+    assert len(store.load_runs(results)) == 8
+
+    def baseline(*flags: str) -> list[str]:
+        out = tmp_path / "baseline.parquet"
+        code = main(["baseline", "s1", "--results", str(results), "--out", str(out), *flags])
+        assert code == 0 and capsys.readouterr().out.strip() == str(out)
+        runs = store.load_runs(out)
+        assert set(runs["status"]) == {"finished"} and set(runs["suite"]) == {"s1"}
+        return sorted(runs["run_id"])
+
+    assert baseline("--budget", "cpu") == sorted([cfgs[0].run_id, cfgs[1].run_id])
+    assert baseline("--budget", "smoke") == [cfgs[4].run_id]
+    assert baseline() == sorted([cfgs[0].run_id, cfgs[1].run_id, cfgs[4].run_id])
+    # a budget with no finished run is an error, not an empty (or failed-only) baseline
+    code = main(["baseline", "s1", "--results", str(results), "--budget", "paper",
+                 "--out", str(tmp_path / "paper.parquet")])
+    assert code == 2 and "no finished runs" in capsys.readouterr().err
+    assert not (tmp_path / "paper.parquet").exists()

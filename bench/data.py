@@ -101,6 +101,14 @@ def binarize_dynamic(x: torch.Tensor, generator: torch.Generator | None = None) 
     return torch.bernoulli(x, generator=generator)
 
 
+def drop_pixels(x: torch.Tensor, p: float, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+    """x with each entry set to 0 independently with probability p (no rescaling: a dropped
+    pixel looks exactly like a missing one at inpainting time); one uniform draw per entry."""
+    dropped = torch.rand(x.shape, generator=generator, device=x.device) < p
+    return x.masked_fill(dropped, 0.0)
+
+
 def load_dataset(
     name: str,
     *,

@@ -27,14 +27,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.config import TOY_DATASETS, RunConfig
-from bench.data import binarize_dynamic
+from bench.data import binarize_dynamic, drop_pixels
 from bench.errors import BenchError
 from bench.metrics.cost import training_flops_per_example
 from bench.models import build_model
 from bench.objectives import objective_for
 from bench.optim import loss_scale, make_optimizer
 from bench.suite import load_suite, resolve_suite_path
-from bench.train import drop_pixels, load_data, make_generator, training_step
+from bench.train import load_data, make_generator, training_step
 
 TOP_N = 15
 _STEP_LABEL = "train_step"

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from bench.config import TOY_DATASETS, RunConfig
-from bench.data import Dataset, binarize_dynamic, load_dataset
+from bench.data import Dataset, binarize_dynamic, drop_pixels, load_dataset
 from bench.errors import BenchError
 from bench.metrics.blur import blur_metrics, sample_records
 from bench.metrics.cost import PeakMemory, training_flops_per_example
@@ -176,14 +176,6 @@ def train_epochs(
         if after_epoch is not None:
             after_epoch(record.epoch, now)
     return None
-
-
-def drop_pixels(x: torch.Tensor, p: float, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
-    """x with each entry set to 0 independently with probability p (no rescaling: a dropped
-    pixel looks exactly like a missing one at inpainting time); one uniform draw per entry."""
-    dropped = torch.rand(x.shape, generator=generator, device=x.device) < p
-    return x.masked_fill(dropped, 0.0)
 
 
 def load_data(cfg: RunConfig) -> Dataset:

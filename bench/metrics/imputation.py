@@ -11,7 +11,7 @@ Masks (True = missing) over an image of shape (h, w), D = h * w pixels:
     quadrant                the top-left quadrant, rows r < h / 2 and columns c < w / 2
 
 The encoder never sees a hidden pixel: its input is x_filled, x with the missing pixels set
-to 0 (the convention of input dropout in training, `bench.train.drop_pixels`). Only the
+to 0 (the convention of input dropout in training, `bench.data.drop_pixels`). Only the
 bottom stochastic layer matters for p(x | z_1), so only q(z_1 | .) is sampled.
 
 Methods, each with S = N_SAMPLES posterior draws per image:
@@ -32,7 +32,7 @@ Methods, each with S = N_SAMPLES posterior draws per image:
                then drifts; see suites/inpainting.toml). T = N_ROUNDS = 20.
     matched    the iterative chain with the encoder's input matched to what a dropout-trained
                encoder (config input_dropout = p) saw in training: rounds t = 2..T draw
-               z^t ~ q(z_1 | drop(x^{t-1})), drop = `bench.train.drop_pixels` with the run's
+               z^t ~ q(z_1 | drop(x^{t-1})), drop = `bench.data.drop_pixels` with the run's
                p (each pixel of the completed image, observed or imputed, zeroed with
                probability p, a fresh draw per round and chain). Round 1 is the same one-pass
                draw as in the other chains: its input already has its missing pixels zeroed,
@@ -66,7 +66,7 @@ import time
 import torch
 from torch import nn
 
-from bench.data import Dataset
+from bench.data import Dataset, drop_pixels
 from bench.errors import BenchError
 from bench.metrics.blur import image_rows
 from bench.models.lvm import BernoulliDecoder, LatentVariableModel
@@ -141,8 +141,6 @@ def impute(
         return logits
     batch, dim = x.shape
     drop = dropout if method == "matched" else 0.0
-    if drop:
-        from bench.train import drop_pixels  # here: bench.train imports this module
     for _ in range(rounds - 1):
         draw = torch.bernoulli(torch.sigmoid(logits), generator=generator)
         state = torch.where(mask, draw, x_filled)  # (S, B, D): one chain per sample

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # torch is pinned to the CPU build installed first, so nothing pulls CUDA wheels here.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test bench reproduce baseline regress profile microbench lint data clean help
+.PHONY: install test bench reproduce baseline regress profile microbench mutants lint data clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,8 +51,11 @@ profile: install  ## profile the default variant (bench suite, iwae-k50, budget 
 microbench: install  ## pytest-benchmark: training step vs a plain PyTorch step (not in `make test`)
 	$(PY) -m pytest -q benchmarks --benchmark-autosave --benchmark-columns=min,median,max,rounds $(ARGS)
 
+mutants: install  ## run the mutation check (not in make test; ~6 min)
+	$(PY) tools/mutants.py $(ARGS)
+
 lint: install  ## ruff
-	$(VENV)/bin/ruff check bench tests benchmarks
+	$(VENV)/bin/ruff check bench tests benchmarks tools
 
 data: install  ## fetch and verify MNIST, generate the shapes grids, into $$VAEBENCH_DATA (default ~/.cache/vaebench)
 	$(VENV)/bin/vaebench data fetch mnist

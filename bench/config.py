@@ -210,6 +210,10 @@ class RunConfig:
             return [(3**i, round(10 ** (1 - i / 7), 1) / 1e4) for i in range(self.burda_stages)]
         return [(self.epochs, self.lr)]
 
+    def epoch_lrs(self) -> list[float]:
+        """The learning rate of every epoch, in order (lr_stages expanded)."""
+        return [lr for epochs, lr in self.lr_stages() for _ in range(epochs)]
+
     def replace(self, **changes: Any) -> RunConfig:
         return config_from_dict({**self.to_dict(), **changes})
 
@@ -458,6 +462,9 @@ def _validate_protocol(cfg: RunConfig) -> None:
     if (cfg.dci_train == 0) != (cfg.dci_test == 0):
         raise BenchError("keys 'dci_train' and 'dci_test' are set together (both > 0: "
                          "independent draws) or not at all")
+    if cfg.dci_train == 1 or cfg.dci_test == 1:
+        raise BenchError("keys 'dci_train' and 'dci_test' need at least 2 points each (a "
+                         "classifier is fitted and scored on them)")
     if cfg.model != "lvm" and (cfg.dci_estimator != "forest" or cfg.dci_train):
         raise BenchError("keys 'dci_estimator', 'dci_train' and 'dci_test' apply to model "
                          "'lvm' (on data with known factors) only")

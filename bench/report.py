@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from bench import store
-from bench.config import RunConfig, config_from_dict
+from bench.config import LATER_FIELDS, RunConfig, config_from_dict
 from bench.errors import BenchError
 from bench.suite import Card, Reference, Suite, load_suite, resolve_suite_path
 from bench.toys import bimodal
@@ -437,7 +437,7 @@ def factor_metric_protocols(runs: pd.DataFrame) -> dict[str, str]:
         n_train, n_test = _num(row.get("cfg_dci_train")), _num(row.get("cfg_dci_test"))
         described = metric_protocols(
             None if _missing(dataset) else str(dataset),
-            "forest" if _missing(estimator) else str(estimator),
+            LATER_FIELDS["dci_estimator"] if _missing(estimator) else str(estimator),
             int(n_train) if math.isfinite(n_train) else 0,
             int(n_test) if math.isfinite(n_test) else 0)
         for column, (_name, key) in FACTOR_METRIC_NAMES.items():

@@ -102,7 +102,7 @@ def explain(suite: Suite, results: Path, variants: Sequence[Variant], force: boo
     """run_id -> why that run is cached or must run, for `vaebench run --dry-run`.
 
     A run is cached only by a finished row of its own run_id. Otherwise the stored rows of
-    the same variant name and seed say why not: a row of another code protocol
+    the same variant name, budget and seed say why not: a row of another code protocol
     (bench.config.PROTOCOL: results of older code are never reused), a config that differs
     in some key (the suite changed), or a row of the same run that failed or diverged."""
     runs = store.load_runs(results, suite=suite.name, skip_corrupt=skip_corrupt)
@@ -118,7 +118,9 @@ def explain(suite: Suite, results: Path, variants: Sequence[Variant], force: boo
             reasons[variant.run_id] = f"its stored row is {own[-1].get('status')}: runs again"
         else:
             same = [r for r in rows if r.get("variant") == variant.name
-                    and r.get("cfg_seed") == variant.seed and r.get("status") == "finished"]
+                    and _show(r.get("budget")) == _show(suite.budget)
+                    and r.get("cfg_seed") == variant.seed
+                    and r.get("status") == "finished"]
             reasons[variant.run_id] = (_difference(same[-1], variant) if same
                                        else "no stored result")
     return reasons

@@ -661,17 +661,14 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
         values.setdefault("capacity_max", 1.0)
         values.setdefault("capacity_steps", 1)
     elif (key == "binarize" and value is False) or (
-            key in ("validation_size", "patience") and _is_nonzero_int(value)):
+            key in ("validation_size", "patience") and value != 0):
         values.update(_MODEL_COMPANIONS["conditional_nn"], model="conditional_nn")
         if key == "patience":
             values["validation_size"] = 1
-    elif key in ("dci_train", "dci_test") and _is_nonzero_int(value):
-        values.update({"dci_train": 1, "dci_test": 1, key: value})
+    elif key in ("dci_train", "dci_test") and value != 0:
+        values.update({"dci_train": 2, "dci_test": 2, key: value})
     config_from_dict(values, where=f"{where}: {table}")
 
-
-def _is_nonzero_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value != 0
 
 
 def _check_config_keys(

@@ -129,7 +129,7 @@ def training_step(
     sample = model(xb, k, generator=generator, detach_samples=detach_samples, x_in=x_in)
     loss = -bound_fn(sample).mean()
     optimizer.zero_grad(set_to_none=True)
-    (loss * loss_scale if loss_scale != 1 else loss).backward()
+    (loss * loss_scale).backward()  # x 1 is exact: adam's gradients are unchanged
     optimizer.step()
     return loss.detach()
 
@@ -227,7 +227,7 @@ def train(
     optimizer = make_optimizer(model, cfg)
     bound_fn = objective_for(cfg)
     generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
-    epoch_lrs = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]
+    epoch_lrs = cfg.epoch_lrs()
 
     curves: list[EpochRecord] = []
     elapsed_before = 0.0  # training seconds spent before a resume

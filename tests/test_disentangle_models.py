@@ -536,16 +536,14 @@ def test_dci_draws_are_uniform_with_replacement_and_train_and_test_independent()
     assert not np.array_equal(dci_draws(sizes, 10, 500, seed=1)[1], test)
 
 
-def test_factor_metrics_rejects_half_set_dci_keys(factor_run):
-    from types import SimpleNamespace
-
-    cfg, data, result = factor_run
-    bad = SimpleNamespace(dci_estimator="forest", dci_train=100, dci_test=0)
-    with pytest.raises(BenchError, match="dci_train and dci_test"):
-        factor_metrics(result.model, data, seed=0, config=bad)
-    with pytest.raises(BenchError, match="dci_estimator"):
-        factor_metrics(result.model, data, seed=0,
-                       config=SimpleNamespace(dci_estimator="lasso", dci_train=0, dci_test=0))
+def test_half_set_or_unknown_dci_keys_are_one_line_config_errors():
+    # where they act: a run with them never starts (factor_metrics reads validated keys)
+    with pytest.raises(BenchError, match="dci_train' and 'dci_test' are set together"):
+        RunConfig(dci_train=100)
+    with pytest.raises(BenchError, match="unknown dci_estimator 'lasso'"):
+        RunConfig(dci_estimator="lasso")
+    with pytest.raises(BenchError, match="at least 2 points"):
+        RunConfig(dci_train=1, dci_test=5)
 
 
 def test_metric_protocols_name_each_estimator():

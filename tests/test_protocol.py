@@ -210,9 +210,11 @@ def _suite(cfg: RunConfig) -> Suite:
                  variants=(variant,), references=(), grid_axes=())
 
 
-def _write(results, cfg: RunConfig, status: str = "finished") -> None:
+def _write(results, cfg: RunConfig, status: str = "finished", budget: str | None = None
+           ) -> None:
     row = store.run_row(suite="s1", variant="vae", config=cfg, status=status,
-                        metrics={"test_ll": -90.0}, provenance={"git_commit": "x"})
+                        metrics={"test_ll": -90.0}, provenance={"git_commit": "x"},
+                        budget=budget)
     store.write_run(results, row, [])
 
 
@@ -238,6 +240,10 @@ def test_a_row_of_the_previous_protocol_is_not_served_as_cached(tmp_path, monkey
 
 def test_explain_names_a_changed_key_and_a_failed_row(tmp_path):
     cfg = RunConfig(dataset="digits", epochs=3)
+    # a row of the same variant at another budget explains nothing about this one
+    _write(tmp_path, cfg.replace(epochs=9), budget="cpu")
+    assert explain(_suite(cfg), tmp_path, _suite(cfg).variants)[cfg.run_id] == (
+        "no stored result")
     _write(tmp_path, cfg.replace(epochs=2))
     why = explain(_suite(cfg), tmp_path, _suite(cfg).variants)[cfg.run_id]
     assert why.endswith("has another config: epochs 2 -> 3")

@@ -97,7 +97,8 @@ Validation and early stopping (both conditions).
     strictly below the best so far; otherwise a counter of epochs without improvement goes
     up by one (an improvement resets it), and the stage stops once the counter reaches P,
     i.e. P epochs after its best epoch. The best epoch's weights are then restored, so
-    every metric is that of the best epoch. patience = 0 trains every epoch and keeps the
+    every test metric is that of the best epoch (epochs_done and final_train_bound describe
+    the last epoch run). patience = 0 trains every epoch and keeps the
     last weights. Pyro selects on the MNIST test split (its "val" loader); we never do.
     Metrics per stage (prefix nn_ for the baseline, cvae_ for the CVAE): *_epochs_run (always;
     epochs run, at most `epochs`), and with a validation split *_best_epoch (1-based within
@@ -661,7 +662,7 @@ class _Loop:
         first = len(self.curves)
         stopper = EarlyStopping(cfg.patience)
         best_weights: list[torch.Tensor] | None = None
-        for lr in [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]:
+        for lr in cfg.epoch_lrs():
             # one epoch per call: the same permutations and draws as one call for all epochs
             self.diverged_epoch = train_epochs(
                 [lr], step, n=self.x.shape[0], batch_size=cfg.batch_size, optimizer=optimizer,

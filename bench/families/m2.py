@@ -372,7 +372,7 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
     optimizer = make_optimizer(model, cfg)
     generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
     labelled_batches = _Cycler(n_lab, min(cfg.batch_size, n_lab), generator, device)
-    epoch_lrs = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]
+    epoch_lrs = cfg.epoch_lrs()
 
     curves: list[EpochRecord] = []
     start = time.perf_counter()
@@ -436,7 +436,7 @@ def run_classifier(cfg: RunConfig, dataset: Dataset, *, device: torch.device | s
     generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
     batch_l = min(cfg.batch_size, n_lab)
     labelled_batches = _Cycler(n_lab, batch_l, generator, device)
-    epoch_lrs = [lr for epochs, lr in cfg.lr_stages() for _ in range(epochs)]
+    epoch_lrs = cfg.epoch_lrs()
 
     curves: list[EpochRecord] = []
     start = time.perf_counter()

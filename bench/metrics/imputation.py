@@ -222,7 +222,7 @@ def evaluate_inpainting(
         metrics[f"{key}_error"] = 100.0 * float(wrong) / n_missing if n_missing else math.nan
 
     for name in MASKS:  # the draws of the first two methods, in their original order
-        for method in ("onepass", "iterative"):
+        for method in METHODS[:2]:
             run(name, method)
     for name in MASKS:  # then the matched chain: it moves none of the numbers above
         if input_dropout:
@@ -235,8 +235,8 @@ def evaluate_inpainting(
     model.train(was_training)
 
     truth = x[:shown]
-    shown_methods = ("onepass", "iterative", "matched") if input_dropout else (
-        "onepass", "iterative")  # p = 0: a matched row would repeat the iterative one
+    # p = 0: a matched row would repeat the iterative one
+    shown_methods = METHODS if input_dropout else METHODS[:2]
     kinds: dict[str, torch.Tensor] = {"truth": truth}
     for name in SAMPLE_MASKS:
         label, mask = MASK_LABELS[name], masks[name][:shown]

@@ -66,8 +66,7 @@ class BernoulliDecoder(nn.Module):
     def output_layer(self) -> nn.Module:
         """The layer whose bias holds the pixels' logits at z's zero contribution (MLP: the
         last linear layer; conv: the last transposed convolution)."""
-        net = self.net.deconv if hasattr(self.net, "deconv") else self.net
-        return net[-1]
+        return self.net.deconv[-1] if isinstance(self.net, ConvDecoderNet) else self.net[-1]
 
 
 class GaussianDecoder(nn.Module):

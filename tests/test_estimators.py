@@ -22,17 +22,18 @@ from bench.objectives import iwae_bound, kl_term, log_mean_exp, vae_bound
 D, Z, N_TEST = 12, 4, 256
 
 
-def exact_linear_gaussian(perturb: float = 0.0, seed: int = 0):
-    """(model, x, exact log p(x)) with q set to the exact posterior, optionally perturbed."""
+def exact_linear_gaussian(perturb: float = 0.0, seed: int = 0, d: int = D):
+    """(model, x, exact log p(x)) with q set to the exact posterior, optionally perturbed;
+    `d` observed dimensions."""
     gen = torch.Generator().manual_seed(seed)
-    u, _ = torch.linalg.qr(torch.randn(D, Z, generator=gen, dtype=torch.float64))
+    u, _ = torch.linalg.qr(torch.randn(d, Z, generator=gen, dtype=torch.float64))
     sigma = torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=torch.float64)
     w = u * sigma  # (D, Z), W^T W = diag(sigma^2)
-    b = torch.randn(D, generator=gen, dtype=torch.float64)
+    b = torch.randn(d, generator=gen, dtype=torch.float64)
     post_var = 1.0 / (1.0 + sigma**2)
 
     cfg = RunConfig(dataset="digits", hidden=((),), latent=(Z,), likelihood="gaussian")
-    model = build_model(cfg, D).double()
+    model = build_model(cfg, d).double()
     head = model.encoders[0].net.head  # rows [:Z] give the mean, rows [Z:] the log-variance
     with torch.no_grad():
         model.decoder.net[0].weight.copy_(w)
@@ -43,8 +44,8 @@ def exact_linear_gaussian(perturb: float = 0.0, seed: int = 0):
         head.bias[Z:].copy_(torch.log(post_var) + perturb)
 
     x = torch.randn(N_TEST, Z, generator=gen, dtype=torch.float64) @ w.T + b
-    x = x + torch.randn(N_TEST, D, generator=gen, dtype=torch.float64)
-    cov = w @ w.T + torch.eye(D, dtype=torch.float64)
+    x = x + torch.randn(N_TEST, d, generator=gen, dtype=torch.float64)
+    cov = w @ w.T + torch.eye(d, dtype=torch.float64)
     exact = torch.distributions.MultivariateNormal(b, covariance_matrix=cov).log_prob(x)
     return model, x, exact
 
@@ -59,6 +60,16 @@ def test_iwae_with_exact_posterior_equals_log_px_for_every_k(k):
                        rows_per_chunk=7)
     assert metrics.test_ll == pytest.approx(float(exact.mean()), abs=1e-9)
     assert metrics.ess == pytest.approx(1.0, abs=1e-9)
+
+
+def test_the_evaluator_is_exact_where_every_weight_underflows_exp():
+    # Guards against: a log-sum-exp without the max shift. With 1000 dimensions every log
+    # weight is about -1400, exp() of it is 0.0 even in float64, and the estimate is -inf.
+    model, x, exact = exact_linear_gaussian(d=1000)
+    assert float(exact.max()) < -800
+    metrics = evaluate(model, x, k_eval=5, generator=torch.Generator().manual_seed(2),
+                       rows_per_chunk=7)
+    assert metrics.test_ll == pytest.approx(float(exact.mean()), abs=1e-8)
 
 
 def test_elbo_rate_and_distortion_with_exact_posterior():

@@ -1,5 +1,6 @@
-"""The merge gate: the smoke suite, run now, against its committed baseline
-(results/baselines/smoke.parquet) on the metrics that do not depend on the machine."""
+"""`compare` on a committed baseline file: the smoke suite, run now, against
+results/baselines/smoke.parquet on the metrics that do not depend on the machine. (The merge
+gate proper, on models trained enough to learn, is tests/test_gate.py.)"""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ runs in a fraction of a second."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -19,7 +20,7 @@ from bench.config import RunConfig
 from bench.families import cvae as cvae_family
 from bench.families import m2 as m2_family
 from bench.models import LatentVariableModel, build_model
-from bench.optim import BurdaAdam
+from bench.optim import BurdaAdam, make_optimizer
 from bench.train import load_data, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tests share a small CPU
@@ -141,6 +142,20 @@ def test_adam_steps_with_the_configs_betas_and_eps(family, digits, monkeypatch):
     for s in steps:
         assert s["cls"] is torch.optim.Adam
         assert s["betas"] == [(0.8, 0.99)] and s["eps"] == [1e-6]
+
+
+def test_make_optimizer_steps_at_the_configs_rate():
+    # Guards against: make_optimizer building Adam at a hard-coded 1e-3. The trainers set
+    # the rate of every epoch themselves, but `vaebench profile` and the microbenchmarks
+    # step the optimiser straight from make_optimizer: Adam's first step moves each weight
+    # by lr * g / (|g| + eps).
+    param = torch.nn.Parameter(torch.zeros(3))
+    cfg = config(lr=0.0123, adam_eps=1e-6)
+    optimizer = make_optimizer([param], cfg)
+    param.grad = torch.tensor([1.0, -2.0, 0.5])
+    optimizer.step()
+    expected = -0.0123 * param.grad / (param.grad.abs() + 1e-6)
+    torch.testing.assert_close(param.detach(), expected, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -310,6 +325,45 @@ def test_the_lvm_is_fed_freshly_binarised_minibatches(digits, monkeypatch):
         assert xb.shape == (50, 64) and set(torch.unique(xb).tolist()) == {0.0, 1.0}
     first, second = epoch_totals(seen, STEPS_PER_EPOCH)  # each epoch: every image once
     assert first != second  # a fresh draw, not the same 0/1 images in another order
+
+
+def grey(data):
+    """`data` with every training image the same flat 0.5 grey: any two minibatches are
+    then the same images, and only the binarisation noise can tell them apart."""
+    return dataclasses.replace(data, train=torch.full_like(data.train, 0.5))
+
+
+def test_every_lvm_minibatch_gets_its_own_binarisation_noise(digits, monkeypatch):
+    # Guards against: a binarisation generator re-created (re-seeded) for every minibatch,
+    # so every batch gets the same noise; the image totals of a shuffled epoch still differ
+    # then, so the test above cannot see it.
+    seen: list[torch.Tensor] = []
+    real_forward = LatentVariableModel.forward
+
+    def forward(self, x, *args, **kwargs):
+        if torch.is_grad_enabled():
+            seen.append(x.detach().clone())
+        return real_forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(LatentVariableModel, "forward", forward)
+    train(config(epochs=2), grey(digits))
+    assert len(seen) == 2 * STEPS_PER_EPOCH
+    assert len({tuple(xb.flatten().tolist()) for xb in seen}) == len(seen)
+
+
+def test_every_m2_minibatch_gets_its_own_binarisation_noise(digits, monkeypatch):
+    # Guards against: M2's loop re-seeding its binarisation per step (as above).
+    seen: list[torch.Tensor] = []
+    real_loss = m2_family.semi_supervised_loss
+
+    def loss(model, x_u, x_l, y_l, **kwargs):
+        seen.extend([x_u.detach().clone(), x_l.detach().clone()])
+        return real_loss(model, x_u, x_l, y_l, **kwargs)
+
+    monkeypatch.setattr(m2_family, "semi_supervised_loss", loss)
+    m2_family.run(config("m2", epochs=2), grey(digits))
+    assert len(seen) == 2 * 2 * STEPS_PER_EPOCH
+    assert len({tuple(xb.flatten().tolist()) for xb in seen}) == len(seen)
 
 
 def test_m2_is_fed_freshly_binarised_labelled_and_unlabelled_minibatches(digits, monkeypatch):

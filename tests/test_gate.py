@@ -1,0 +1,63 @@
+"""The merge gate: every model family trained on the embedded digits at a budget where it
+clearly learns (suites/gate.toml, about 30 s in all), and every machine-independent metric of
+every run held to its pinned value (tests/gate_pinned.toml).
+
+Thresholds come from measured spread (tools/gate_spread.py): the same runs under torch's, MKL's
+and oneDNN's avx512, avx2 and baseline kernels and with 1 and 2 threads moved a metric by at
+most 3.5e-3 (the quadrant CVAE's test CLL), most by under 1e-6; same-machine reruns are
+bit-identical. A threshold is 10x its metric's spread, at least 1e-3 of the value (test LL:
+about 0.025 nats). A realistic bug moves far more: the decoder ignoring its output bias
+costs the VAE family 0.12 to 1.3 nats of test LL here (mutation decoder-ignores-output-bias).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import gate
+from bench.config import MODELS, OBJECTIVES, TOY_DATASETS
+from bench.runner import RunOptions, run_suite
+from bench.suite import load_suite, resolve_suite_path
+
+PINS = Path(__file__).with_name("gate_pinned.toml")
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return load_suite(resolve_suite_path(gate.SUITE), budget=gate.BUDGET)
+
+
+def test_the_gate_covers_every_model_family_objective_direction_and_toy(suite):
+    """A family added to the registry must be added to the gate."""
+    cfgs = [v.config for v in suite.variants]
+    assert {c.model for c in cfgs if c.dataset not in TOY_DATASETS} == set(MODELS)
+    assert {c.dataset for c in cfgs} == {"digits", *TOY_DATASETS}
+    lvm = [c for c in cfgs if c.model == "lvm" and c.dataset == "digits"]
+    assert {c.objective for c in lvm} == set(OBJECTIVES)
+    assert {c.kl_direction for c in lvm} == {"reverse", "forward"}
+    assert {len(c.latent) for c in lvm} == {1, 2}
+    assert {c.posterior != "gaussian" for c in lvm} == {True, False}
+
+
+def test_trained_models_match_their_pinned_values(suite, tmp_path):
+    summary = run_suite(suite, RunOptions(results=tmp_path, executor="local",
+                                          show_progress=False))
+    assert summary.statuses == {"finished": len(suite.variants)}
+    problems = gate.check(gate.pinned_metrics(tmp_path), gate.load_pins(PINS))
+    assert not problems, "merge gate:\n" + "\n".join(problems)
+
+
+def test_the_check_names_each_kind_of_violation():
+    pins = {"a": {"x": gate.Pin(1.0, 0.1), "y": gate.Pin(2.0, 0.1)}, "b": {"x": gate.Pin(0, 1)}}
+    got = {"a": {"x": 1.05, "z": 3.0}, "c": {"x": 0.0}}
+    assert gate.check(got, pins) == [
+        "a.y: pinned but not measured",
+        "a.z: measured (3) but not pinned",
+        "b: pinned but did not run",
+        "c: ran but is not pinned",
+    ]
+    assert gate.check({"a": {"x": 1.2, "y": 2.0}}, {"a": pins["a"]}) == [
+        "a.x: 1.2, pinned 1 +- 0.1 (off by +0.2)"]
+    assert gate.check({"a": {"x": 0.9, "y": 2.0}}, {"a": pins["a"]}) == []

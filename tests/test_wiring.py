@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from bench.config import RunConfig
+from bench.config import MODELS, OBJECTIVES, POSTERIORS, RunConfig
 from bench.families import cvae as cvae_family
 from bench.families import m2 as m2_family
 from bench.models import LatentVariableModel, build_model
@@ -40,6 +40,13 @@ FAMILIES = {
 # optimiser stages per run: a quadrant cvae trains its baseline, then the CVAE, each with
 # its own optimiser over the full schedule
 STAGES = {"lvm": 1, "conditional_nn": 1, "cvae": 2, "m2": 1, "classifier": 1}
+
+
+def test_every_registered_model_is_wired_here():
+    # Guards against: a family added to bench.config.MODELS that none of the parametrised
+    # tests below trains (mixture is fitted by EM: no optimiser, no k, no binarisation).
+    assert set(FAMILIES) | {"mixture"} == set(MODELS)
+    assert set(HAND_LOSSES) == set(OBJECTIVES)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +178,7 @@ def test_burda_adam_is_the_optimiser_that_steps(family, digits, monkeypatch):
 
 
 # ------------------------------------------------------------------ the bound minimised
-def first_step(cfg: RunConfig, data, monkeypatch) -> dict:
+def first_step(cfg: RunConfig, data, monkeypatch, x_in: bool = False) -> dict:
     """Train cfg for one step (train_size = batch_size, one epoch) and capture what that step
     used: the minibatch the model was fed, k, the generator's state before the model drew its
     noise, the weights it was evaluated at, and the gradient the optimiser then applied."""
@@ -196,7 +203,7 @@ def first_step(cfg: RunConfig, data, monkeypatch) -> dict:
     monkeypatch.setattr(torch.optim.Adam, "step", step)
     train(cfg, data)
     monkeypatch.undo()
-    assert seen["x_in"] is None
+    assert (seen["x_in"] is not None) == x_in
     model = build_model(cfg, data.dim, image_shape=data.image_shape,
                         pixel_mean=data.pixel_mean)
     model.load_state_dict(seen["weights"])
@@ -233,9 +240,12 @@ def iwae_loss_by_hand(model, x, k, generator):
     return -(torch.logsumexp(log_w, dim=0) - math.log(k)).mean()
 
 
-def vae_loss_by_hand(model, x, k, generator):
-    sample = model(x, k, generator=generator)
-    return -(sample.log_px_given_z.mean(0) - sample.kl_analytic).mean()
+def vae_loss_by_hand(model, x, k, generator, beta=1.0, x_in=None):
+    sample = model(x, k, generator=generator, x_in=x_in)
+    return -(sample.log_px_given_z.mean(0) - beta * sample.kl_analytic).mean()
+
+
+HAND_LOSSES = {"iwae": iwae_loss_by_hand, "vae": vae_loss_by_hand}
 
 
 ONE_STEP = dict(train_size=50, batch_size=50, epochs=1, k=5)
@@ -261,6 +271,75 @@ def test_the_iwae_and_vae_objectives_are_the_bounds_their_gradients_descend(fift
     assert_same_gradient(iwae["grads"], hand_gradient(iwae, iwae_loss_by_hand))
     assert_same_gradient(vae["grads"], hand_gradient(vae, vae_loss_by_hand))
     assert gradient_gap(iwae["grads"], vae["grads"]) > 1e-3  # far beyond the tolerance
+
+
+def test_beta_weights_the_kl_of_the_bound_the_trainer_descends(fifty, monkeypatch):
+    # Guards against: the objective table dropping cfg.beta (every beta-VAE row of the
+    # suites trains the plain ELBO and the rate-distortion sweep is flat).
+    beta4 = first_step(config(objective="vae", beta=4.0, **ONE_STEP), fifty, monkeypatch)
+    assert_same_gradient(beta4["grads"], hand_gradient(
+        beta4, lambda m, x, k, g: vae_loss_by_hand(m, x, k, g, beta=4.0)))
+    elbo = hand_gradient(beta4, vae_loss_by_hand)
+    assert gradient_gap(beta4["grads"], elbo) > 1e-3
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_input_dropout_zeroes_the_encoders_pixels_at_its_rate(p, fifty, monkeypatch):
+    # Guards against: input_dropout never reaching the model (x_in left None, so an
+    # "inpainting-trained" encoder is a plain one) or applied at a fixed rate; and the
+    # decoder scoring the dropped image instead of the full one.
+    seen = first_step(config(objective="vae", input_dropout=p, **ONE_STEP), fifty,
+                      monkeypatch, x_in=True)
+    x, x_in = seen["x"], seen["x_in"]
+    assert x_in is not None and bool((x_in <= x).all())
+    kept = float(x_in.sum() / x.sum())  # about 1500 lit pixels: binomial sd 0.013
+    assert abs((1 - kept) - p) < 0.05
+    assert_same_gradient(seen["grads"], hand_gradient(
+        seen, lambda m, xb, k, g: vae_loss_by_hand(m, xb, k, g, x_in=x_in)))
+
+
+@pytest.mark.parametrize("posterior", POSTERIORS)
+def test_every_posterior_is_the_one_trained_and_all_its_weights_learn(posterior, fifty,
+                                                                    monkeypatch):
+    # Guards against: build_model ignoring cfg.posterior (a "flow" row that is a Gaussian),
+    # or a flow whose parameters get no gradient (built but not applied to z).
+    flow = {} if posterior == "gaussian" else {"posterior": posterior, "flow_steps": 2}
+    seen = first_step(config(objective="iwae", **flow, **ONE_STEP), fifty, monkeypatch)
+    names = set(seen["grads"])
+    gaussian = set(first_step(config(objective="iwae", **ONE_STEP), fifty,
+                              monkeypatch)["grads"])
+    assert (names == gaussian) == (posterior == "gaussian")
+    for name, grad in seen["grads"].items():
+        assert float(grad.abs().max()) > 0, name
+    assert_same_gradient(seen["grads"], hand_gradient(seen, iwae_loss_by_hand))
+
+
+@pytest.mark.parametrize("family", ["cvae", "m2"])
+def test_k_is_the_number_of_samples_each_family_draws_in_training(family, digits,
+                                                                  monkeypatch):
+    # Guards against: a family's loop calling its model or loss with k = 1 whatever the
+    # config says (the lvm's k is observed in the bound test above).
+    drawn: list[int] = []
+    if family == "m2":
+        real = m2_family.M2.noise
+
+        def noise(self, shape, k, generator, like):
+            if torch.is_grad_enabled():
+                drawn.append(k)
+            return real(self, shape, k, generator, like)
+
+        monkeypatch.setattr(m2_family.M2, "noise", noise)
+    else:
+        real = cvae_family.QuadrantCVAE.forward
+
+        def forward(self, x, k, generator=None):
+            if torch.is_grad_enabled():
+                drawn.append(k)
+            return real(self, x, k, generator)
+
+        monkeypatch.setattr(cvae_family.QuadrantCVAE, "forward", forward)
+    run_family(config(family, epochs=1, k=3), digits)
+    assert drawn and set(drawn) == {3}
 
 
 def wake_phi_encoder_loss_by_hand(model, x, k, generator):

@@ -52,3 +52,16 @@ def test_blur_metrics_for_a_model_on_digits_and_nan_without_image_shape():
     flat = type(data)(**{**data.__dict__, "image_shape": None})
     no_images = blur_metrics(model, flat)
     assert math.isnan(no_images["sharpness_prior"]) and "no image shape" in no_images["blur_reason"]
+
+
+def test_flat_test_images_give_no_sharpness_ratio_and_say_why():
+    # Guards against: sharpness = model blur / data blur dividing by a zero reference (a
+    # ZeroDivisionError failing the whole run after training) when the test images are flat.
+    data = load_dataset("digits", test_size=40)
+    flat = type(data)(**{**data.__dict__, "test": torch.zeros_like(data.test),
+                         "test_intensities": torch.full_like(data.test, 0.25)})
+    model = build_model(RunConfig(hidden=((16,),), latent=(4,)), data.dim)
+    metrics = blur_metrics(model, flat, generator=torch.Generator().manual_seed(0))
+    assert metrics["blur_data_mean"] == 0.0
+    assert math.isnan(metrics["sharpness_prior"]) and math.isnan(metrics["sharpness_recon"])
+    assert metrics["blur_reason"] == "the digits test images are flat (blurriness 0)"

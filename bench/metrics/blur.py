@@ -55,8 +55,13 @@ def blur_metrics(
     for which, x in images.items():
         blur = blurriness(x.clamp(0, 1).reshape(-1, h, w).float())
         out[f"blur_{which}_mean"], out[f"blur_{which}_min"] = float(blur.mean()), float(blur.min())
-    out["sharpness_prior"] = out["blur_prior_mean"] / out["blur_data_mean"]
-    out["sharpness_recon"] = out["blur_recon_mean"] / out["blur_data_mean"]
+    reference = out["blur_data_mean"]
+    if reference > 0:
+        out["sharpness_prior"] = out["blur_prior_mean"] / reference
+        out["sharpness_recon"] = out["blur_recon_mean"] / reference
+    else:  # flat test images: nothing to be as sharp as
+        out["sharpness_prior"] = out["sharpness_recon"] = float("nan")
+        out["blur_reason"] = f"the {dataset.name} test images are flat (blurriness 0)"
     return out
 
 

@@ -213,16 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
         "a regression",
         description="Match runs of BASELINE and CANDIDATE by variant (config without the seed), "
         "aggregate over seeds, and give each metric a verdict: improved / unchanged / "
-        "regressed / missing / not comparable. A difference counts only beyond a practical "
-        "threshold (0.1 nats for log-likelihoods and bounds, 5% for throughput) and, with at "
+        "regressed / missing / not comparable, for every metric of every family that has a "
+        "direction in bench.metrics.catalog (test LL, M2's test error, the CVAE's conditional "
+        "LL, MIG, inpainting scores, the toys' KLs, throughput, ...). A difference counts only "
+        "beyond the metric's practical threshold (0.1 nats for log-likelihoods and bounds, 1 "
+        "point for error rates, 5% for throughput; see the catalog) and, with at "
         "least 2 seeds on each side, a Welch t-test (p < 0.05); with fewer seeds the threshold "
-        "alone decides and the table says so. Throughput is only compared between runs on the "
-        "same device. Exit status: 1 if anything regressed, 0 otherwise, 2 on bad input.",
+        "alone decides and the table says so. Throughput and memory are only compared between "
+        "runs on the same device. Exit status: 1 if anything regressed, 0 otherwise, 2 on bad "
+        "input.",
     )
     compare.add_argument("baseline", type=Path, help="results directory or .parquet file")
     compare.add_argument("candidate", type=Path, help="results directory or .parquet file")
     compare.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
-                         help="metrics to compare (default: all with a rule), e.g. test_ll")
+                         help="metrics to compare (default: every stored metric with a "
+                              "direction in bench.metrics.catalog), e.g. test_ll test_error")
     compare.add_argument("--format", choices=["md", "json"], default="md",
                          help="output format (default: md)")
     _add_skip_corrupt_flag(compare)

@@ -5,7 +5,11 @@ Classification (`compare`) is pure: two run DataFrames (as `bench.store.load_run
 them) in, a list of `Verdict`s out. Rendering (`render_markdown`, `render_json`) and file
 handling (`load_side`, `run_compare`) are separate.
 
-How a verdict is reached, per (suite, variant) and rule:
+The metrics and their rules come from `bench.metrics.catalog`: every stored metric whose
+record has a direction (higher or lower is better) is judged, with that record's practical
+threshold; a metric without a direction (the rate, a config echo) is recorded but not judged.
+
+How a verdict is reached, per (suite, variant) and metric:
 
 * Only rows with `status == "finished"` count. Runs are matched by suite and `variant_key`:
   the canonical JSON (sorted keys) of the `cfg_*` columns except `cfg_seed`, so the seeds of
@@ -17,10 +21,11 @@ How a verdict is reached, per (suite, variant) and rule:
   which side lacks it. `missing` is reported but is not a regression.
 * A metric absent on both sides (no column, or no finite value for the variant) is skipped:
   it does not apply. Absent on one side only gives `not comparable`.
-* Machine-bound rules (throughput) need the same single device (`sys_device_name`) on both
-  sides; otherwise `not comparable` with note "different devices: X vs Y".
+* Metrics that measure the machine (throughput, memory) need the same single device
+  (`sys_device_name`) on both sides; otherwise `not comparable` with note "different
+  devices: X vs Y".
 * d = candidate mean - baseline mean, oriented so that positive is better. |d| below the
-  threshold (absolute, or a fraction of |baseline mean| for relative rules) is `unchanged`.
+  threshold (absolute, or a fraction of |baseline mean| for relative metrics) is `unchanged`.
   Otherwise, with >= 2 values on each side, Welch's t-test decides: p < alpha gives
   `improved` / `regressed` by the sign of d, else `unchanged` (note "not significant").
   Zero variance on both sides with different means counts as significant (p reported as 0).
@@ -44,6 +49,8 @@ from scipy import stats
 from bench import store
 from bench.config import LATER_FIELDS
 from bench.errors import BenchError
+from bench.metrics import catalog
+from bench.metrics.catalog import Metric
 
 IMPROVED = "improved"
 UNCHANGED = "unchanged"
@@ -56,36 +63,19 @@ WELCH = "welch t-test"
 THRESHOLD_ONLY = "threshold only (fewer than 2 seeds)"
 
 
-@dataclass(frozen=True)
-class MetricRule:
-    """How one metric is compared."""
-
-    column: str  # e.g. "metric_test_ll"
-    higher_is_better: bool
-    threshold: float  # practical threshold: smaller differences are "unchanged"
-    relative: bool  # threshold is a fraction of |baseline mean| (else absolute, e.g. nats)
-    machine_bound: bool  # only compared when both sides ran on the same device
-
-    @property
-    def name(self) -> str:
-        """The metric's name without the `metric_` prefix, e.g. `test_ll`."""
-        return self.column.removeprefix("metric_")
-
-
-DEFAULT_RULES: tuple[MetricRule, ...] = (
-    MetricRule("metric_test_ll", higher_is_better=True, threshold=0.1, relative=False,
-               machine_bound=False),
-    MetricRule("metric_test_elbo", higher_is_better=True, threshold=0.1, relative=False,
-               machine_bound=False),
-    # rate (KL) has no better direction: it is a trade-off with distortion, so not judged.
-    MetricRule("metric_train_samples_per_s", higher_is_better=True, threshold=0.05,
-               relative=True, machine_bound=True),
-    MetricRule("metric_eval_samples_per_s", higher_is_better=True, threshold=0.05,
-               relative=True, machine_bound=True),
-)
-
-#: metrics that do not depend on the machine: safe for regression checks across CI machines
-STABLE_METRICS: tuple[str, ...] = tuple(r.name for r in DEFAULT_RULES if not r.machine_bound)
+def rules_for(columns: Iterable[str], *, machine: bool = True) -> tuple[Metric, ...]:
+    """The catalog records of the judged metrics among `columns` (stored `metric_*` columns,
+    patterns instantiated), in catalog order; `machine=False` leaves out the metrics that
+    measure the machine. Columns without a record are not judged."""
+    order = {m.name: i for i, m in enumerate(catalog.METRICS)}
+    found = []
+    for column in columns:
+        if not str(column).startswith("metric_") or (record := catalog.find(column)) is None:
+            continue
+        metric = catalog.lookup(column)
+        if metric.judged and (machine or not metric.machine):
+            found.append((order[record.name], metric.name, metric))
+    return tuple(m for *_, m in sorted(found, key=lambda t: t[:2]))
 
 
 @dataclass(frozen=True)
@@ -180,12 +170,12 @@ def _devices(rows: pd.DataFrame) -> list[str]:
     return sorted({"unknown" if _plain(v) is None else str(v) for v in rows["sys_device_name"]})
 
 
-def _judge(rule: MetricRule, base: np.ndarray, cand: np.ndarray, alpha: float
+def _judge(rule: Metric, base: np.ndarray, cand: np.ndarray, alpha: float
            ) -> tuple[str, float | None, str, str]:
     """(verdict, p value, test, note) for two non-empty arrays of finite values."""
     base_mean, cand_mean = float(base.mean()), float(cand.mean())
     d = cand_mean - base_mean
-    oriented = d if rule.higher_is_better else -d
+    oriented = d if rule.better == catalog.HIGHER else -d
     limit = rule.threshold * abs(base_mean) if rule.relative else rule.threshold
     enough = len(base) >= 2 and len(cand) >= 2
     test = WELCH if enough else THRESHOLD_ONLY
@@ -210,13 +200,19 @@ def _judge(rule: MetricRule, base: np.ndarray, cand: np.ndarray, alpha: float
 def compare(
     baseline: pd.DataFrame,
     candidate: pd.DataFrame,
-    rules: Sequence[MetricRule] = DEFAULT_RULES,
+    rules: Sequence[Metric] | None = None,
     alpha: float = 0.05,
+    *,
+    machine: bool = True,
 ) -> list[Verdict]:
-    """One verdict per (suite, variant, rule); see the module docstring for the logic."""
+    """One verdict per (suite, variant, rule); see the module docstring for the logic.
+    `rules` default to every judged catalog metric stored on either side (`rules_for`;
+    `machine=False` leaves out time and memory)."""
     base_groups, cand_groups = _groups(baseline), _groups(candidate)
     base_columns = set(baseline.columns) if baseline is not None else set()
     cand_columns = set(candidate.columns) if candidate is not None else set()
+    if rules is None:
+        rules = rules_for(base_columns | cand_columns, machine=machine)
     nan = math.nan
     verdicts: list[Verdict] = []
     for ident in sorted(set(base_groups) | set(cand_groups)):
@@ -263,7 +259,7 @@ def compare(
                                         p_value=None, test="none",
                                         note=f"no finite value in the {side}"))
                 continue
-            if rule.machine_bound:
+            if rule.machine:
                 b_dev, c_dev = _devices(base.rows), _devices(cand.rows)
                 if b_dev != c_dev or len(b_dev) > 1:
                     verdicts.append(Verdict(
@@ -360,19 +356,19 @@ def load_side(path: str | Path, *, skip_corrupt: bool = False) -> pd.DataFrame:
     return store.load_runs(path, skip_corrupt=skip_corrupt)
 
 
-def select_rules(metrics: Sequence[str] | None,
-                 rules: Sequence[MetricRule] = DEFAULT_RULES) -> tuple[MetricRule, ...]:
-    """The rules for `metrics` (names like `test_ll` or columns like `metric_test_ll`)."""
+def select_rules(metrics: Sequence[str] | None) -> tuple[Metric, ...] | None:
+    """The catalog records of `metrics` (names like `test_ll` or columns like
+    `metric_test_ll`); None (all stored judged metrics) for None."""
     if metrics is None:
-        return tuple(rules)
-    by_name = {r.name: r for r in rules}
-    chosen = []
-    for metric in metrics:
-        name = str(metric).removeprefix("metric_")
-        if name not in by_name:
-            raise BenchError(f"unknown metric '{metric}' (known: {', '.join(by_name)})")
-        if by_name[name] not in chosen:
-            chosen.append(by_name[name])
+        return None
+    chosen: list[Metric] = []
+    for name in metrics:
+        metric = catalog.lookup(str(name))
+        if not metric.judged:
+            raise BenchError(f"metric '{metric.name}' has no better direction: compare does "
+                             "not judge it")
+        if metric not in chosen:
+            chosen.append(metric)
     return tuple(chosen)
 
 

@@ -17,7 +17,8 @@ import tomllib
 
 from bench import store
 from bench.errors import BenchError
-from bench.train import MACHINE_METRICS
+from bench.metrics import catalog
+from bench.metrics.catalog import MACHINE_METRICS
 
 SUITE = "gate"
 BUDGET = "cpu"
@@ -30,7 +31,8 @@ class Pin:
 
 def pinned_metrics(results: str | Path) -> dict[str, dict[str, float]]:
     """{variant: {metric: value}} of the gate's runs under `results`: every finite scalar
-    metric except train.MACHINE_METRICS. A run that did not finish is an error."""
+    metric except those that measure the machine (catalog.MACHINE_METRICS). A run that did
+    not finish is an error."""
     out: dict[str, dict[str, float]] = {}
     for _, row in store.load_runs(results, suite=SUITE).iterrows():
         if row["status"] != "finished":
@@ -74,5 +76,15 @@ def check(got: dict[str, dict[str, float]], pins: dict[str, dict[str, Pin]]) -> 
                 pin, value = pinned[metric], measured[metric]
                 if not abs(value - pin.value) <= pin.tol:
                     problems.append(f"{variant}.{metric}: {value:.6g}, pinned {pin.value:.6g} "
-                                    f"+- {pin.tol:.3g} (off by {value - pin.value:+.3g})")
+                                    f"+- {pin.tol:.3g} (off by {value - pin.value:+.3g}"
+                                    f"{_which_way(metric, value - pin.value)})")
     return problems
+
+
+def _which_way(metric: str, delta: float) -> str:
+    """', worse' / ', better' by the catalog's direction of `metric`; '' if it has none."""
+    record = catalog.find(metric)
+    if record is None or not record.judged:
+        return ""
+    better = (delta > 0) == (record.better == catalog.HIGHER)
+    return ", better" if better else ", worse"

@@ -44,6 +44,7 @@ import pandas as pd
 from bench import store
 from bench.config import LATER_FIELDS, RunConfig, config_from_dict
 from bench.errors import BenchError
+from bench.metrics import catalog
 from bench.suite import Card, Reference, Suite, load_suite, resolve_suite_path
 from bench.toys import bimodal
 
@@ -59,58 +60,42 @@ class MetricSpec:
     heading: str
     digits: int
     thousands: bool = False  # integers with thousands separators (throughputs, memory)
+    scale: float = 1.0  # shown value = stored value * scale (bytes -> MB)
 
     def format(self, value: float) -> str:
         if value is None or not math.isfinite(value):
             return "-"
+        value = value * self.scale
         return f"{value:,.{self.digits}f}" if self.thousands else f"{value:.{self.digits}f}"
 
 
-# Derived columns (added by `prepare_runs`), named so as not to clash with stored metrics.
-PEAK_MEMORY_MB = "report_peak_memory_mb"
-TRAIN_GFLOPS = "report_train_gflops_per_s"
+def catalog_spec(name: str) -> MetricSpec:
+    """The report column of a stored metric, as its catalog record describes it."""
+    m = catalog.lookup(name)
+    return MetricSpec(m.column, m.heading, m.digits, m.thousands, m.scale)
 
-#: what the model achieves; log-likelihoods, ELBO, rate and distortion in nats per example
-QUALITY_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("metric_test_ll", "test LL (nats)", 2),
-    MetricSpec("metric_test_elbo", "ELBO (nats)", 2),
-    MetricSpec("metric_rate", "KL (nats)", 2),
-    MetricSpec("metric_distortion", "distortion (nats)", 2),
-    MetricSpec("metric_active_units", "active units", 1),
-    MetricSpec("metric_ess", "ESS / k_eval", 3),
-    MetricSpec("metric_sharpness_prior", "sharpness prior", 3),
-    MetricSpec("metric_sharpness_recon", "sharpness recon", 3),
+
+#: what the model achieves, in the summary table's order (headings from the catalog)
+QUALITY_METRICS: tuple[MetricSpec, ...] = tuple(catalog_spec(name) for name in (
+    "test_ll", "test_elbo", "rate", "distortion", "active_units", "ess", "sharpness_prior",
+    "sharpness_recon",
     # toys (bench.toys): how well q matches the exact posterior / which modes it covers
-    MetricSpec("metric_posterior_kl", "KL(p(z|x)||q) (nats)", 3),
-    MetricSpec("metric_mixture_weight_error", "mixture weight error", 4),
-    MetricSpec("metric_mass_dominant_mode", "q mass on dominant mode", 3),
-    MetricSpec("metric_kl_reverse", "KL(q||p) (nats)", 3),
-    MetricSpec("metric_kl_forward", "KL(p||q) (nats)", 3),
+    "posterior_kl", "mixture_weight_error", "mass_dominant_mode", "kl_reverse", "kl_forward",
     # model families (bench.families): the mixture's exact training log-likelihood, the
     # conditional models' -log p(missing | given), the semi-supervised classifier's error
-    MetricSpec("metric_train_ll", "train LL (nats)", 2),
-    MetricSpec("metric_test_cll", "-log p(missing|given) (nats)", 2),
-    MetricSpec("metric_test_cll_is", "-log p(missing|given), IS (nats)", 2),
-    MetricSpec("metric_test_error", "test error (%)", 2),
-    MetricSpec("metric_test_unlabelled_bound", "unlabelled bound (nats)", 2),
+    "train_ll", "test_cll", "test_cll_is", "test_error", "test_unlabelled_bound",
     # disentanglement on data with known factors (bench.metrics.factors)
-    MetricSpec("metric_mig", "MIG", 3),
-    MetricSpec("metric_dci_disentanglement", "DCI disentanglement", 3),
-    MetricSpec("metric_beta_vae_accuracy", "beta-VAE metric (%)", 1),
-    MetricSpec("metric_active_kl_units", "units with KL > 0.01", 1),
-)
+    "mig", "dci_disentanglement", "beta_vae_accuracy", "active_kl_units",
+))
 #: what it costs
-COST_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("metric_train_samples_per_s", "train ex/s", 0, thousands=True),
-    MetricSpec("metric_eval_samples_per_s", "eval ex/s", 0, thousands=True),
-    MetricSpec("metric_train_seconds", "train time (s)", 2, thousands=True),
-    MetricSpec(PEAK_MEMORY_MB, "peak memory (MB)", 0, thousands=True),
-    MetricSpec(TRAIN_GFLOPS, "GFLOP/s", 2),
-)
+COST_METRICS: tuple[MetricSpec, ...] = tuple(catalog_spec(name) for name in (
+    "train_samples_per_s", "eval_samples_per_s", "train_seconds", "peak_memory_bytes",
+    "train_flops_per_s",
+))
 ALL_METRICS = QUALITY_METRICS + COST_METRICS
 NEW_METRICS = {  # added in later versions of the store: absent from older results
     "metric_sharpness_prior": "sharpness", "metric_sharpness_recon": "sharpness",
-    PEAK_MEMORY_MB: "peak memory", TRAIN_GFLOPS: "FLOP/s",
+    "metric_peak_memory_bytes": "peak memory", "metric_train_flops_per_s": "FLOP/s",
 }
 STATUS_COLUMNS = ("finished", "failed", "diverged")
 
@@ -176,10 +161,6 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
             runs[column] = None
     runs["variant"] = [str(v) if not _missing(v) else str(r)
                        for v, r in zip(runs["variant"], runs["run_id"], strict=True)]
-    if "metric_peak_memory_bytes" in runs.columns:
-        runs[PEAK_MEMORY_MB] = _numeric(runs, "metric_peak_memory_bytes") / 1e6
-    if "metric_train_flops_per_s" in runs.columns:
-        runs[TRAIN_GFLOPS] = _numeric(runs, "metric_train_flops_per_s") / 1e9
     return runs
 
 

@@ -33,6 +33,7 @@ from bench.config import TOY_DATASETS, RunConfig
 from bench.data import Dataset, binarize_dynamic, drop_pixels, load_dataset
 from bench.errors import BenchError
 from bench.metrics.blur import blur_metrics, sample_records
+from bench.metrics.catalog import MACHINE_METRICS  # noqa: F401 (re-exported for checks)
 from bench.metrics.cost import PeakMemory, training_flops_per_example
 from bench.metrics.factors import factor_metrics, has_factors
 from bench.metrics.imputation import evaluate_inpainting
@@ -40,13 +41,6 @@ from bench.metrics.likelihood import TestMetrics, evaluate
 from bench.models import LatentVariableModel, build_model
 from bench.objectives import ControlledCapacity, Objective, objective_for
 from bench.optim import loss_scale, make_optimizer
-
-# Metrics that measure the machine (time, memory), not the model: they differ between two
-# runs of the same config and seed, and are left out of reproducibility checks.
-MACHINE_METRICS = frozenset({
-    "train_seconds", "train_samples_per_s", "train_flops_per_s", "eval_seconds",
-    "eval_samples_per_s", "peak_memory_bytes", "inpaint_seconds", "factor_seconds",
-})
 
 # Offsets that derive independent streams from the one user-facing seed.
 _TRAIN_STREAM = 0

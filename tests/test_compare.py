@@ -164,13 +164,12 @@ def test_zero_variance_different_means_is_significant():
 
 
 def test_lower_is_better_orientation():
-    rule = cmp.MetricRule("metric_posterior_kl", higher_is_better=False, threshold=0.01,
-                          relative=False, machine_bound=False)
+    # the catalog's direction of posterior_kl (lower is better) turns the sign of the verdict
     base = [row(VAE, s, test_ll=-90.0, posterior_kl=0.5 + 0.01 * s) for s in range(3)]
     lower = [row(VAE, s, test_ll=-90.0, posterior_kl=0.3 + 0.01 * s) for s in range(3)]
-    (v,) = cmp.compare(frame(base), frame(lower), rules=[rule])
+    (v,) = by_metric(cmp.compare(frame(base), frame(lower)), "metric_posterior_kl")
     assert v.verdict == "improved" and v.delta == pytest.approx(-0.2)
-    (v,) = cmp.compare(frame(lower), frame(base), rules=[rule])
+    (v,) = by_metric(cmp.compare(frame(lower), frame(base)), "metric_posterior_kl")
     assert v.verdict == "regressed"
 
 
@@ -219,11 +218,13 @@ def test_metrics_filter_and_unknown_metric(tmp_path):
     write(tmp_path / "cand", cand)
     assert cmp.run_compare(tmp_path / "base", tmp_path / "cand")[1] == 1
     text, code = cmp.run_compare(tmp_path / "base", tmp_path / "cand",
-                                 metrics=list(cmp.STABLE_METRICS), fmt="json")
+                                 metrics=["test_ll", "test_elbo"], fmt="json")
     assert code == 0
     assert {v["metric"] for v in json.loads(text)["verdicts"]} == {"metric_test_ll"}
-    with pytest.raises(BenchError, match="unknown metric 'bogus'.*test_ll"):
+    with pytest.raises(BenchError, match="metric 'bogus' has no record in bench.metrics.catalog"):
         cmp.run_compare(tmp_path / "base", tmp_path / "cand", metrics=["bogus"])
+    with pytest.raises(BenchError, match="metric 'rate' has no better direction"):
+        cmp.run_compare(tmp_path / "base", tmp_path / "cand", metrics=["rate"])
     with pytest.raises(BenchError, match="no results"):
         cmp.run_compare(tmp_path / "nowhere", tmp_path / "cand")
 
@@ -235,10 +236,16 @@ def test_single_parquet_file_as_a_side(tmp_path):
     assert code == 0 and "unchanged" in text
 
 
-def test_stable_metrics_and_defaults():
-    assert cmp.STABLE_METRICS == ("test_ll", "test_elbo")
-    assert all(r.relative and r.machine_bound for r in cmp.DEFAULT_RULES
-               if r.name.endswith("samples_per_s"))
+def test_rules_come_from_the_catalog_for_the_stored_columns():
+    columns = ["metric_train_samples_per_s", "metric_rate", "metric_test_ll", "metric_bogus",
+               "metric_inpaint_rand25_matched_nll", "metric_test_error", "cfg_k"]
+    rules = cmp.rules_for(columns)
+    assert [r.name for r in rules] == ["test_ll", "train_samples_per_s", "test_error",
+                                       "inpaint_rand25_matched_nll"]
+    assert rules[1].relative and rules[1].machine and rules[1].threshold == 0.05
+    assert rules[3].better == "lower" and rules[3].column == "metric_inpaint_rand25_matched_nll"
+    assert [r.name for r in cmp.rules_for(columns, machine=False)] == [
+        "test_ll", "test_error", "inpaint_rand25_matched_nll"]
     assert cmp.compare(frame([]), frame([])) == []
     assert np.isnan(cmp.compare(frame(side(VAE)), frame([]))[0].candidate_mean)
 

@@ -60,4 +60,9 @@ def test_the_check_names_each_kind_of_violation():
     ]
     assert gate.check({"a": {"x": 1.2, "y": 2.0}}, {"a": pins["a"]}) == [
         "a.x: 1.2, pinned 1 +- 0.1 (off by +0.2)"]
+    # the catalog's direction says which way a pinned metric moved
+    ll = {"vae": {"test_ll": gate.Pin(-24.0, 0.1), "test_error": gate.Pin(20.0, 0.1)}}
+    assert gate.check({"vae": {"test_ll": -24.5, "test_error": 19.0}}, ll) == [
+        "vae.test_error: 19, pinned 20 +- 0.1 (off by -1, better)",
+        "vae.test_ll: -24.5, pinned -24 +- 0.1 (off by -0.5, worse)"]
     assert gate.check({"a": {"x": 0.9, "y": 2.0}}, {"a": pins["a"]}) == []

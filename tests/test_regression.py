@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import store
-from bench.compare import STABLE_METRICS, compare, has_regression, render_markdown, select_rules
+from bench.compare import compare, has_regression, render_markdown, rules_for
 from bench.runner import RunOptions, run_suite
 from bench.suite import load_suite, resolve_suite_path
 
@@ -19,9 +19,11 @@ def test_smoke_suite_has_not_regressed_against_its_committed_baseline(tmp_path):
     summary = run_suite(suite, RunOptions(results=tmp_path, executor="local",
                                           show_progress=False))
     assert summary.statuses == {"finished": len(suite.variants)}
-    verdicts = compare(store.load_runs(BASELINE), store.load_runs(tmp_path),
-                       rules=select_rules(STABLE_METRICS))
+    baseline, candidate = store.load_runs(BASELINE), store.load_runs(tmp_path)
+    verdicts = compare(baseline, candidate, machine=False)
     table = render_markdown(verdicts)
     assert not has_regression(verdicts), table
     assert {v.verdict for v in verdicts} == {"unchanged"}, table  # nothing missing either
-    assert len(verdicts) == len(STABLE_METRICS) * len({v.name for v in suite.variants})
+    judged = rules_for(candidate.columns, machine=False)  # test LL, ELBO, ESS, sharpness, ...
+    assert len(judged) >= 6
+    assert len(verdicts) == len(judged) * len({v.name for v in suite.variants})

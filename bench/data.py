@@ -40,10 +40,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bench.config import IMAGE_DATASETS
 from bench.errors import BenchError
 
 TEST_BINARIZATION_SEED = 20151001
-DATASETS: tuple[str, ...] = ("digits", "mnist", "shapes", "shapes_small")
+DATASETS: tuple[str, ...] = IMAGE_DATASETS
 SHAPES_GRIDS = {"shapes": "full", "shapes_small": "small"}  # data set -> bench.shapes preset
 
 DIGITS_SPLIT_SEED = 0

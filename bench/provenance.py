@@ -1,4 +1,6 @@
-"""Where and with what a run executed: recorded beside every result, never part of its id."""
+"""Where and with what a run executed: recorded beside every result, never part of its id.
+Torch is imported when a run's provenance is collected, not with this module (the CLI and
+the runner import it without training anything)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +34,11 @@ def code_version() -> dict[str, object]:
     return {"git_commit": commit or "unknown", "git_dirty": bool(status) if commit else None}
 
 
-def device_name(device: str | torch.device) -> str:
-    """GPU model for CUDA devices; the CPU model (from /proc/cpuinfo where there is one)."""
+def device_name(device) -> str:
+    """GPU model for CUDA devices (a str or torch.device); the CPU model (from /proc/cpuinfo
+    where there is one)."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -47,8 +51,10 @@ def device_name(device: str | torch.device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def collect(device: str | torch.device) -> dict[str, object]:
+def collect(device) -> dict[str, object]:
     """Provenance of a run executing now on `device` in this process."""
+    import torch
+
     try:
         import ray
 

@@ -46,7 +46,6 @@ from bench.config import LATER_FIELDS, RunConfig, config_from_dict
 from bench.errors import BenchError
 from bench.metrics import catalog
 from bench.suite import Card, Reference, Suite, load_suite, resolve_suite_path
-from bench.toys import bimodal
 
 UNSPECIFIED_BUDGET = "unspecified"
 SAMPLE_KINDS = ("prior", "reconstruction", "original")
@@ -1438,6 +1437,13 @@ def _reference_section(report: _Report, data: SuiteData) -> None:
         report.add(Bullets([("note", n) for n in notes]))
 
 
+def _plot_bimodal_fits(*args, **kwargs):
+    """bench.toys.bimodal.plot_fits, imported (with torch) only when a report draws it."""
+    from bench.toys import bimodal
+
+    return bimodal.plot_fits(*args, **kwargs)
+
+
 def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataFrame,
                    summary: pd.DataFrame, order: Sequence[str]) -> None:
     from bench import plots
@@ -1468,7 +1474,7 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
         "Bimodal toy: one Gaussian q fitted to a target with two well-separated modes by "
         "reverse KL(q||p) (mode-seeking) and forward KL(p||q) (mass-covering), drawn over "
         f"the target density ({where}).",
-        f"One Gaussian fitted to two modes ({name}, {budget})", bimodal.plot_fits)
+        f"One Gaussian fitted to two modes ({name}, {budget})", _plot_bimodal_fits)
 
     _family_figures(report, data, summary, runs, stem, where, seeds)
 

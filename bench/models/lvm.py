@@ -19,12 +19,12 @@ from torch import nn
 from bench.models.conv import FEATURES, ConvDecoderNet, ConvEncoderNet
 from bench.models.posteriors import (
     LOG_2PI,
-    POSTERIORS,
     ConditionalGaussian,
     GaussianPosterior,
     mlp,
     standard_normal_log_prob,
 )
+from bench.models.registry import POSTERIORS
 
 
 @dataclass

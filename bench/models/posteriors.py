@@ -3,7 +3,8 @@
 A posterior maps its input h (the data x, or the sample of the layer below) to a
 distribution over z and returns reparameterised samples together with log q(z|h).
 The objectives only ever see those two tensors, so a richer family (a normalizing flow on
-top of the Gaussian) plugs in by adding a class here and an entry to `POSTERIORS`.
+top of the Gaussian) plugs in by adding a class (here or in flows.py) and an entry to
+`bench.models.registry.POSTERIORS`.
 Imports torch only.
 """
 
@@ -101,13 +102,3 @@ class GaussianPosterior(nn.Module):
         return PosteriorSample(
             z=z, log_q=log_q, mean=mean if k is None else mean.unsqueeze(0), kl_standard_normal=kl
         )
-
-
-POSTERIORS: dict[str, type[nn.Module]] = {"gaussian": GaussianPosterior}
-
-# Flow posteriors live in bench.models.flows, which imports the names above from this module.
-# Imported last, once everything it needs is defined. This relies on this module being loaded
-# before flows, which bench/models/__init__.py guarantees (it imports lvm, which imports us).
-from bench.models.flows import IAFPosterior, PlanarPosterior, RadialPosterior  # noqa: E402
-
-POSTERIORS.update(planar=PlanarPosterior, radial=RadialPosterior, iaf=IAFPosterior)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.config import (
-    DATASETS,
+    IMAGE_DATASETS,
     LIKELIHOODS,
     OBJECTIVES,
     POSTERIORS,
@@ -23,12 +23,13 @@ from bench.config import (
     config_from_dict,
 )
 from bench.errors import BenchError
+from bench.families.registry import FAMILIES
 from bench.runner import DEFAULT_GPU_FRACTION
 
 # Help for every RunConfig field; the train command gets one flag per field.
 FIELD_HELP = {
-    "dataset": f"data set: {', '.join(DATASETS)} (digits is embedded; mnist is fetched once; "
-    "gmm and bimodal are the toys of `vaebench toy`)",
+    "dataset": f"data set: {', '.join(IMAGE_DATASETS + FAMILIES.toys())} (digits is embedded; "
+    "mnist is fetched once; the toys (gmm, bimodal) are also run by `vaebench toy`)",
     "train_size": "use only the first N training examples (fast runs); default all",
     "test_size": "evaluate on the first N test examples only; default all",
     "hidden": "deterministic hidden sizes per stochastic layer, bottom first, e.g. "
@@ -63,9 +64,9 @@ FIELD_HELP = {
     "k_eval": "importance samples per test example for the log-likelihood estimate",
     "iterations": "optimisation steps of a toy (datasets gmm, bimodal) or EM iterations of "
     "model mixture; 0 otherwise",
-    "model": "model family: lvm (the VAE family), mixture (Bernoulli mixture by EM), cvae, "
-    "conditional_nn (cvae's deterministic baseline), m2 (semi-supervised VAE), classifier "
-    "(m2's classifier on the labelled subset alone)",
+    "model": f"model family ({', '.join(FAMILIES.models())}): lvm is the VAE family, mixture "
+    "a Bernoulli mixture by EM, conditional_nn cvae's deterministic baseline, m2 the "
+    "semi-supervised VAE, classifier m2's classifier on the labelled subset alone",
     "components": "mixture components K (model mixture)",
     "condition": "what cvae / conditional_nn condition on: label or quadrants",
     "given_quadrants": "condition quadrants: how many image quadrants are given (1-3)",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.errors import BenchError
+from bench.families.registry import FAMILIES
 
 OBJECTIVES = ("vae", "iwae")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -24,7 +25,6 @@ POSTERIORS = ("gaussian", "planar", "radial", "iaf")
 KL_DIRECTIONS = ("reverse", "forward")
 SCHEDULES = ("constant", "burda")
 ARCHITECTURES = ("mlp", "conv")
-MODELS = ("lvm", "mixture", "cvae", "conditional_nn", "m2", "classifier")
 INITS = ("authors", "torch")
 OPTIMIZERS = ("adam", "burda_adam")
 DCI_ESTIMATORS = ("forest", "boosting")
@@ -40,8 +40,8 @@ DCI_ESTIMATORS = ("forest", "boosting")
 PROTOCOL = 2
 CONDITIONS = ("none", "label", "quadrants")
 IMAGE_DATASETS = ("digits", "mnist", "shapes", "shapes_small")  # loaded by bench.data
-TOY_DATASETS = ("gmm", "bimodal")  # experiments with known answers (bench.toys), not images
-DATASETS = IMAGE_DATASETS + TOY_DATASETS
+# model families (`model`) and toys (`dataset`, experiments with known answers) are the
+# records of bench.families.registry.FAMILIES: FAMILIES.models(), FAMILIES.toys()
 
 
 @dataclass(frozen=True)
@@ -261,13 +261,11 @@ _FLOAT_FIELDS = {"beta", "lr", "adam_beta1", "adam_beta2", "adam_eps", "alpha", 
                  "capacity_max", "gamma"}
 _BOOL_FIELDS = {"analytic_kl", "eval_inpainting", "binarize"}
 _CHOICES = {
-    "dataset": DATASETS,
     "likelihood": LIKELIHOODS,
     "posterior": POSTERIORS,
     "kl_direction": KL_DIRECTIONS,
     "objective": OBJECTIVES,
     "schedule": SCHEDULES,
-    "model": MODELS,
     "condition": CONDITIONS,
     "architecture": ARCHITECTURES,
     "init": INITS,
@@ -298,7 +296,7 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise fail("true or false")
         return value
-    if key in _CHOICES:
+    if key in _CHOICES or key in ("dataset", "model"):
         if not isinstance(value, str):
             raise fail("a string")
         return value
@@ -320,10 +318,12 @@ def _is_int(v: Any) -> bool:
 
 
 def _validate(cfg: RunConfig) -> None:
-    for key, choices in _CHOICES.items():
+    choices = {**_CHOICES, "dataset": IMAGE_DATASETS + FAMILIES.toys(),
+               "model": FAMILIES.models()}
+    for key, known in choices.items():
         value = getattr(cfg, key)
-        if value not in choices:
-            raise BenchError(f"unknown {key} '{value}' (known: {', '.join(choices)})")
+        if value not in known:
+            raise BenchError(f"unknown {key} '{value}' (known: {', '.join(known)})")
     positive = ("k", "epochs", "batch_size", "k_eval", "burda_stages")
     for key in positive:
         if getattr(cfg, key) < 1:
@@ -332,16 +332,16 @@ def _validate(cfg: RunConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise BenchError(f"key '{key}' must be >= 1 (or unset for all), got {value}")
-    if cfg.dataset in TOY_DATASETS:
-        if cfg.iterations < 1 or cfg.objective != "iwae" or cfg.posterior != "gaussian":
-            raise BenchError(
-                f"dataset '{cfg.dataset}' is a toy: it needs key 'iterations' >= 1, objective "
-                "'iwae' and posterior 'gaussian' (k = particles, kl_direction = the method)"
-            )
-    elif cfg.iterations != 0 and cfg.model != "mixture":
-        raise BenchError(f"key 'iterations' applies to the toys ({', '.join(TOY_DATASETS)}) "
-                         f"and model 'mixture' only; dataset '{cfg.dataset}' trains for 'epochs'")
-    _validate_model(cfg)
+    for key in ("validation_size", "patience", "dci_train", "dci_test", "components",
+                "iterations", "labelled", "capacity_steps"):
+        if getattr(cfg, key) < 0:
+            raise BenchError(f"key '{key}' must be >= 0, got {getattr(cfg, key)}")
+    for key in ("beta", "alpha", "capacity_max"):
+        if getattr(cfg, key) < 0:
+            raise BenchError(f"key '{key}' must be >= 0, got {getattr(cfg, key):g}")
+    if not 0.0 <= cfg.input_dropout < 1.0:
+        raise BenchError(f"key 'input_dropout' must be in [0, 1), got {cfg.input_dropout:g}")
+    FAMILIES.check(cfg)  # which family owns which key, and each family's own rules
     if cfg.posterior == "gaussian" and cfg.flow_steps != 0:
         raise BenchError("key 'flow_steps' needs a flow posterior (posterior 'gaussian' has none)")
     if cfg.posterior != "gaussian" and cfg.flow_steps < 1:
@@ -351,14 +351,16 @@ def _validate(cfg: RunConfig) -> None:
             "key 'kl_direction' = 'forward' needs objective 'iwae' (the decoder trains on the "
             "IWAE bound) and posterior 'gaussian' (log q at a fixed sample)"
         )
-    if cfg.beta < 0:
-        raise BenchError(f"key 'beta' must be >= 0, got {cfg.beta:g}")
     if cfg.objective == "iwae" and cfg.beta != 1.0:
         raise BenchError("key 'beta' applies to objective 'vae' only (iwae needs beta = 1)")
     if cfg.lr <= 0 or cfg.adam_eps <= 0:
         raise BenchError("keys 'lr' and 'adam_eps' must be > 0")
     if not (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1):
         raise BenchError("keys 'adam_beta1' and 'adam_beta2' must be in [0, 1)")
+    if cfg.optimizer == "burda_adam" and (cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps) != (
+            0.9, 0.999, 1e-4):
+        raise BenchError("keys 'adam_beta1', 'adam_beta2' and 'adam_eps' apply to optimizer "
+                         "'adam' only (burda_adam uses the IWAE code's 0.99, 0.999, 1e-4)")
     if not cfg.latent or len(cfg.hidden) != len(cfg.latent):
         raise BenchError(
             f"keys 'hidden' and 'latent' need one entry per stochastic layer "
@@ -366,108 +368,6 @@ def _validate(cfg: RunConfig) -> None:
         )
     if any(v < 1 for v in cfg.latent) or any(v < 1 for layer in cfg.hidden for v in layer):
         raise BenchError("keys 'hidden' and 'latent' must hold sizes >= 1")
-
-
-def _validate_model(cfg: RunConfig) -> None:
-    """Rules of the model families: each family's keys apply to it alone."""
-    model = cfg.model
-    if model != "lvm" and cfg.dataset in TOY_DATASETS:
-        raise BenchError(f"model '{model}' needs an image data set, not the toy '{cfg.dataset}'")
-    if model != "lvm" and cfg.likelihood != "bernoulli":
-        raise BenchError(f"model '{model}' needs likelihood 'bernoulli'")
-    if model != "lvm" and (cfg.posterior != "gaussian" or cfg.kl_direction != "reverse"):
-        raise BenchError(f"model '{model}' supports posterior 'gaussian' and kl_direction "
-                         "'reverse' only")
-    if model == "mixture":
-        if cfg.components < 1 or cfg.iterations < 1:
-            raise BenchError("model 'mixture' needs key 'components' >= 1 and key 'iterations' "
-                             ">= 1 (EM iterations)")
-    elif cfg.components != 0:
-        raise BenchError("key 'components' applies to model 'mixture' only")
-    if model in ("cvae", "conditional_nn"):
-        if cfg.condition == "none":
-            raise BenchError(f"model '{model}' needs key 'condition' ('label' or 'quadrants')")
-        if cfg.condition == "quadrants" and cfg.given_quadrants not in (1, 2, 3):
-            raise BenchError(f"condition 'quadrants' needs key 'given_quadrants' in 1, 2, 3, "
-                             f"got {cfg.given_quadrants}")
-        if cfg.condition == "label" and cfg.given_quadrants != 0:
-            raise BenchError("key 'given_quadrants' applies to condition 'quadrants' only")
-        if model == "conditional_nn" and cfg.condition != "quadrants":
-            raise BenchError("model 'conditional_nn' (the deterministic baseline) needs "
-                             "condition 'quadrants'")
-    elif cfg.condition != "none" or cfg.given_quadrants != 0:
-        raise BenchError("keys 'condition' and 'given_quadrants' apply to models 'cvae' and "
-                         "'conditional_nn' only")
-    if model in ("m2", "classifier"):
-        if cfg.labelled < 10 or cfg.labelled % 10:
-            raise BenchError(f"model '{model}' needs key 'labelled' >= 10 and a multiple of 10 "
-                             f"(class-balanced), got {cfg.labelled}")
-        if cfg.alpha < 0:
-            raise BenchError(f"key 'alpha' must be >= 0, got {cfg.alpha:g}")
-        if model == "classifier" and cfg.alpha != 0.1:
-            raise BenchError("key 'alpha' applies to model 'm2' only (model 'classifier' "
-                             "trains on the labelled cross-entropy alone)")
-    elif cfg.labelled != 0 or cfg.alpha != 0.1:
-        raise BenchError("keys 'labelled' and 'alpha' apply to models 'm2' and 'classifier' "
-                         "only")
-    if not 0.0 <= cfg.input_dropout < 1.0:
-        raise BenchError(f"key 'input_dropout' must be in [0, 1), got {cfg.input_dropout:g}")
-    if model != "lvm" and (cfg.input_dropout or cfg.eval_inpainting):
-        raise BenchError("keys 'input_dropout' and 'eval_inpainting' apply to model 'lvm' only")
-    if cfg.eval_inpainting and (cfg.dataset in TOY_DATASETS or cfg.likelihood != "bernoulli"):
-        raise BenchError("key 'eval_inpainting' needs an image data set and likelihood "
-                         "'bernoulli'")
-    if cfg.architecture == "conv" and (model != "lvm" or cfg.dataset in TOY_DATASETS
-                                       or len(cfg.latent) != 1):
-        raise BenchError("architecture 'conv' needs model 'lvm', an image data set and one "
-                         "stochastic layer")
-    if cfg.capacity_max < 0:
-        raise BenchError(f"key 'capacity_max' must be >= 0, got {cfg.capacity_max:g}")
-    if cfg.capacity_max > 0:
-        if cfg.capacity_steps < 1 or cfg.gamma <= 0:
-            raise BenchError("controlled capacity (capacity_max > 0) needs key "
-                             "'capacity_steps' >= 1 and key 'gamma' > 0")
-        if cfg.objective != "vae" or cfg.beta != 1.0 or model != "lvm":
-            raise BenchError("controlled capacity (capacity_max > 0) needs model 'lvm', "
-                             "objective 'vae' and beta = 1 (gamma weighs |KL - C| instead)")
-    elif cfg.capacity_steps != 0 or cfg.gamma != 1000.0:
-        raise BenchError("keys 'capacity_steps' and 'gamma' apply to controlled capacity "
-                         "(capacity_max > 0) only")
-    _validate_protocol(cfg)
-
-
-def _validate_protocol(cfg: RunConfig) -> None:
-    """Rules of the optimiser, initialisation, early-stopping and DCI keys."""
-    neural = cfg.model != "mixture" and cfg.dataset not in TOY_DATASETS
-    if not neural and (cfg.init != "authors" or cfg.optimizer != "adam"):
-        raise BenchError("keys 'init' and 'optimizer' apply to the neural image models (not "
-                         "to model 'mixture' or the toys)")
-    if cfg.optimizer == "burda_adam" and (cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps) != (
-            0.9, 0.999, 1e-4):
-        raise BenchError("keys 'adam_beta1', 'adam_beta2' and 'adam_eps' apply to optimizer "
-                         "'adam' only (burda_adam uses the IWAE code's 0.99, 0.999, 1e-4)")
-    quadrant_family = cfg.model in ("cvae", "conditional_nn")
-    if not cfg.binarize and not quadrant_family:
-        raise BenchError("key 'binarize' = false (grey-level targets) applies to models 'cvae' "
-                         "and 'conditional_nn' only")
-    for key in ("validation_size", "patience", "dci_train", "dci_test"):
-        if getattr(cfg, key) < 0:
-            raise BenchError(f"key '{key}' must be >= 0, got {getattr(cfg, key)}")
-    if (cfg.validation_size or cfg.patience) and not quadrant_family:
-        raise BenchError("keys 'validation_size' and 'patience' apply to models 'cvae' and "
-                         "'conditional_nn' only")
-    if cfg.patience and not cfg.validation_size:
-        raise BenchError("key 'patience' > 0 (early stopping) needs key 'validation_size' > 0 "
-                         "(the held-out split it stops on)")
-    if (cfg.dci_train == 0) != (cfg.dci_test == 0):
-        raise BenchError("keys 'dci_train' and 'dci_test' are set together (both > 0: "
-                         "independent draws) or not at all")
-    if cfg.dci_train == 1 or cfg.dci_test == 1:
-        raise BenchError("keys 'dci_train' and 'dci_test' need at least 2 points each (a "
-                         "classifier is fitted and scored on them)")
-    if cfg.model != "lvm" and (cfg.dci_estimator != "forest" or cfg.dci_train):
-        raise BenchError("keys 'dci_estimator', 'dci_train' and 'dci_test' apply to model "
-                         "'lvm' (on data with known factors) only")
 
 
 def _plain(value: Any) -> Any:

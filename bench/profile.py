@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bench.config import TOY_DATASETS, RunConfig
+from bench.config import RunConfig
 from bench.data import binarize_dynamic, drop_pixels
 from bench.errors import BenchError
+from bench.families.registry import FAMILIES
 from bench.metrics.cost import training_flops_per_example
 from bench.models import build_model
 from bench.objectives import objective_for
@@ -115,7 +116,7 @@ def profile_variant(
     if steps < 1 or warmup < 0:
         raise BenchError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, "
                          f"warmup={warmup}")
-    if cfg.dataset in TOY_DATASETS:
+    if FAMILIES.of(cfg).toy:
         raise BenchError(f"profiling covers the image data sets; dataset '{cfg.dataset}' is a "
                          f"toy (bench.toys)")
     if cfg.model != "lvm":

@@ -44,6 +44,7 @@ import pandas as pd
 from bench import store
 from bench.config import LATER_FIELDS, RunConfig, config_from_dict
 from bench.errors import BenchError
+from bench.families.registry import FAMILIES, Family
 from bench.metrics import catalog
 from bench.suite import Card, Reference, Suite, load_suite, resolve_suite_path
 
@@ -526,13 +527,19 @@ def unit_kl_data(runs: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(records) if records else None
 
 
-_FAMILY_LABELS = {"cvae": "CVAE", "conditional_nn": "deterministic NN", "m2": "M2",
-                  "classifier": "supervised only", "mixture": "mixture (EM)"}
+def _family(row: pd.Series) -> Family | None:
+    """The registry record of a stored row's family (its toy, else its model); None for a
+    family this code does not know (results of a removed or not yet loaded family)."""
+    dataset, model = _py(row.get("cfg_dataset")), _py(row.get("cfg_model")) or "lvm"
+    name = str(dataset if dataset in FAMILIES.toys() else model)
+    return FAMILIES.get(name) if name in (*FAMILIES.models(), *FAMILIES.toys()) else None
 
 
 def _family_label(row: pd.Series) -> str:
-    model = _py(row.get("cfg_model"))
-    return _FAMILY_LABELS.get(str(model), str(row.get("cfg_objective", model)).upper())
+    family = _family(row)
+    if family is not None and family.label:
+        return family.label
+    return str(row.get("cfg_objective", _py(row.get("cfg_model")))).upper()
 
 
 INPAINT_MASKS = {"rand25": "random 25%", "rand50": "random 50%", "rand75": "random 75%",
@@ -1216,22 +1223,6 @@ def format_mean_std(mean: float, std: float, spec: MetricSpec) -> str:
 
 _NLL = MetricSpec("nll", "", 2)
 # config keys a model family ignores, shown as "-" on its rows of the summary table
-FAMILY_ONLY_KEYS = frozenset({"components", "condition", "given_quadrants", "labelled", "alpha"})
-_VAE_ONLY = frozenset({"posterior", "flow_steps", "kl_direction", "architecture",
-                       "input_dropout", "eval_inpainting", "capacity_max"})
-UNUSED_KEYS: dict[str, frozenset[str]] = {
-    "lvm": FAMILY_ONLY_KEYS,
-    "mixture": _VAE_ONLY | {"objective", "k", "beta", "analytic_kl", "condition",
-                            "given_quadrants", "labelled", "alpha"},
-    "cvae": _VAE_ONLY | {"components", "labelled", "alpha"},
-    "conditional_nn": _VAE_ONLY | {"objective", "k", "beta", "analytic_kl", "components",
-                                   "labelled", "alpha"},
-    "m2": _VAE_ONLY | {"objective", "beta", "components", "condition", "given_quadrants"},
-    "classifier": _VAE_ONLY | {"objective", "k", "beta", "analytic_kl", "components",
-                               "condition", "given_quadrants", "alpha"},
-}
-
-
 def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, Table | None]:
     """(quality table, cost table or None) of a `summarize_variants` frame."""
     quality = present_metrics(summary, QUALITY_METRICS)
@@ -1240,8 +1231,8 @@ def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, T
     numeric = [False] * (1 + len(axes)) + [True] * (4 + len(quality))
     rows = []
     for _, row in summary.iterrows():
-        family = _py(row.get("cfg_model"))
-        unused = UNUSED_KEYS.get(str(family), FAMILY_ONLY_KEYS)
+        family = _family(row)
+        unused = family.unused if family is not None else frozenset()
         if not _num(row.get("cfg_capacity_max")) > 0:  # gamma etc. mean nothing without it
             unused = unused | {"gamma", "capacity_steps"}
         cells = [str(row["variant"]),

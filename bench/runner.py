@@ -26,9 +26,8 @@ from pathlib import Path
 
 from bench import config as bench_config
 from bench import provenance, store
-from bench.config import TOY_DATASETS
+from bench.families.registry import FAMILIES
 from bench.suite import Suite, Variant, filter_variants
-from bench.toys import run_toy
 
 OBJECT_STORE_BYTES = 256 * 1024**2  # embedded Ray: rows are tiny, no need for 30% of RAM
 DEFAULT_GPU_FRACTION = 0.25  # several small MLP runs share one GPU
@@ -175,7 +174,7 @@ def execute(task: RunTask, device: str | None = None, where: dict | None = None)
 def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
     import torch
 
-    from bench.families import train_model
+    from bench.families import run_toy, train_model
     from bench.train import Checkpointing, load_data
 
     torch.set_num_threads(task.threads)
@@ -200,7 +199,7 @@ def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
         error = trace = None
         metrics, curves, samples = {}, [], []
         try:
-            if cfg.dataset in TOY_DATASETS:  # a toy with a known answer: seconds, on the CPU
+            if FAMILIES.of(cfg).toy:  # a toy with a known answer: seconds, on the CPU
                 metrics, status = run_toy(cfg), "finished"
             else:
                 result = train_model(cfg, load_data(cfg), device=device, on_epoch=on_epoch,

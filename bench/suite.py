@@ -79,8 +79,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bench.config import TOY_DATASETS, RunConfig, config_from_dict
+from bench.config import RunConfig, config_from_dict
 from bench.errors import BenchError
+from bench.families.registry import FAMILIES, Family
 
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
 #: keys a suite may set in [base], [grid], [[variant]], [budget.*] (the seed comes from `seeds`)
@@ -616,13 +617,18 @@ def _check_values(values: Mapping[str, Any], where: str, table: str) -> None:
 
 
 # the least each model family needs beside it for a lone `model = ...` to be a valid config
-_MODEL_COMPANIONS: dict[str, dict[str, Any]] = {
-    "mixture": {"components": 1, "iterations": 1},
-    "cvae": {"condition": "label"},
-    "conditional_nn": {"condition": "quadrants", "given_quadrants": 1},
-    "m2": {"labelled": 10},
-    "classifier": {"labelled": 10},
-}
+def _family_of_lone_value(key: str, value: Any) -> Family | None:
+    """The family (registry record) a lone `key = value` needs: the family it names, or the
+    first that owns a key the default family (lvm) does not."""
+    if key == "model" and value in FAMILIES.models():
+        return FAMILIES.get(value)
+    if key == "dataset" and value in FAMILIES.toys():
+        return FAMILIES.get(value)
+    field_ = RunConfig.__dataclass_fields__.get(key)
+    if field_ is None or value == field_.default or key in FAMILIES.get("lvm").owns:
+        return None
+    return next((FAMILIES.get(n) for n in (*FAMILIES.models(), *FAMILIES.toys())
+                 if key in FAMILIES.get(n).owns), None)
 
 
 def _check_value(key: str, value: Any, where: str, table: str) -> None:
@@ -632,7 +638,12 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
     layers are merged; this catches a bad value even where a later layer overrides it.
     """
     values: dict[str, Any] = {key: value}
-    # companions that make a lone value a valid config where a rule ties it to another key
+    # the family a lone value belongs to, with the values that make it a valid config
+    family = _family_of_lone_value(key, value)
+    if family is not None:
+        values.update({**family.companions, ("dataset" if family.toy else "model"): family.name,
+                       key: value})
+    # companions that make a lone value valid where a rule ties it to another key
     if key == "latent" and isinstance(value, list):  # keep hidden/latent layer counts equal
         values["hidden"] = [[1]] * len(value)
     elif key == "hidden" and isinstance(value, list):
@@ -643,28 +654,15 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
         values["posterior"] = "planar"
     elif key == "kl_direction" and value == "forward":
         values["objective"] = "iwae"
-    elif key == "dataset" and value in TOY_DATASETS:
-        values.update(iterations=1, objective="iwae")
-    elif key == "iterations" and value != 0:
-        values.update(dataset=TOY_DATASETS[0], objective="iwae")
-    elif (key == "model" and isinstance(value, str)) or (key == "components" and value != 0):
-        values.update(_MODEL_COMPANIONS.get(value if key == "model" else "mixture", {}))
-        if key == "components":
-            values["model"] = "mixture"
-    elif key == "condition" and value != "none":
-        values.update(model="cvae", given_quadrants=1 if value == "quadrants" else 0)
+    elif key == "condition" and value == "quadrants":
+        values["given_quadrants"] = 1
     elif key == "given_quadrants" and value != 0:
-        values.update(model="cvae", condition="quadrants")
-    elif key == "alpha" or (key == "labelled" and value != 0):
-        values.update(model="m2", labelled=values.get("labelled", 10))
+        values["condition"] = "quadrants"
+    elif key == "patience" and value != 0:
+        values["validation_size"] = 1
     elif key == "gamma" or (key in ("capacity_steps", "capacity_max") and value != 0):
         values.setdefault("capacity_max", 1.0)
         values.setdefault("capacity_steps", 1)
-    elif (key == "binarize" and value is False) or (
-            key in ("validation_size", "patience") and value != 0):
-        values.update(_MODEL_COMPANIONS["conditional_nn"], model="conditional_nn")
-        if key == "patience":
-            values["validation_size"] = 1
     elif key in ("dci_train", "dci_test") and value != 0:
         values.update({"dci_train": 2, "dci_test": 2, key: value})
     config_from_dict(values, where=f"{where}: {table}")

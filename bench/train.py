@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from bench.config import TOY_DATASETS, RunConfig
+from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic, drop_pixels, load_dataset
 from bench.errors import BenchError
+from bench.families.registry import FAMILIES
 from bench.metrics.blur import blur_metrics, sample_records
 from bench.metrics.catalog import MACHINE_METRICS  # noqa: F401 (re-exported for checks)
 from bench.metrics.cost import PeakMemory, training_flops_per_example
@@ -176,7 +177,7 @@ def load_data(cfg: RunConfig) -> Dataset:
     """The data set a config trains on: its first train_size / test_size examples, binarized
     (dynamically for training, once for the test set) when the likelihood is Bernoulli and
     cfg.binarize (false: grey levels, scored by the Bernoulli cross-entropy)."""
-    if cfg.dataset in TOY_DATASETS:
+    if FAMILIES.of(cfg).toy:
         raise BenchError(f"dataset '{cfg.dataset}' is a toy with no data to load: run it with "
                          f"`vaebench toy {cfg.dataset}` or as a suite run")
     return load_dataset(cfg.dataset, train_size=cfg.train_size, test_size=cfg.test_size,

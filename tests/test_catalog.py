@@ -8,7 +8,8 @@ import pytest
 
 from bench import compare as cmp
 from bench import store
-from bench.config import MODELS, RunConfig
+from bench.config import RunConfig
+from bench.families.registry import FAMILIES
 from bench.metrics import catalog
 from bench.runner import RunTask, execute
 from bench.suite import Variant
@@ -52,7 +53,8 @@ def stored(tmp_path_factory):
 
 
 def test_the_runs_cover_every_family(stored):
-    assert {RUNS[name].model for name in stored} == set(MODELS)
+    assert {FAMILIES.of(RUNS[name]).name for name in stored} == {*FAMILIES.models(),
+                                                                 *FAMILIES.toys()}
 
 
 def test_every_stored_metric_has_a_catalog_record(stored):

@@ -98,7 +98,8 @@ def test_posterior_and_kl_direction_are_validated(values, fragment):
     [
         ({"dataset": "gmm", "objective": "iwae"}, "needs key 'iterations' >= 1"),
         ({"dataset": "gmm", "iterations": 10}, "objective 'iwae'"),
-        ({"dataset": "mnist", "iterations": 10}, "applies to the toys"),
+        ({"dataset": "mnist", "iterations": 10},
+         "key 'iterations' applies to model 'mixture' and the toys 'gmm' and 'bimodal' only"),
     ],
 )
 def test_toy_datasets_are_validated(values, fragment):
@@ -127,14 +128,16 @@ def test_model_family_keys_keep_old_run_ids_and_hash_when_set():
         ({"model": "cvae", "condition": "quadrants", "given_quadrants": 4}, "in 1, 2, 3"),
         ({"model": "conditional_nn", "condition": "label"}, "needs condition 'quadrants'"),
         ({"model": "m2", "labelled": 105}, "multiple of 10"),
-        ({"alpha": 0.5}, "apply to models 'm2' and 'classifier' only"),
+        ({"alpha": 0.5}, "key 'alpha' applies to model 'm2' only"),
+        ({"labelled": 20}, "key 'labelled' applies to models 'm2' and 'classifier' only"),
         ({"model": "classifier", "labelled": 100, "alpha": 0.5}, "applies to model 'm2' only"),
         ({"init": "zeros"}, "unknown init 'zeros'"),
         ({"optimizer": "sgd"}, "unknown optimizer 'sgd'"),
         ({"model": "mixture", "components": 3, "iterations": 2, "init": "torch"},
-         "neural image models"),
-        ({"binarize": False}, "'binarize' = false"),
-        ({"patience": 3}, "apply to models 'cvae' and 'conditional_nn' only"),
+         "key 'init' applies to models 'lvm', 'cvae', 'conditional_nn', 'm2' and "
+         "'classifier' only"),
+        ({"binarize": False}, "key 'binarize' applies to models 'cvae' and 'conditional_nn' only"),
+        ({"patience": 3}, "key 'patience' applies to models 'cvae' and 'conditional_nn' only"),
         ({"model": "conditional_nn", "condition": "quadrants", "given_quadrants": 1,
           "patience": 3}, "needs key 'validation_size' > 0"),
         ({"model": "cvae", "condition": "quadrants", "given_quadrants": 1,

@@ -147,12 +147,14 @@ def test_the_conv_architecture_needs_images_and_one_layer():
     with pytest.raises(BenchError, match="image"):
         build_model(RunConfig(**SHAPES), 1024)  # no image shape
     rules = [
-        dict(model="mixture", components=3, iterations=5),
-        dict(dataset="gmm", iterations=10, objective="iwae"),
-        dict(hidden=((32,), (16,)), latent=(8, 4)),
+        (dict(model="mixture", components=3, iterations=5),
+         "key 'architecture' applies to model 'lvm' only"),
+        (dict(dataset="gmm", iterations=10, objective="iwae"),
+         "key 'architecture' applies to model 'lvm' only"),
+        (dict(hidden=((32,), (16,)), latent=(8, 4)), "architecture 'conv' needs"),
     ]
-    for extra in rules:
-        with pytest.raises(BenchError, match="architecture 'conv' needs"):
+    for extra, message in rules:
+        with pytest.raises(BenchError, match=message):
             RunConfig(**{"architecture": "conv", "dataset": "digits", **extra})
     with pytest.raises(ValueError, match="one stochastic layer"):
         LatentVariableModel(1024, ((32,), (16,)), (8, 4), architecture="conv",

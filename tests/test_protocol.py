@@ -118,7 +118,7 @@ def test_burda_adam_refuses_adam_settings_and_non_neural_models():
     from bench.errors import BenchError
     with pytest.raises(BenchError, match="apply to optimizer 'adam' only"):
         RunConfig(optimizer="burda_adam", adam_beta1=0.99)
-    with pytest.raises(BenchError, match="neural image models"):
+    with pytest.raises(BenchError, match="key 'optimizer' applies to models 'lvm', 'cvae'"):
         RunConfig(model="mixture", components=3, iterations=2, optimizer="burda_adam")
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from bench.config import RunConfig
-from bench.data import Dataset
-from bench.train import Checkpointing, EpochRecord, TrainResult, train, training_record
+    from bench.config import RunConfig
+    from bench.data import Dataset
+    from bench.train import Checkpointing, EpochRecord, TrainResult
 
 
 @dataclass
@@ -38,11 +40,13 @@ class FamilyResult:
     diverged_epoch: int | None = None
 
     def metrics(self) -> dict:
+        from bench.train import training_record
+
         return {**training_record(self.status, self.curves, self.train_seconds,
                                   self.diverged_epoch), **self.family_metrics}
 
 
-OnEpoch = Callable[[EpochRecord, int], None]
+OnEpoch = Callable[["EpochRecord", int], None]
 
 
 def train_model(
@@ -53,16 +57,23 @@ def train_model(
     on_epoch: OnEpoch | None = None,
     checkpointing: Checkpointing | None = None,
 ) -> TrainResult | FamilyResult:
-    """Train and evaluate `cfg` with its model family. Only the lvm trainer checkpoints; the
-    other families are short and restart from scratch when retried."""
-    if cfg.model == "lvm":
-        return train(cfg, dataset, device=device, on_epoch=on_epoch, checkpointing=checkpointing)
-    if cfg.model == "mixture":
-        from bench.families import mixture as family
-    elif cfg.model in ("cvae", "conditional_nn"):
-        from bench.families import cvae as family
-    elif cfg.model in ("m2", "classifier"):
-        from bench.families import m2 as family
-    else:  # config validation makes this unreachable
-        raise ValueError(f"no model family {cfg.model!r}")
-    return family.run(cfg, dataset, device=torch.device(device), on_epoch=on_epoch)
+    """Train and evaluate `cfg` with its family's trainer (bench.families.registry). Only
+    the lvm trainer checkpoints; the other families are short and restart from scratch
+    when retried. Toys need no data set: they run through `run_toy`."""
+    from bench.families.registry import FAMILIES
+
+    family = FAMILIES.of(cfg)
+    if family.toy:
+        raise ValueError(f"'{family.name}' is a toy: run it with bench.families.run_toy")
+    return family.trainer()(cfg, dataset, device=device, on_epoch=on_epoch,
+                            checkpointing=checkpointing)
+
+
+def run_toy(cfg: RunConfig) -> dict:
+    """Run the toy `cfg.dataset` (a family registered with toy=True) and return its metrics."""
+    from bench.families.registry import FAMILIES
+
+    family = FAMILIES.of(cfg)
+    if not family.toy:
+        raise ValueError(f"dataset '{cfg.dataset}' is not a toy")
+    return family.trainer()(cfg)

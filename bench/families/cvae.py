@@ -754,8 +754,10 @@ def run(
     *,
     device: torch.device | str = "cpu",
     on_epoch: OnEpoch | None = None,
+    checkpointing: object = None,
 ) -> FamilyResult:
-    """Train and evaluate a cvae / conditional_nn config (bench.families.train_model)."""
+    """Train and evaluate a cvae / conditional_nn config (bench.families.train_model).
+    `checkpointing` is accepted and unused: these runs are short and restart when retried."""
     fitted = fit(cfg, dataset, device=device, on_epoch=on_epoch)
     metrics, samples = {}, []
     if fitted.status == "finished":

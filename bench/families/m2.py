@@ -356,11 +356,13 @@ def _labelled_data(cfg: RunConfig, dataset: Dataset, device: torch.device
 
 
 def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
-        on_epoch: Callable[[EpochRecord, int], None] | None = None) -> FamilyResult:
+        on_epoch: Callable[[EpochRecord, int], None] | None = None,
+        checkpointing: object = None) -> FamilyResult:
     """Train M2 on `dataset` (labels of cfg.labelled balanced training images, the rest used
     unlabelled), then evaluate: test error of argmax q(y|x), mean test -U(x) at cfg.k_eval,
     error on the labelled subset, and the analogy images. Model "classifier": the
-    supervised-only baseline instead (`run_classifier`)."""
+    supervised-only baseline instead (`run_classifier`). `checkpointing` is accepted and
+    unused: these runs are short and restart when retried."""
     if cfg.model == "classifier":
         return run_classifier(cfg, dataset, device=device, on_epoch=on_epoch)
     _check(cfg)

@@ -226,12 +226,14 @@ def run(
     cfg: RunConfig,
     dataset: Dataset,
     *,
-    device: torch.device,
+    device: torch.device | str,
     on_epoch: Callable[[EpochRecord, int], None] | None = None,
+    checkpointing: object = None,
 ) -> FamilyResult:
     """Fit a K = cfg.components mixture by cfg.iterations EM iterations on the once-binarized
     training set, then evaluate exactly on dataset.test. One EpochRecord per iteration, its
-    train_bound the exact mean training log p(x) AFTER that iteration's M-step."""
+    train_bound the exact mean training log p(x) AFTER that iteration's M-step.
+    `checkpointing` is accepted and unused: EM runs are short and restart when retried."""
     device = torch.device(device)
     n_train = int(dataset.train.shape[0])
     if not dataset.binarized:

@@ -304,7 +304,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from bench.families import train_model
-    from bench.train import load_data
+    from bench.loop import load_data
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     cfg = config_from_dict({k: v for k, v in values.items() if v is not None}, where="train")

@@ -29,13 +29,14 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from bench.config import RunConfig
 from bench.data import binarize_dynamic, drop_pixels
 from bench.errors import BenchError
+from bench.families.lvm import training_step
 from bench.families.registry import FAMILIES
+from bench.loop import load_data, make_generator
 from bench.metrics.cost import training_flops_per_example
 from bench.models import build_model
 from bench.objectives import objective_for
 from bench.optim import loss_scale, make_optimizer
 from bench.suite import load_suite, resolve_suite_path
-from bench.train import load_data, make_generator, training_step
 
 TOP_N = 15
 _STEP_LABEL = "train_step"
@@ -120,7 +121,7 @@ def profile_variant(
         raise BenchError(f"profiling covers the image data sets; dataset '{cfg.dataset}' is a "
                          f"toy (bench.toys)")
     if cfg.model != "lvm":
-        raise BenchError(f"profiling covers model 'lvm' (bench.train.training_step); model "
+        raise BenchError(f"profiling covers model 'lvm' (bench.families.lvm.training_step); model "
                          f"'{cfg.model}' trains with its own family code (bench.families)")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():

@@ -175,7 +175,7 @@ def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
     import torch
 
     from bench.families import run_toy, train_model
-    from bench.train import Checkpointing, load_data
+    from bench.loop import Checkpointing, load_data
 
     torch.set_num_threads(task.threads)
     cfg, run_id = task.variant.config, task.variant.run_id

@@ -17,10 +17,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.config import RunConfig
+from bench.families.lvm import training_step
+from bench.loop import make_generator
 from bench.models import build_model
 from bench.objectives import objective_for
 from bench.optim import make_optimizer
-from bench.train import make_generator, training_step
 
 D, BATCH = 784, 100  # MNIST-sized, the IWAE paper's 1-layer model
 CASES = {"vae-k1": ("vae", 1), "iwae-k5": ("iwae", 5), "iwae-k50": ("iwae", 50)}

@@ -12,7 +12,7 @@ import torch
 
 from bench.cli import main
 from bench.config import RunConfig, config_from_dict
-from bench.train import MACHINE_METRICS
+from bench.metrics.catalog import MACHINE_METRICS
 
 BAD_DEVICE = ["--device", "tpu"] if torch.cuda.is_available() else ["--device", "cuda:0"]
 

@@ -28,7 +28,8 @@ from bench.families.cvae import (
     run,
     split_validation,
 )
-from bench.train import MACHINE_METRICS, load_data
+from bench.loop import load_data
+from bench.metrics.catalog import MACHINE_METRICS
 
 QUADRANT_METRICS = {"cvae": {"test_cll", "test_cll_is", "rate", "nn_test_cll",
                              "test_cll_marginal", "eval_seconds", "nn_epochs_run",
@@ -458,7 +459,7 @@ def test_a_cvae_restores_each_stages_best_weights(digits, monkeypatch):
     # the stored metrics are those of these weights, not of the last epoch's
     last = real_build(cfg, split_validation(cfg, digits).fit)
     last.load_state_dict(snapshots[-1])
-    gen = lambda: cvae_module.make_generator(cfg.seed + cvae_module._EVAL_STREAM, "cpu")
+    gen = lambda: cvae_module.make_generator(cfg.seed + cvae_module.EVAL_STREAM, "cpu")
     assert evaluate(last.eval(), cfg, digits, generator=gen())[0]["test_cll"] != m["test_cll"]
     best = real_build(cfg, split_validation(cfg, digits).fit)
     best.load_state_dict(final)

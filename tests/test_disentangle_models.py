@@ -16,11 +16,14 @@ import pytest
 import torch
 from torch import nn
 
+import bench.families.lvm
 import bench.metrics.factors
-import bench.train
 from bench.config import RunConfig
 from bench.data import SHAPES_GRIDS, load_dataset
 from bench.errors import BenchError
+from bench.families.lvm import train, training_step
+from bench.loop import Checkpointing, load_data
+from bench.metrics.catalog import MACHINE_METRICS
 from bench.metrics.disentanglement import beta_vae_score, dci, mig
 from bench.metrics.factors import (
     ACTIVE_KL,
@@ -43,14 +46,7 @@ from bench.objectives import (
     objective_for,
     vae_bound,
 )
-from bench.train import (
-    MACHINE_METRICS,
-    Checkpointing,
-    load_data,
-    make_optimizer,
-    train,
-    training_step,
-)
+from bench.optim import make_optimizer
 
 SHAPES = dict(dataset="shapes_small", architecture="conv", latent=(4,))
 # A short capacity run on the shapes grid: C jumps to 8 nats after the first step and
@@ -310,7 +306,7 @@ def test_a_resumed_capacity_run_matches_an_uninterrupted_one(tmp_path, monkeypat
         objectives.append(objective_for(c))
         return objectives[-1]
 
-    monkeypatch.setattr(bench.train, "objective_for", spy)
+    monkeypatch.setattr(bench.families.lvm, "objective_for", spy)
     reference = train(cfg, data)
     assert objectives[-1].steps_done == 4 * 5
 

@@ -1,7 +1,7 @@
 """The trained-model path of the disentanglement metrics, and the 2-layer prior sampler.
 
 `bench.metrics.disentanglement` is unit-tested on synthetic codes (test_disentanglement.py);
-here the metrics go through `bench.metrics.factors.factor_metrics`, called as bench.train
+here the metrics go through `bench.metrics.factors.factor_metrics`, called as bench.families.lvm
 calls it (`factor_metrics(model, dataset, seed=cfg.seed, config=cfg)`): every image of the
 `shapes_small` grid is encoded with the model's `posterior_moments`, codes are paired with
 the grid's factors for MIG and DCI, and the beta-VAE metric looks images up by factor

@@ -120,4 +120,4 @@ def test_each_run_dispatches_to_its_familys_trainer():
     assert FAMILIES.of(RunConfig(dataset="gmm", objective="iwae", iterations=1)).name == "gmm"
     assert FAMILIES.of(RunConfig(model="classifier", labelled=10)).trainer().__name__ in (
         "run", "run_classifier")
-    assert FAMILIES.of(RunConfig()).trainer().__module__ == "bench.train"
+    assert FAMILIES.of(RunConfig()).trainer().__module__ == "bench.families.lvm"

@@ -14,10 +14,14 @@ import math
 import pytest
 import torch
 
-import bench.train
+import bench.families.lvm
+import bench.loop
 from bench.config import RunConfig
 from bench.data import binarize_dynamic, load_dataset
 from bench.errors import BenchError
+from bench.families.lvm import train
+from bench.loop import make_generator
+from bench.metrics.catalog import MACHINE_METRICS
 from bench.metrics.imputation import (
     MASK_LABELS,
     MASKS,
@@ -33,7 +37,7 @@ from bench.metrics.imputation import (
 )
 from bench.models import build_model
 from bench.objectives import objective_for
-from bench.train import MACHINE_METRICS, make_generator, make_optimizer, train
+from bench.optim import make_optimizer
 
 QUICK = dict(dataset="digits", train_size=300, test_size=100, epochs=2, k_eval=20,
              hidden=((32,),), latent=(8,))
@@ -305,7 +309,7 @@ def _plain_training(cfg: RunConfig, data) -> torch.nn.Module:
     """The trainer's loop before input dropout existed, written out: same draws, same ops."""
     model = build_model(cfg, data.dim, pixel_mean=data.pixel_mean)  # as the trainer
     optimizer, bound = make_optimizer(model, cfg), objective_for(cfg)
-    generator = make_generator(cfg.seed + bench.train._TRAIN_STREAM, "cpu")
+    generator = make_generator(cfg.seed + bench.loop.TRAIN_STREAM, "cpu")
     n = data.train.shape[0]
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=generator)
@@ -332,7 +336,7 @@ def test_input_dropout_zero_trains_bit_identically_to_the_plain_loop(digits, obj
 def _spy_on_training(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(encoder input, decoder target) of every training step of the next `train` call."""
     pairs: list[list[torch.Tensor]] = []
-    real_build = bench.train.build_model
+    real_build = bench.families.lvm.build_model
 
     def spying_build(cfg, n_data, *args, **kwargs):
         model = real_build(cfg, n_data, *args, **kwargs)
@@ -351,7 +355,7 @@ def _spy_on_training(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         model.decoder.log_prob = log_prob
         return model
 
-    monkeypatch.setattr(bench.train, "build_model", spying_build)
+    monkeypatch.setattr(bench.families.lvm, "build_model", spying_build)
     return pairs
 
 

@@ -18,7 +18,8 @@ from bench.families.m2 import (
     mean_unlabelled_bound,
     semi_supervised_loss,
 )
-from bench.train import MACHINE_METRICS, load_data
+from bench.loop import load_data
+from bench.metrics.catalog import MACHINE_METRICS
 
 METRICS = {"test_error", "test_unlabelled_bound", "train_labelled_error", "eval_seconds"}
 

@@ -16,17 +16,18 @@ import pytest
 import torch
 from torch import nn
 
-import bench.train
+import bench.loop
 from bench import provenance, store
 from bench.config import RunConfig
 from bench.data import DIGITS_SPLIT_SEED, DIGITS_TEST_SIZE, Dataset, load_dataset
+from bench.families.lvm import train
+from bench.loop import EpochRecord, train_epochs, training_record
 from bench.metrics.blur import blur_metrics
 from bench.metrics.cost import PeakMemory, training_flops_per_example
 from bench.metrics.likelihood import evaluate
 from bench.models import ModelSample, build_model
 from bench.runner import RunTask, execute
 from bench.suite import Variant
-from bench.train import EpochRecord, train, train_epochs, training_record
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,7 +65,7 @@ TINY = dict(dataset="digits", hidden=((4,),), latent=(2,), train_size=100, test_
 
 @pytest.fixture(scope="module")
 def tiny_run(one_thread):
-    """One real `bench.train.train` run (digits, 2 epochs, k=5) shared by the tests that
+    """One real `bench.families.lvm.train` run (digits, 2 epochs, k=5) shared by the tests that
     check what train stores; with the process's RSS just before it started."""
     cfg = RunConfig(**TINY)
     data = load_dataset("digits", train_size=cfg.train_size, test_size=cfg.test_size)
@@ -265,7 +266,7 @@ def test_each_epochs_rate_is_its_examples_over_its_own_seconds(monkeypatch):
     epoch) instead of its own start, so later epochs look ever slower. A fake clock: epoch 1
     runs from t=1 to t=3, epoch 2 from t=3 to t=3.5, on n = 100 examples."""
     ticks = iter([1.0, 3.0, 3.0, 3.5])
-    monkeypatch.setattr(bench.train.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(bench.loop.time, "perf_counter", lambda: next(ticks))
     weight = nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=0.1)
     curves: list[EpochRecord] = []

@@ -30,7 +30,7 @@ from bench.families.mixture import (
     run,
     statistics,
 )
-from bench.train import MACHINE_METRICS
+from bench.metrics.catalog import MACHINE_METRICS
 
 F64 = torch.float64
 

@@ -16,12 +16,12 @@ from bench.cli import main
 from bench.config import RunConfig
 from bench.data import load_dataset
 from bench.families import cvae, m2
+from bench.families.lvm import train
 from bench.models import build_model
 from bench.models.init import output_bias
 from bench.optim import BurdaAdam, loss_scale, make_optimizer
 from bench.runner import explain, plan
 from bench.suite import Suite, Variant
-from bench.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

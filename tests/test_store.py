@@ -136,7 +136,7 @@ def test_finished_rows_are_kept_and_writes_leave_no_temp_files(tmp_path):
 
 def test_curves_may_be_dataclass_records(tmp_path):
     @dataclasses.dataclass
-    class Epoch:  # like bench.train.EpochRecord
+    class Epoch:  # like bench.loop.EpochRecord
         epoch: int
         train_bound: float
 

@@ -11,7 +11,9 @@ import torch
 from bench.config import RunConfig
 from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.train import MACHINE_METRICS, Checkpointing, train
+from bench.families.lvm import train
+from bench.loop import Checkpointing
+from bench.metrics.catalog import MACHINE_METRICS
 
 QUICK = dict(dataset="digits", train_size=300, test_size=100, epochs=3, k_eval=20,
              hidden=((32,),), latent=(8,))

@@ -19,10 +19,11 @@ import torch
 from bench.config import OBJECTIVES, POSTERIORS, RunConfig
 from bench.families import cvae as cvae_family
 from bench.families import m2 as m2_family
+from bench.families.lvm import train
 from bench.families.registry import FAMILIES as REGISTRY
+from bench.loop import load_data
 from bench.models import LatentVariableModel, build_model
 from bench.optim import BurdaAdam, make_optimizer
-from bench.train import load_data, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tests share a small CPU
 

@@ -1,6 +1,6 @@
 """Model families beyond the VAE family: each trains one config and returns a `FamilyResult`.
 
-    lvm             bench.train.train: VAE, IWAE, beta-VAE, flows, forward KL (the default)
+    lvm             bench.families.lvm: VAE, IWAE, beta-VAE, flows, forward KL (the default)
     mixture         bench.families.mixture: a mixture of Bernoullis fitted by EM, exact log p(x)
     cvae            bench.families.cvae: conditional VAE (class labels, or MNIST quadrants)
     conditional_nn  bench.families.cvae: the deterministic baseline of the quadrant task
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     from bench.config import RunConfig
     from bench.data import Dataset
-    from bench.train import Checkpointing, EpochRecord, TrainResult
+    from bench.families.lvm import TrainResult
+    from bench.loop import Checkpointing, EpochRecord
 
 
 @dataclass
@@ -40,7 +41,7 @@ class FamilyResult:
     diverged_epoch: int | None = None
 
     def metrics(self) -> dict:
-        from bench.train import training_record
+        from bench.loop import training_record
 
         return {**training_record(self.status, self.curves, self.train_seconds,
                                   self.diverged_epoch), **self.family_metrics}

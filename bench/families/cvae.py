@@ -122,6 +122,7 @@ from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic
 from bench.errors import BenchError
 from bench.families import FamilyResult, OnEpoch
+from bench.loop import EVAL_STREAM, TRAIN_STREAM, EpochRecord, make_generator, train_epochs
 from bench.metrics.blur import image_rows
 from bench.metrics.likelihood import DEFAULT_ROWS_PER_CHUNK
 from bench.models.init import init_authors
@@ -129,7 +130,6 @@ from bench.models.lvm import ModelSample
 from bench.models.posteriors import LOG_2PI, ConditionalGaussian, gaussian_log_prob, mlp
 from bench.objectives import objective_for
 from bench.optim import loss_scale, make_optimizer
-from bench.train import _EVAL_STREAM, _TRAIN_STREAM, EpochRecord, make_generator, train_epochs
 
 # quadrants given as input for each value of given_quadrants (Pyro's MaskImages)
 GIVEN_QUADRANTS: dict[int, tuple[str, ...]] = {
@@ -441,7 +441,7 @@ def pixel_marginal_cll(train: torch.Tensor, test: torch.Tensor, missing: torch.T
 
 
 # ----------------------------------------------------------------------------- training
-#: offset of the validation estimator's stream from cfg.seed (bench.train's streams are 0
+#: offset of the validation estimator's stream from cfg.seed (bench.loop's streams are 0
 #: and 1_000_003); the generator is re-seeded with it for every evaluation
 _VALID_STREAM = 2_000_029
 VALID_CHUNK = 1000  # validation images per forward pass
@@ -539,7 +539,7 @@ def fit(
     split = split_validation(cfg, dataset)
     data = split.fit
     model = build(cfg, data).to(device)
-    generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
+    generator = make_generator(cfg.seed + TRAIN_STREAM, device)
     bound = objective_for(cfg)
     loop = _Loop(cfg, data, split, device, generator, on_epoch)
     if isinstance(model, LabelCVAE):
@@ -761,7 +761,7 @@ def run(
     fitted = fit(cfg, dataset, device=device, on_epoch=on_epoch)
     metrics, samples = {}, []
     if fitted.status == "finished":
-        generator = make_generator(cfg.seed + _EVAL_STREAM, torch.device(device))
+        generator = make_generator(cfg.seed + EVAL_STREAM, torch.device(device))
         metrics, samples = evaluate(fitted.model, cfg, dataset, generator=generator)
         metrics.update(fitted.stage_metrics)
     return FamilyResult(

@@ -81,11 +81,11 @@ from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic
 from bench.errors import BenchError
 from bench.families import FamilyResult
+from bench.loop import EVAL_STREAM, TRAIN_STREAM, EpochRecord, make_generator, train_epochs
 from bench.metrics.blur import image_rows
 from bench.models.init import init_authors
 from bench.models.posteriors import LOG_2PI, mlp
 from bench.optim import loss_scale, make_optimizer
-from bench.train import _EVAL_STREAM, _TRAIN_STREAM, EpochRecord, make_generator, train_epochs
 
 N_CLASSES = 10
 N_ANALOGIES = 10  # test images shown (columns), each decoded under every class (rows)
@@ -372,7 +372,7 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
     n_lab = x_lab.shape[0]
     model = build_m2(cfg, dataset.dim, dataset.pixel_mean).to(device)
     optimizer = make_optimizer(model, cfg)
-    generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
+    generator = make_generator(cfg.seed + TRAIN_STREAM, device)
     labelled_batches = _Cycler(n_lab, min(cfg.batch_size, n_lab), generator, device)
     epoch_lrs = cfg.epoch_lrs()
 
@@ -406,7 +406,7 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
     if status == "finished":
         eval_start = time.perf_counter()
         model.eval()
-        eval_generator = make_generator(cfg.seed + _EVAL_STREAM, device)
+        eval_generator = make_generator(cfg.seed + EVAL_STREAM, device)
         x_test = dataset.test.to(device)
         y_test = dataset.test_labels.to(device)
         x_lab_eval = binarize_dynamic(x_lab, eval_generator) if dataset.binarized else x_lab
@@ -435,7 +435,7 @@ def run_classifier(cfg: RunConfig, dataset: Dataset, *, device: torch.device | s
     n_lab = x_lab.shape[0]
     model = build_m2(cfg, dataset.dim, dataset.pixel_mean).to(device)  # M2's initial weights
     optimizer = make_optimizer(model.classifier, cfg)  # only q(y|x) is trained
-    generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
+    generator = make_generator(cfg.seed + TRAIN_STREAM, device)
     batch_l = min(cfg.batch_size, n_lab)
     labelled_batches = _Cycler(n_lab, batch_l, generator, device)
     epoch_lrs = cfg.epoch_lrs()
@@ -467,7 +467,7 @@ def run_classifier(cfg: RunConfig, dataset: Dataset, *, device: torch.device | s
     if status == "finished":
         eval_start = time.perf_counter()
         model.eval()
-        eval_generator = make_generator(cfg.seed + _EVAL_STREAM, device)
+        eval_generator = make_generator(cfg.seed + EVAL_STREAM, device)
         # the same binarized labelled images as M2's evaluation (the first draw of the stream)
         x_lab_eval = binarize_dynamic(x_lab, eval_generator) if dataset.binarized else x_lab
         metrics = {

@@ -65,8 +65,8 @@ from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import BenchError
 from bench.families import FamilyResult
+from bench.loop import EVAL_STREAM, TRAIN_STREAM, EpochRecord, make_generator
 from bench.metrics.blur import image_rows
-from bench.train import _EVAL_STREAM, _TRAIN_STREAM, EpochRecord, make_generator
 
 EPS = 1e-4  # mu is kept in [EPS, 1 - EPS]
 PRIOR_IWAE_KS = (1, 10, 100, 1_000, 10_000, 100_000)  # the prior_iwae_k{k} metrics
@@ -245,7 +245,7 @@ def run(
                          "a mixture needs at most one component per example")
 
     # all training randomness on the CPU: the same training bits and start on every device
-    train_generator = make_generator(cfg.seed + _TRAIN_STREAM, "cpu")
+    train_generator = make_generator(cfg.seed + TRAIN_STREAM, "cpu")
     x_cpu = binarize_training_set(dataset.train, train_generator)
     mixture = init_mixture(x_cpu, cfg.components, train_generator)
     mixture = Mixture(mixture.pi.to(device), mixture.mu.to(device))
@@ -277,7 +277,7 @@ def run(
         return FamilyResult(status, curves, train_seconds, diverged_epoch=diverged_epoch)
 
     eval_start = time.perf_counter()
-    eval_generator = make_generator(cfg.seed + _EVAL_STREAM, device)
+    eval_generator = make_generator(cfg.seed + EVAL_STREAM, device)
     x_test = dataset.test.to(device, DTYPE)
     metrics = {"test_ll": float(log_likelihood(x_test, mixture).mean()),
                "train_ll": curves[-1].train_bound}

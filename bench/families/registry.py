@@ -139,7 +139,7 @@ _FAMILY_ONLY = frozenset({"components", "condition", "given_quadrants", "labelle
 _NO_BOUND = frozenset({"objective", "k", "beta", "analytic_kl"})
 
 BUILT_IN: tuple[Family, ...] = (
-    Family("lvm", "", "bench.train:train", owns=_LVM_KEYS | {"kl_direction"} | _NEURAL,
+    Family("lvm", "", "bench.families.lvm:train", owns=_LVM_KEYS | {"kl_direction"} | _NEURAL,
            unused=_FAMILY_ONLY, check=_check_lvm),
     Family("mixture", "mixture (EM)", "bench.families.mixture:run",
            owns=frozenset({"components", "iterations"}),

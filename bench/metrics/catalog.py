@@ -105,7 +105,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("blur_reason", "why no blur", ""),  # text, set when blur does not apply
     Metric("sharpness_prior", "sharpness prior", "", HIGHER, threshold=0.02, digits=3),
     Metric("sharpness_recon", "sharpness recon", "", HIGHER, threshold=0.02, digits=3),
-    # ---- cost (bench.metrics.cost, bench.train)
+    # ---- cost (bench.metrics.cost, bench.loop)
     Metric("flops_per_example", "training FLOPs per example", "FLOPs", digits=0,
            thousands=True),
     _machine("train_samples_per_s", "train ex/s", "ex/s", HIGHER, threshold=0.05, digits=0,

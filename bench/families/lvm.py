@@ -1,4 +1,5 @@
-"""Train one variant and evaluate it: `train(cfg, dataset) -> TrainResult`.
+"""The VAE family (model "lvm"): train one variant and evaluate it, `train(cfg, dataset) ->
+TrainResult`.
 
 The loop is deliberately plain: data stays on the device as one tensor, each epoch is a
 random permutation sliced into minibatches, the k samples are one batched tensor, and the
@@ -21,20 +22,25 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
 from bench.config import RunConfig
-from bench.data import Dataset, binarize_dynamic, drop_pixels, load_dataset
+from bench.data import Dataset, binarize_dynamic, drop_pixels
 from bench.errors import BenchError
-from bench.families.registry import FAMILIES
+from bench.loop import (
+    EVAL_STREAM,
+    TRAIN_STREAM,
+    Checkpointing,
+    EpochRecord,
+    make_generator,
+    train_epochs,
+    training_record,
+)
 from bench.metrics.blur import blur_metrics, sample_records
-from bench.metrics.catalog import MACHINE_METRICS  # noqa: F401 (re-exported for checks)
 from bench.metrics.cost import PeakMemory, training_flops_per_example
 from bench.metrics.factors import factor_metrics, has_factors
 from bench.metrics.imputation import evaluate_inpainting
@@ -42,22 +48,6 @@ from bench.metrics.likelihood import TestMetrics, evaluate
 from bench.models import LatentVariableModel, build_model
 from bench.objectives import ControlledCapacity, Objective, objective_for
 from bench.optim import loss_scale, make_optimizer
-
-# Offsets that derive independent streams from the one user-facing seed.
-_TRAIN_STREAM = 0
-_EVAL_STREAM = 1_000_003
-
-
-@dataclass
-class EpochRecord:
-    epoch: int  # 1-based
-    lr: float
-    train_bound: float  # mean training objective over the epoch, nats per example
-    samples_per_s: float
-    wall_seconds: float  # since the start of training
-    # minus the mean validation loss after the epoch (same estimator as train_bound), for
-    # trainers with a held-out validation split (bench.families.cvae); None otherwise
-    valid_bound: float | None = None
 
 
 @dataclass
@@ -90,22 +80,6 @@ class TrainResult:
         return out
 
 
-def training_record(status: str, curves: list[EpochRecord], train_seconds: float,
-                    diverged_epoch: int | None) -> dict:
-    """The metrics every trainer reports about its training: status, epochs, the final
-    bound, throughput (median over epochs after the first, which pays warm-up costs)."""
-    rates = [r.samples_per_s for r in curves]
-    steady = rates[1:] or rates
-    return {
-        "status": status,
-        "epochs_done": len(curves),
-        "final_train_bound": curves[-1].train_bound if curves else math.nan,
-        "train_samples_per_s": statistics.median(steady) if steady else math.nan,
-        "train_seconds": train_seconds,
-        "diverged_epoch": diverged_epoch,
-    }
-
-
 def training_step(
     model: LatentVariableModel,
     optimizer: torch.optim.Optimizer,
@@ -127,75 +101,6 @@ def training_step(
     (loss * loss_scale).backward()  # x 1 is exact: adam's gradients are unchanged
     optimizer.step()
     return loss.detach()
-
-
-def train_epochs(
-    lrs: Sequence[float],
-    step: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    n: int,
-    batch_size: int,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    curves: list[EpochRecord],
-    start: float,
-    on_epoch: Callable[[EpochRecord, int], None] | None = None,
-    total: int | None = None,
-    after_epoch: Callable[[int, float], None] | None = None,
-) -> int | None:
-    """The minibatch epochs every trainer runs, one per learning rate in `lrs`: set the lr,
-    draw ONE permutation of the n examples from `generator`, call `step(rows)` per minibatch
-    (it returns the minibatch's detached 0-d loss, still on the device), then append an
-    EpochRecord numbered len(curves) + 1 (train_bound = minus the epoch's mean loss) and
-    call `on_epoch(record, total)` and `after_epoch(epoch, now)`. One host sync per epoch.
-    Returns the epoch whose loss was not finite (training stops there), else None."""
-    device = optimizer.param_groups[0]["params"][0].device
-    for lr in lrs:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n, generator=generator, device=generator.device)
-        for lo in range(0, n, batch_size):
-            rows = order[lo : lo + batch_size]
-            loss_sum += step(rows) * rows.shape[0]
-        mean_loss = float(loss_sum) / n  # the one host sync per epoch
-        now = time.perf_counter()
-        record = EpochRecord(epoch=len(curves) + 1, lr=lr, train_bound=-mean_loss,
-                             samples_per_s=n / (now - epoch_start), wall_seconds=now - start)
-        curves.append(record)
-        if on_epoch is not None:
-            on_epoch(record, total if total is not None else len(lrs))
-        if not math.isfinite(mean_loss):
-            return record.epoch
-        if after_epoch is not None:
-            after_epoch(record.epoch, now)
-    return None
-
-
-def load_data(cfg: RunConfig) -> Dataset:
-    """The data set a config trains on: its first train_size / test_size examples, binarized
-    (dynamically for training, once for the test set) when the likelihood is Bernoulli and
-    cfg.binarize (false: grey levels, scored by the Bernoulli cross-entropy)."""
-    if FAMILIES.of(cfg).toy:
-        raise BenchError(f"dataset '{cfg.dataset}' is a toy with no data to load: run it with "
-                         f"`vaebench toy {cfg.dataset}` or as a suite run")
-    return load_dataset(cfg.dataset, train_size=cfg.train_size, test_size=cfg.test_size,
-                        binarize=cfg.likelihood == "bernoulli" and cfg.binarize)
-
-
-def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    return generator
-
-
-@dataclass(frozen=True)
-class Checkpointing:
-    """Where and how often `train` saves its state (model, optimizer, RNG, epoch, curves)."""
-
-    path: Path
-    every_epochs: int = 10
 
 
 def train(
@@ -221,7 +126,7 @@ def train(
                         pixel_mean=dataset.pixel_mean).to(device)
     optimizer = make_optimizer(model, cfg)
     bound_fn = objective_for(cfg)
-    generator = make_generator(cfg.seed + _TRAIN_STREAM, device)
+    generator = make_generator(cfg.seed + TRAIN_STREAM, device)
     epoch_lrs = cfg.epoch_lrs()
 
     curves: list[EpochRecord] = []
@@ -259,7 +164,7 @@ def train(
 
     test, images, samples, inpainting, factors = None, {}, [], {}, {}
     if status == "finished":
-        eval_generator = make_generator(cfg.seed + _EVAL_STREAM, device)
+        eval_generator = make_generator(cfg.seed + EVAL_STREAM, device)
         test = evaluate(model, x_test, cfg.k_eval, generator=eval_generator)
         images = blur_metrics(model, dataset, generator=eval_generator)
         samples = sample_records(model, dataset, generator=eval_generator)

@@ -481,7 +481,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     from bench.data import SHAPES_GRIDS, fetch_mnist
 
     if args.name in SHAPES_GRIDS:
-        from bench.shapes import load_shapes
+        from bench.data.shapes import load_shapes
 
         if args.source is not None:
             raise BenchError(f"--source applies to mnist only; {args.name} is generated")

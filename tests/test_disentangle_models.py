@@ -438,7 +438,7 @@ def test_data_without_factors_gets_no_factor_metrics():
 
 # ---- the DCI protocol keys (dci_estimator, dci_train, dci_test) and the report's labels --
 def _grid_codes(model, data):
-    from bench.shapes import load_shapes
+    from bench.data.shapes import load_shapes
 
     grid = load_shapes(SHAPES_GRIDS[data.name])
     return grid, encode_means(model, grid.pixels())

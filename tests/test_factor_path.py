@@ -13,7 +13,7 @@ pixels, so the codes are known exactly:
   the grid), so codes carry no information about the image's factors.
 
 Identical images: the square is invariant under a quarter turn and the ellipse under a half
-turn (bench.shapes), so on the 8 orientations of `shapes_small` a square's orientations k
+turn (bench.data.shapes), so on the 8 orientations of `shapes_small` a square's orientations k
 and k + 2 (and k + 4, k + 6), an ellipse's k and k + 4, draw the same pixels: 3,584 distinct
 images for 6,144 grid rows. No encoder can tell them apart; the stand-ins give an image the
 code of the FIRST grid row that draws it, whose orientation index is the true one mod 2
@@ -36,11 +36,11 @@ from torch import nn
 import bench.metrics.factors
 from bench.config import RunConfig
 from bench.data import load_dataset
+from bench.data.shapes import load_shapes
 from bench.metrics.blur import blur_metrics, blurriness, sample_records
 from bench.metrics.disentanglement import beta_vae_score, dci, mig
 from bench.metrics.factors import factor_metrics
 from bench.models import build_model
-from bench.shapes import load_shapes
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tests share a small CPU
 
@@ -157,7 +157,7 @@ def oracle_mig() -> float:
 def test_identical_images_share_the_first_rows_factors(grid, oracle):
     """Precondition of the pinned values: the stand-in's table holds one row per distinct
     image, and that row is the folded orientation of every grid row drawing it (a change of
-    bench.shapes' pixels or symmetries would move the expected MIG, not a metric bug)."""
+    bench.data.shapes' pixels or symmetries would move the expected MIG, not a metric bug)."""
     assert len(set(oracle.rows.values())) == 3584
     every = np.arange(len(grid))
     codes, _ = oracle.posterior_moments(torch.as_tensor(grid.pixels(every)))

@@ -1,4 +1,4 @@
-"""Tests for bench.shapes: the dSprites-style factor grid, its geometry and its cache."""
+"""Tests for bench.data.shapes: the dSprites-style factor grid, its geometry and its cache."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from bench import shapes as S
-from bench.errors import BenchError
-from bench.shapes import (
+from bench.data import shapes as S
+from bench.data.shapes import (
     FACTOR_NAMES,
     FULL,
     PRESETS,
@@ -24,6 +23,7 @@ from bench.shapes import (
     index_of,
     load_shapes,
 )
+from bench.errors import BenchError
 
 SQUARE, ELLIPSE, HEART = (SHAPE_NAMES.index(n) for n in ("square", "ellipse", "heart"))
 # sha256 of np.packbits of the whole small grid (row-major pixels, grid order). If it changes

@@ -1,4 +1,4 @@
-"""A trained VAE scored on a data set whose generative factors are known (`bench.shapes`).
+"""A trained VAE scored on a data set whose generative factors are known (`bench.data.shapes`).
 
     factor_metrics(model, dataset, seed=..., config=cfg)  ->  (metrics, image rows)
 
@@ -113,7 +113,7 @@ def metric_protocols(dataset: str | None = None, dci_estimator: str = "forest",
     of 6,144 points" or "gradient-boosted trees, 10,000/5,000 independent draws",
     "beta_vae": "logistic regression, 10,000/5,000 points of 64 pairs"}. An unknown (or
     missing) dataset gives "up to 10,000 points"."""
-    from bench.shapes import get_spec
+    from bench.data.shapes import get_spec
 
     if dataset in SHAPES_GRIDS:
         points = f"{min(get_spec(SHAPES_GRIDS[dataset]).count, FACTOR_POINTS):,} points"
@@ -140,7 +140,7 @@ def factor_metrics(model, dataset: Dataset, *, seed: int,
     `config` (a RunConfig, or anything with its dci_estimator / dci_train / dci_test) sets
     how DCI is computed; None, or the keys at their defaults, is the original protocol
     (random forest on the MIG points split 2:1) with the same numbers bit for bit."""
-    from bench.shapes import load_shapes
+    from bench.data.shapes import load_shapes
 
     estimator, n_train, n_test = _dci_protocol(config)
     grid = load_shapes(SHAPES_GRIDS[dataset.name])

@@ -90,7 +90,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.data import data_dir, load_npz, one_line, save_npz_atomic
+from bench.data.cache import data_dir, load_npz, one_line, save_npz_atomic
 from bench.errors import BenchError
 
 FACTOR_NAMES: tuple[str, ...] = ("shape", "scale", "orientation", "x", "y")

@@ -203,8 +203,11 @@ def posterior_bounds(data: pd.DataFrame, path: str | Path, *, title: str) -> Pat
         return _save(fig, path)
 
 
-def learning_curves(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
-    """Training bound against epoch, one line per variant (mean over seeds).
+def learning_curves(data: pd.DataFrame, path: str | Path, *, title: str, xlabel: str = "epoch",
+                    ylabel: str = "training bound (nats per example, higher is better)"
+                    ) -> Path:
+    """Training bound against epoch (or `xlabel`'s unit), one line per variant (mean over
+    seeds).
 
     `data`: columns variant, epoch, mean, seeds. The y range leaves out the first epoch's
     very low bound where it would flatten the rest of the curves.
@@ -225,8 +228,8 @@ def learning_curves(data: pd.DataFrame, path: str | Path, *, title: str) -> Path
                 span = high - low if high > low else 1.0
                 ax.set_ylim(low - 0.25 * span, high + 0.1 * span)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("training bound (nats per example, higher is better)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.legend(loc="best", ncol=2 if data["variant"].nunique() > 6 else 1)
         return _save(fig, path)

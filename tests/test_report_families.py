@@ -156,6 +156,60 @@ def test_summary_rows_blank_the_keys_a_family_does_not_use():
     assert table.rows[2][1:4] == ["-", "-", "-"]
 
 
+def test_a_suite_mixing_families_gets_one_summary_table_per_family():
+    # Guards against: one summary table with every family's settings and metrics side by
+    # side (the gate suite's was 30 columns wide), or a family's table with another
+    # family's keys.
+    summary = pd.DataFrame({
+        "variant": ["vae", "iwae-k5", "mixture-k200", "gmm"], "seeds": [2, 2, 2, 1],
+        "finished": [2, 1, 2, 1], "failed": [0, 1, 0, 0], "diverged": [0, 0, 0, 0],
+        "cfg_model": ["lvm", "lvm", "mixture", "lvm"],
+        "cfg_dataset": ["digits", "digits", "digits", "gmm"],
+        "objective": ["vae", "iwae", "vae", "iwae"], "k": [1, 5, 1, 5],
+        "hidden": [[[200, 200]]] * 4, "components": [0, 0, 200, 0],
+        "iterations": [0, 0, 30, 100], "model": ["lvm", "lvm", "mixture", "lvm"],
+        "metric_test_ll_mean": [-90.0, -88.0, -130.0, math.nan],
+        "metric_test_ll_std": [math.nan] * 4,
+        "metric_posterior_kl_mean": [math.nan] * 3 + [0.5],
+        "metric_posterior_kl_std": [math.nan] * 4,
+    })
+    axes = ["objective", "k", "hidden", "components", "iterations", "model"]
+    tables = dict(report.family_summary_tables(summary, axes))
+    assert list(tables) == ["VAE family", "mixture (EM)", "toy gmm"]
+    # the rows' varying settings of the family (hidden is the same: not an axis here)
+    assert tables["VAE family"].headers == ["variant", "objective", "k", "runs",
+                                            "test LL (nats)"]
+    assert tables["VAE family"].rows[1] == ["iwae-k5", "iwae", "5", "1 of 2 finished, 1 failed",
+                                            "-88.00"]
+    # one row: the settings it moved from their defaults, never another family's keys
+    assert tables["mixture (EM)"].headers == ["variant", "components", "iterations", "runs",
+                                              "test LL (nats)"]
+    assert tables["toy gmm"].headers == ["variant", "objective", "k", "iterations", "runs",
+                                         "KL(p(z|x)||q) (nats)"]
+
+
+def test_the_cvae_suites_report_has_a_table_for_each_of_its_two_families(family_results):
+    md = family_results[2]
+    cvae = md[md.index("## Suite cvae"):]
+    cvae = cvae[:cvae.index("Throughput and cost")]
+    assert "#### CVAE" in cvae and "#### deterministic NN" in cvae
+    nn = cvae[cvae.index("#### deterministic NN"):]
+    assert "| variant | given_quadrants | runs |" in nn  # no objective, k, beta columns
+
+
+def test_em_iterations_are_not_drawn_on_the_epoch_axis():
+    # Guards against: a mixture's EM iterations plotted as epochs beside the neural models.
+    runs = pd.DataFrame({"run_id": ["a", "b"], "variant": ["vae", "mixture"],
+                         "status": ["finished", "finished"], "cfg_model": ["lvm", "mixture"],
+                         "cfg_dataset": ["digits", "digits"]})
+    curves = pd.DataFrame({"run_id": ["a", "a", "b", "b", "b"], "epoch": [1, 2, 1, 2, 3],
+                           "train_bound": [-100.0, -95.0, -140.0, -135.0, -134.0]})
+    epochs = report.curve_data(runs, curves)
+    assert list(epochs["variant"].unique()) == ["vae"]
+    em = report.curve_data(runs, curves, unit="EM iteration")
+    assert list(em["variant"].unique()) == ["mixture"] and list(em["epoch"]) == [1, 2, 3]
+
+
 def test_m2_is_shown_beside_its_supervised_only_baseline_at_each_n():
     """The M2 figure has a supervised-only line, and the table pairs each M2 row with the
     classifier row of the same training settings (never one of another budget's settings)."""

@@ -49,6 +49,8 @@ class Family:
     companions: Mapping[str, Any] = field(default_factory=dict)
     # its own rules beyond key ownership: raise BenchError naming the key
     check: Callable[[RunConfig], None] | None = None
+    # what one point of its training curve is (the x axis its learning curves are drawn on)
+    curve_unit: str = "epoch"
 
     def trainer(self) -> Callable:
         """The train function (importing its module, and torch, now)."""
@@ -137,6 +139,9 @@ _VAE_ONLY = frozenset({"posterior", "flow_steps", "kl_direction", "architecture"
                        "input_dropout", "eval_inpainting", "capacity_max"})
 _FAMILY_ONLY = frozenset({"components", "condition", "given_quadrants", "labelled", "alpha"})
 _NO_BOUND = frozenset({"objective", "k", "beta", "analytic_kl"})
+# a toy has its own fixed model: only the method (objective, k, kl_direction) and the
+# iterations are its settings
+_TOY_UNUSED = _FAMILY_ONLY | _LVM_KEYS | {"hidden", "latent", "beta", "analytic_kl"}
 
 BUILT_IN: tuple[Family, ...] = (
     Family("lvm", "", "bench.families.lvm:train", owns=_LVM_KEYS | {"kl_direction"} | _NEURAL,
@@ -145,7 +150,8 @@ BUILT_IN: tuple[Family, ...] = (
            owns=frozenset({"components", "iterations"}),
            unused=_VAE_ONLY | _NO_BOUND | {"condition", "given_quadrants", "labelled",
                                            "alpha"},
-           companions={"components": 1, "iterations": 1}, check=_check_mixture),
+           companions={"components": 1, "iterations": 1}, check=_check_mixture,
+           curve_unit="EM iteration"),
     Family("cvae", "CVAE", "bench.families.cvae:run", owns=_CONDITIONAL | _NEURAL,
            unused=_VAE_ONLY | {"components", "labelled", "alpha"},
            companions={"condition": "label"}, check=_check_conditional),
@@ -164,10 +170,10 @@ BUILT_IN: tuple[Family, ...] = (
                                            "alpha"},
            companions={"labelled": 10}, check=_check_semi_supervised),
     Family("gmm", "", "bench.toys:run_toy", toy=True,
-           owns=frozenset({"iterations", "kl_direction"}), unused=_FAMILY_ONLY,
+           owns=frozenset({"iterations", "kl_direction"}), unused=_TOY_UNUSED,
            companions={"iterations": 1, "objective": "iwae"}, check=_check_toy),
     Family("bimodal", "", "bench.toys:run_toy", toy=True,
-           owns=frozenset({"iterations", "kl_direction"}), unused=_FAMILY_ONLY,
+           owns=frozenset({"iterations", "kl_direction"}), unused=_TOY_UNUSED,
            companions={"iterations": 1, "objective": "iwae"}, check=_check_toy),
 )
 

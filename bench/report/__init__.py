@@ -101,6 +101,7 @@ from bench.report.render import format_text_table, md_escape, render_html, rende
 from bench.report.sections import _Report, _suite_section, card_blocks
 from bench.report.tables import (
     dropout_ll_table,
+    family_summary_tables,
     format_mean_std,
     inpainting_table,
     reference_table,
@@ -131,7 +132,7 @@ __all__ = [
     "Block", "Bullets", "Figure", "Heading", "Paragraph", "Table",
     # bench.report.tables
     "dropout_ll_table", "format_mean_std", "inpainting_table", "reference_table",
-    "semisupervised_table", "summary_tables",
+    "semisupervised_table", "summary_tables", "family_summary_tables",
     # bench.report.sections
     "card_blocks",
     # bench.report.render

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.report.data import _family_label, factor_metric_protocols
+from bench.report.data import _family, _family_label, factor_metric_protocols
 from bench.report.references import reference_matches, reference_value_column
 from bench.report.values import _fmt_value, _key, _mean_std, _missing, _num, _numeric, _py
 from bench.suite import Reference
@@ -364,17 +364,21 @@ def posterior_bounds_data(summary: pd.DataFrame) -> pd.DataFrame | None:
     })
 
 
-def curve_data(runs: pd.DataFrame, curves: pd.DataFrame,
-               order: Sequence[str] = ()) -> pd.DataFrame | None:
-    """Mean training bound over the finished seeds per variant and epoch.
+def curve_data(runs: pd.DataFrame, curves: pd.DataFrame, order: Sequence[str] = (),
+               unit: str = "epoch") -> pd.DataFrame | None:
+    """Mean training bound over the finished seeds per variant and curve point, for the runs
+    whose family counts its curve in `unit` (the registry's `curve_unit`: "epoch", or
+    "EM iteration" for the mixture), so iterations are never drawn on an epoch axis.
 
     `runs` of one budget. Non-finite bounds (a diverging epoch) are left out. Columns:
-    variant, epoch, mean, seeds. None without curves.
+    variant, epoch (the point's number in `unit`), mean, seeds. None without curves.
     """
     if curves is None or curves.empty or not {"run_id", "epoch", "train_bound"} <= set(
             curves.columns):
         return None
-    finished = runs[runs["status"] == "finished"][["run_id", "variant"]]
+    in_unit = np.array([(f.curve_unit if (f := _family(row)) is not None else "epoch") == unit
+                        for _, row in runs.iterrows()], dtype=bool)
+    finished = runs[(runs["status"] == "finished").to_numpy() & in_unit][["run_id", "variant"]]
     merged = curves.merge(finished, on="run_id", how="inner")
     merged = merged.assign(train_bound=pd.to_numeric(merged["train_bound"], errors="coerce"))
     merged = merged[np.isfinite(merged["train_bound"])]

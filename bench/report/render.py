@@ -57,10 +57,11 @@ h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; margin-top: 2em; }
 h3 { margin-top: 1.6em; }
 .scroll { overflow-x: auto; margin: 1em 0; }
 table { border-collapse: collapse; font-size: 0.88em; }
-th, td { border: 1px solid #d0d7de; padding: 4px 8px; vertical-align: top; }
+th, td { border: 1px solid #d0d7de; padding: 4px 6px; vertical-align: top; }
 td:first-child { white-space: nowrap; }
-th { background: #f6f8fa; text-align: left; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th { background: #f6f8fa; text-align: left; vertical-align: bottom; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
 tr:nth-child(even) td { background: #fbfcfd; }
 figure { margin: 1.2em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
@@ -88,7 +89,10 @@ def render_html(blocks: Sequence[Block], images: Mapping[str, bytes], title: str
         elif isinstance(block, Table):
             def cell(tag: str, text: str, right: bool) -> str:
                 cls = ' class="num"' if right else ""
-                return f"<{tag}{cls}>{esc(text)}</{tag}>"
+                shown = esc(text)
+                if tag == "th" and not right:  # a config key may break after "_" (kl_direction)
+                    shown = shown.replace("_", "_<wbr>")
+                return f"<{tag}{cls}>{shown}</{tag}>"
 
             head = "".join(cell("th", h, r) for h, r in zip(block.headers, block.numeric,
                                                            strict=True))

@@ -48,6 +48,7 @@ from bench.report.figures import (
 from bench.report.references import reference_rows
 from bench.report.tables import (
     dropout_ll_table,
+    family_summary_tables,
     inpainting_table,
     reference_table,
     semisupervised_table,
@@ -154,7 +155,12 @@ def _summary_section(report: _Report, data: SuiteData, budget: str, runs: pd.Dat
         "Sharpness is the Laplacian variance of the model's images divided by that of the "
         "test images (1 = as sharp as the data; lower = blurrier)."))
     quality, cost = summary_tables(summary, axes)
-    report.add(quality)
+    by_family = family_summary_tables(summary, axes)
+    if len(by_family) == 1:
+        report.add(quality)
+    else:  # one table per family: each with its own settings and metrics
+        for heading, table in by_family:
+            report.add(Heading(4, heading), table)
     if cost is not None:
         report.add(Paragraph("Throughput and cost (mean ± std over seeds):"), cost)
     notes = _missing_metric_notes(runs, summary)
@@ -290,6 +296,13 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
             f"epoch, mean over the finished seeds of each variant ({where}).",
             f"Training bound per epoch ({name}, {budget})", plots.learning_curves):
         report.add(Paragraph("Learning curves: no per-epoch curves stored.", emphasis=True))
+    report.plot(  # EM fits: iterations are not epochs, and their bound is exact
+        curve_data(runs, data.curves, order, unit="EM iteration"), f"{stem}-em-curves",
+        f"EM fits: the exact training log-likelihood (nats per example, higher is better) "
+        f"after each EM iteration, mean over the finished seeds of each variant ({where}).",
+        f"Training log-likelihood per EM iteration ({name}, {budget})",
+        plots.learning_curves, xlabel="EM iteration",
+        ylabel="training log-likelihood (nats per example)")
     if len(report.images) == made:
         report.add(Paragraph("No plot: no finished run with metrics at this budget.",
                              emphasis=True))

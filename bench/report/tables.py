@@ -3,12 +3,15 @@ its metric's format."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
+from bench.config import RunConfig
+from bench.families.registry import FAMILIES, Family
 from bench.report.data import (
     COST_METRICS,
     QUALITY_METRICS,
@@ -19,7 +22,19 @@ from bench.report.data import (
     present_metrics,
 )
 from bench.report.document import Table
-from bench.report.values import _fmt_value, _num
+from bench.report.values import _fmt_value, _key, _num
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+
+def _unused(family: Family | None) -> frozenset[str]:
+    """The config keys a family's rows leave unused: its registry record's `unused`, and
+    every key another family owns and it does not."""
+    if family is None:
+        return frozenset()
+    owned = set().union(*(FAMILIES.get(n).owns for n in (*FAMILIES.models(),
+                                                        *FAMILIES.toys())))
+    return family.unused | frozenset(owned - family.owns)
 
 
 def format_mean_std(mean: float, std: float, spec: MetricSpec) -> str:
@@ -33,21 +48,52 @@ def format_mean_std(mean: float, std: float, spec: MetricSpec) -> str:
 
 _NLL = MetricSpec("nll", "", 2)
 
+def runs_cell(row: pd.Series) -> str:
+    """The runs of a variant in one cell: "3 finished", or "2 of 3 finished, 1 failed"."""
+    seeds, finished = int(row["seeds"]), int(row["finished"])
+    others = [f"{int(row[s])} {s}" for s in STATUS_COLUMNS[1:] if int(row[s])]
+    if finished == seeds and not others:
+        return f"{finished} finished"
+    return ", ".join([f"{finished} of {seeds} finished", *others])
+
+
+def family_summary_tables(summary: pd.DataFrame, axes: Sequence[str]
+                          ) -> list[tuple[str, Table]]:
+    """One (family heading, quality table) per model family in `summary`, in order of first
+    appearance: each with the axes its family uses (not in its registry record's `unused`,
+    and varying within its rows when it has several; `model` is the heading) and the metrics
+    its rows record, so a suite mixing families gives tables that fit the page."""
+    families = [_family(row) for _, row in summary.iterrows()]
+    names = [f.name if f is not None else "unknown" for f in families]
+    out = []
+    for name in dict.fromkeys(names):
+        rows = summary[[n == name for n in names]]
+        family = families[names.index(name)]
+        unused = _unused(family) | {"model"}
+        kept = [a for a in axes if a not in unused and (
+            len({_key(v) for v in rows[a]}) > 1 if len(rows) > 1  # tells the rows apart
+            else _key(rows[a].iloc[0]) != _key(_DEFAULTS.get(a)))]  # one row: set by it
+        heading = (family.label or "VAE family") if family is not None else name
+        if family is not None and family.toy:
+            heading = f"toy {family.name}"
+        out.append((heading, summary_tables(rows, kept)[0]))
+    return out
+
+
 def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, Table | None]:
     """(quality table, cost table or None) of a `summarize_variants` frame."""
     quality = present_metrics(summary, QUALITY_METRICS)
     cost = present_metrics(summary, COST_METRICS)
-    headers = ["variant", *axes, "seeds", *STATUS_COLUMNS, *metric_headings(summary, quality)]
-    numeric = [False] * (1 + len(axes)) + [True] * (4 + len(quality))
+    headers = ["variant", *axes, "runs", *metric_headings(summary, quality)]
+    numeric = [False] * (1 + len(axes)) + [True] * (1 + len(quality))
     rows = []
     for _, row in summary.iterrows():
-        family = _family(row)
-        unused = family.unused if family is not None else frozenset()
+        unused = _unused(_family(row))
         if not _num(row.get("cfg_capacity_max")) > 0:  # gamma etc. mean nothing without it
             unused = unused | {"gamma", "capacity_steps"}
         cells = [str(row["variant"]),
                  *("-" if a in unused else _fmt_value(row[a]) for a in axes),
-                 str(row["seeds"]), *(str(row[s]) for s in STATUS_COLUMNS)]
+                 runs_cell(row)]
         cells += [format_mean_std(row[f"{s.column}_mean"], row[f"{s.column}_std"], s)
                   for s in quality]
         rows.append(cells)

@@ -46,9 +46,8 @@ def stored(tmp_path_factory):
         landed = execute(RunTask("catalog", None, Variant(name, cfg), results, 1, 1),
                          device="cpu")
         assert landed.row["status"] == "finished", (name, landed.row["error"])
-        store.write_run(results, landed.row, landed.curves)
-        out[name] = [c for c in store.load_runs(results).set_index("variant").loc[name].index
-                     if c.startswith("metric_")]
+        path = store.write_run(results, landed.row, landed.curves)
+        out[name] = [c for c in store.load_runs(path).columns if c.startswith("metric_")]
     return out
 
 
@@ -63,6 +62,17 @@ def test_every_stored_metric_has_a_catalog_record(stored):
     loaded_columns = set().union(*stored.values())
     unknown = sorted(c for c in loaded_columns if catalog.find(c) is None)
     assert not unknown, f"metrics with no record in bench.metrics.catalog: {unknown}"
+
+
+def test_each_run_stores_only_the_metrics_its_family_declares(stored):
+    # Guards against: a family emitting a metric its registry record does not list (the
+    # record is what a reader of the registry learns a family produces).
+    for name, columns in stored.items():
+        family = FAMILIES.of(RUNS[name])
+        declared = {catalog.find(m) for m in family.metrics}
+        assert None not in declared, f"{family.name} declares a metric with no catalog record"
+        undeclared = sorted(c for c in columns if catalog.find(c) not in declared)
+        assert not undeclared, f"{name} ({family.name}) stores undeclared {undeclared}"
 
 
 def test_the_catalog_has_no_record_that_nothing_stores(stored):

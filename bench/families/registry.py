@@ -51,6 +51,8 @@ class Family:
     check: Callable[[RunConfig], None] | None = None
     # what one point of its training curve is (the x axis its learning curves are drawn on)
     curve_unit: str = "epoch"
+    # the metrics its runs may store (bench.metrics.catalog names; patterns as "kl_unit_<j>")
+    metrics: tuple[str, ...] = ()
 
     def trainer(self) -> Callable:
         """The train function (importing its module, and torch, now)."""
@@ -129,6 +131,22 @@ def _check_semi_supervised(cfg: RunConfig) -> None:
 
 
 # ------------------------------------------------------------------------ the families
+# what every epoch-trained family records about its training (bench.loop.training_record)
+_TRAINING = ("epochs_done", "final_train_bound", "train_samples_per_s", "train_seconds",
+             "diverged_epoch")
+_LVM_METRICS = _TRAINING + (
+    "test_ll", "test_elbo", "rate", "distortion", "ess", "active_units",
+    "active_units_by_layer", "k_eval", "n_test", "eval_seconds", "eval_samples_per_s",
+    "blur_data_mean", "blur_data_min", "blur_prior_mean", "blur_prior_min", "blur_recon_mean",
+    "blur_recon_min", "blur_reason", "sharpness_prior", "sharpness_recon",
+    "flops_per_example", "peak_memory_bytes", "train_flops_per_s",
+    # eval_inpainting
+    "inpaint_<mask>_<method>_nll", "inpaint_<mask>_<method>_error", "inpaint_seconds",
+    # data with known factors
+    "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness",
+    "beta_vae_accuracy", "active_kl_units", "kl_unit_<j>", "factor_seconds")
+_BASELINE_METRICS = ("test_cll", "test_cll_marginal", "nn_test_cll", "nn_epochs_run",
+                     "nn_best_epoch", "nn_valid_loss")
 _LVM_KEYS = frozenset({"likelihood", "posterior", "flow_steps", "architecture", "input_dropout",
                        "eval_inpainting", "capacity_max", "capacity_steps", "gamma",
                        "dci_estimator", "dci_train", "dci_test"})
@@ -145,36 +163,47 @@ _TOY_UNUSED = _FAMILY_ONLY | _LVM_KEYS | {"hidden", "latent", "beta", "analytic_
 
 BUILT_IN: tuple[Family, ...] = (
     Family("lvm", "", "bench.families.lvm:train", owns=_LVM_KEYS | {"kl_direction"} | _NEURAL,
-           unused=_FAMILY_ONLY, check=_check_lvm),
+           unused=_FAMILY_ONLY, check=_check_lvm, metrics=_LVM_METRICS),
     Family("mixture", "mixture (EM)", "bench.families.mixture:run",
            owns=frozenset({"components", "iterations"}),
            unused=_VAE_ONLY | _NO_BOUND | {"condition", "given_quadrants", "labelled",
                                            "alpha"},
            companions={"components": 1, "iterations": 1}, check=_check_mixture,
-           curve_unit="EM iteration"),
+           curve_unit="EM iteration",
+           metrics=_TRAINING + ("test_ll", "train_ll", "eval_seconds", "prior_iwae_k<N>")),
     Family("cvae", "CVAE", "bench.families.cvae:run", owns=_CONDITIONAL | _NEURAL,
            unused=_VAE_ONLY | {"components", "labelled", "alpha"},
-           companions={"condition": "label"}, check=_check_conditional),
+           companions={"condition": "label"}, check=_check_conditional,
+           metrics=_TRAINING + _BASELINE_METRICS + (
+               "test_ll", "test_elbo", "rate", "eval_seconds", "test_cll_is",
+               "cvae_epochs_run", "cvae_best_epoch", "cvae_valid_loss")),
     Family("conditional_nn", "deterministic NN", "bench.families.cvae:run",
            owns=_CONDITIONAL | _NEURAL,
            unused=_VAE_ONLY | _NO_BOUND | {"components", "labelled", "alpha"},
            companions={"condition": "quadrants", "given_quadrants": 1},
-           check=_check_conditional),
+           check=_check_conditional, metrics=_TRAINING + _BASELINE_METRICS + ("eval_seconds",)),
     Family("m2", "M2", "bench.families.m2:run", owns=frozenset({"labelled", "alpha"}) | _NEURAL,
            unused=_VAE_ONLY | {"objective", "beta", "components", "condition",
                                "given_quadrants"},
-           companions={"labelled": 10}, check=_check_semi_supervised),
+           companions={"labelled": 10}, check=_check_semi_supervised,
+           metrics=_TRAINING + ("test_error", "train_labelled_error", "train_steps",
+                                "test_unlabelled_bound", "eval_seconds")),
     Family("classifier", "supervised only", "bench.families.m2:run",
            owns=frozenset({"labelled"}) | _NEURAL,
            unused=_VAE_ONLY | _NO_BOUND | {"components", "condition", "given_quadrants",
                                            "alpha"},
-           companions={"labelled": 10}, check=_check_semi_supervised),
+           companions={"labelled": 10}, check=_check_semi_supervised,
+           metrics=_TRAINING + ("test_error", "train_labelled_error", "train_steps",
+                                "eval_seconds")),
     Family("gmm", "", "bench.toys:run_toy", toy=True,
            owns=frozenset({"iterations", "kl_direction"}), unused=_TOY_UNUSED,
-           companions={"iterations": 1, "objective": "iwae"}, check=_check_toy),
+           companions={"iterations": 1, "objective": "iwae"}, check=_check_toy,
+           metrics=("mixture_weight_error", "posterior_kl", "train_seconds")),
     Family("bimodal", "", "bench.toys:run_toy", toy=True,
            owns=frozenset({"iterations", "kl_direction"}), unused=_TOY_UNUSED,
-           companions={"iterations": 1, "objective": "iwae"}, check=_check_toy),
+           companions={"iterations": 1, "objective": "iwae"}, check=_check_toy,
+           metrics=("q_mean", "q_std", "mass_left", "mass_right", "mass_dominant_mode",
+                    "kl_reverse", "kl_forward", "train_seconds")),
 )
 
 

@@ -164,12 +164,13 @@ METRICS: tuple[Metric, ...] = (
            threshold=0.5, pattern=_INPAINT + "_error"),
 )
 
-_EXACT = {m.name: m for m in METRICS if m.pattern is None}
+_EXACT = {m.name: m for m in METRICS}  # exact names, and the patterns' own names
 _PATTERNS = tuple((re.compile(m.pattern), m) for m in METRICS if m.pattern is not None)
 
 
 def find(name: str) -> Metric | None:
-    """The record of a bare metric name or a `metric_` column; None if there is none."""
+    """The record of a bare metric name or a `metric_` column (or of a pattern's own name,
+    such as "kl_unit_<j>"); None if there is none."""
     name = name.removeprefix("metric_")
     if name in _EXACT:
         return _EXACT[name]

@@ -3,7 +3,10 @@ checked metric by metric against pinned values, each with its own threshold.
 
 `tools/gate_spread.py` measures the spread the thresholds come from and writes the pinned
 file (tests/gate_pinned.toml); `tests/test_gate.py` runs the gate. This module is what both
-share: which metrics are pinned, how the pinned file reads, and the check itself.
+share: which metrics are pinned (every one the catalog does not mark as measuring the
+machine), how the pinned file reads, and the check itself, whose threshold for a metric is
+its pinned one capped by the catalog's practical threshold, and whose messages say from the
+catalog's direction whether a metric moved for the better or the worse.
 """
 
 from __future__ import annotations
@@ -74,11 +77,22 @@ def check(got: dict[str, dict[str, float]], pins: dict[str, dict[str, Pin]]) -> 
                 problems.append(f"{variant}.{metric}: pinned but not measured")
             else:
                 pin, value = pinned[metric], measured[metric]
-                if not abs(value - pin.value) <= pin.tol:
+                tol = tolerance(metric, pin)
+                if not abs(value - pin.value) <= tol:
                     problems.append(f"{variant}.{metric}: {value:.6g}, pinned {pin.value:.6g} "
-                                    f"+- {pin.tol:.3g} (off by {value - pin.value:+.3g}"
+                                    f"+- {tol:.3g} (off by {value - pin.value:+.3g}"
                                     f"{_which_way(metric, value - pin.value)})")
     return problems
+
+
+def tolerance(metric: str, pin: Pin) -> float:
+    """The pinned threshold (from measured spread), never looser than the catalog's practical
+    threshold of a judged metric: the gate passes nothing `compare` would call a change."""
+    record = catalog.find(metric)
+    if record is None or not record.judged:
+        return pin.tol
+    practical = record.threshold * (abs(pin.value) if record.relative else 1.0)
+    return min(pin.tol, practical)
 
 
 def _which_way(metric: str, delta: float) -> str:

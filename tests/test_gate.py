@@ -61,6 +61,12 @@ def test_the_check_names_each_kind_of_violation():
     ]
     assert gate.check({"a": {"x": 1.2, "y": 2.0}}, {"a": pins["a"]}) == [
         "a.x: 1.2, pinned 1 +- 0.1 (off by +0.2)"]
+    # never looser than the catalog's practical threshold (test_ll: 0.1 nats)
+    assert gate.tolerance("test_ll", gate.Pin(-24.0, 0.5)) == 0.1
+    assert gate.tolerance("test_ll", gate.Pin(-24.0, 0.02)) == 0.02
+    assert gate.tolerance("rate", gate.Pin(3.0, 0.5)) == 0.5  # no direction: pinned tol
+    assert gate.check({"v": {"test_ll": -24.2}}, {"v": {"test_ll": gate.Pin(-24.0, 0.5)}}) == [
+        "v.test_ll: -24.2, pinned -24 +- 0.1 (off by -0.2, worse)"]
     # the catalog's direction says which way a pinned metric moved
     ll = {"vae": {"test_ll": gate.Pin(-24.0, 0.1), "test_error": gate.Pin(20.0, 0.1)}}
     assert gate.check({"vae": {"test_ll": -24.5, "test_error": 19.0}}, ll) == [

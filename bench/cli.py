@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flag(execution)
     execution.add_argument("--threads", type=int, default=None,
                      help="torch CPU threads (default: torch's choice)")
+    execution.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                           help="torch.compile the training step (model lvm): auto compiles "
+                           "on CUDA and from 50,000 optimiser steps on a CPU (default: auto)")
     execution.add_argument("--json", action="store_true",
                      help="print the config, run_id and metrics as one JSON object")
     execution.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -190,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="re-executions of a run whose worker process died (default: 2)")
     run.add_argument("--checkpoint-every", type=int, default=10, metavar="EPOCHS",
                      help="save a resumable checkpoint every N epochs (default: 10)")
+    run.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                     help="torch.compile each run's training step (model lvm; not part of a "
+                     "run's identity, recorded as sys_compiled): auto compiles on CUDA and "
+                     "from 50,000 optimiser steps on a CPU, where compiling pays (default: "
+                     "auto)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line")
     _add_skip_corrupt_flag(run)
 
@@ -328,7 +336,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"[{dataset.train.shape[0]} train / {dataset.test.shape[0]} test] on {device}",
               file=sys.stderr)
     result = train_model(cfg, dataset, device=device,
-                         on_epoch=None if args.quiet else progress)
+                         on_epoch=None if args.quiet else progress, compile=args.compile)
     metrics = result.metrics()
     if args.json:
         print(json.dumps({"run_id": cfg.run_id, "label": cfg.label, "config": cfg.to_dict(),
@@ -400,6 +408,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,
         force=args.force, checkpoint_every=args.checkpoint_every,
         show_progress=not args.no_progress, skip_corrupt=args.skip_corrupt,
+        compile=args.compile,
     )
     summary = run_suite(suite, options, args.filter)
     print(f"suite {suite.name} (budget {suite.budget}): {summary.total} runs, "

@@ -43,6 +43,7 @@ class RunOptions:
     retries: int = 2  # re-executions of a run whose worker process died
     force: bool = False  # rerun runs that already have a finished row
     checkpoint_every: int = 10  # epochs between checkpoints
+    compile: str = "auto"  # torch.compile the training step: auto, on, off (not in run_ids)
     show_progress: bool = True
     skip_corrupt: bool = False  # treat unreadable result files as absent (warned), not an error
 
@@ -57,6 +58,7 @@ class RunTask:
     results: Path
     threads: int
     checkpoint_every: int
+    compile: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -197,14 +199,16 @@ def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
                       f"lr {record.lr:.3g} {record.samples_per_s:.0f} ex/s\n")
 
         error = trace = None
-        metrics, curves, samples = {}, [], []
+        metrics, curves, samples, compiled = {}, [], [], False
         try:
             if FAMILIES.of(cfg).toy:  # a toy with a known answer: seconds, on the CPU
                 metrics, status = run_toy(cfg), "finished"
             else:
                 result = train_model(cfg, load_data(cfg), device=device, on_epoch=on_epoch,
                                      checkpointing=Checkpointing(checkpoint,
-                                                                 task.checkpoint_every))
+                                                                 task.checkpoint_every),
+                                     compile=task.compile)
+                compiled = getattr(result, "compiled", False)
                 metrics = result.metrics()
                 status = metrics.pop("status")
                 curves = [{**vars(r)} for r in result.curves]
@@ -226,6 +230,7 @@ def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
         "start_time": started.isoformat(),
         "end_time": ended.isoformat(),
         "wall_seconds": time.perf_counter() - wall_start,
+        "compiled": compiled,  # the training step ran torch.compile'd (RunOptions.compile)
     }
     row = store.run_row(suite=task.suite, variant=task.variant.name, config=cfg, status=status,
                         metrics=metrics, provenance=prov, error=error, traceback=trace,
@@ -238,7 +243,7 @@ def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) ->
     to_run, cached = plan(suite, options.results, filters, options.force, options.skip_corrupt)
     summary = RunSummary(total=len(to_run) + len(cached), cached=len(cached))
     tasks = [RunTask(suite.name, suite.budget, v, options.results, options.cpus_per_run,
-                     options.checkpoint_every) for v in to_run]
+                     options.checkpoint_every, options.compile) for v in to_run]
     progress = Progress(summary, enabled=options.show_progress)
 
     def land(task: RunTask, landed: Landed) -> None:

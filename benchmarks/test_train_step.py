@@ -1,8 +1,12 @@
-"""Training-step speed: vaebench's step against a straightforward plain-PyTorch step.
+"""Training-step speed: vaebench's step against a straightforward plain-PyTorch step, and
+the compiled step against the eager one.
 
 Run with `make microbench` (kept out of `make test`). Each case times both steps with
 pytest-benchmark (group = the case) and, in `test_step_overhead_ratio`, interleaves them in
-one process and reports the median ratio ours/plain, which must stay near 1.
+one process and reports the median ratio ours/plain, which must stay near 1;
+`test_compiled_over_eager_ratio` does the same for the compiled and the eager step at the
+issue's four shapes and holds the targets (1.5x at batch 20, k = 1; 1.15x at batch 100,
+k = 50).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.config import RunConfig
-from bench.families.lvm import training_step
+from bench.families.lvm import compiled_training_step, training_step
 from bench.loop import make_generator
 from bench.models import build_model
 from bench.objectives import objective_for
@@ -112,6 +116,56 @@ def test_step_overhead_ratio(benchmark, batch, case):
     print(f"\n{case}: median step ratio vaebench/plain = {ratio:.3f}, "
           f"{BATCH / statistics.median(mine_times):,.0f} samples/s")
     assert ratio < 1.15, f"vaebench's step is {ratio:.2f}x the plain PyTorch step"
+
+
+# (batch, k) -> the speed-up the compiled step must reach (None: reported only)
+COMPILE_CASES = {"b20-k1": (20, 1, 1.5), "b100-k1": (100, 1, None),
+                 "b20-k50": (20, 50, None), "b100-k50": (100, 50, 1.15)}
+
+
+def stepper(batch: int, k: int, compiled: bool):
+    """One training step of the MNIST-sized model, eager or compiled (the trainer's two)."""
+    cfg = RunConfig(dataset="mnist", objective="iwae" if k > 1 else "vae", k=k,
+                    batch_size=batch)
+    model = build_model(cfg, D)
+    optimizer, bound_fn = make_optimizer(model, cfg), objective_for(cfg)
+    generator = make_generator(0, "cpu")
+    if not compiled:
+        return lambda x: training_step(model, optimizer, bound_fn, x, k, generator)
+    fast = compiled_training_step(model, optimizer, bound_fn, k)
+    return lambda x: fast(x, None, model.draw_noise(x.shape[0], k, generator, "cpu"), 1.0)
+
+
+@pytest.mark.parametrize("case", list(COMPILE_CASES))
+def test_compiled_over_eager_ratio(benchmark, case):
+    """Interleave the eager and the compiled step (E C E C ...) after compiling; report the
+    median time ratio eager / compiled."""
+    size, k, target = COMPILE_CASES[case]
+    x = torch.bernoulli(torch.full((size, D), 0.13), generator=torch.Generator().manual_seed(0))
+    eager, compiled = stepper(size, k, False), stepper(size, k, True)
+    start = time.perf_counter()
+    for _ in range(3):  # compiles (forward, backward and the optimiser step) and warms up
+        compiled(x)
+    compile_seconds = time.perf_counter() - start
+    for _ in range(5):
+        eager(x)
+    ratios = []
+    for _ in range(200 if k == 1 else 40):
+        t0 = time.perf_counter()
+        eager(x)
+        t1 = time.perf_counter()
+        compiled(x)
+        t2 = time.perf_counter()
+        ratios.append((t1 - t0) / (t2 - t1))
+    ratio = statistics.median(ratios)
+    benchmark.group = "compiled / eager"
+    benchmark.extra_info.update(speedup=ratio, compile_seconds=compile_seconds,
+                                threads=torch.get_num_threads())
+    benchmark.pedantic(compiled, args=(x,), rounds=3, iterations=1)
+    print(f"\n{case}: compiled step {ratio:.2f}x the eager one "
+          f"(compiled in {compile_seconds:.1f}s, {torch.get_num_threads()} threads)")
+    if target is not None:
+        assert ratio >= target, f"compiled step only {ratio:.2f}x the eager one at {case}"
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

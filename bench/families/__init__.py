@@ -57,17 +57,25 @@ def train_model(
     device: str | torch.device = "cpu",
     on_epoch: OnEpoch | None = None,
     checkpointing: Checkpointing | None = None,
+    compile: str = "off",
 ) -> TrainResult | FamilyResult:
     """Train and evaluate `cfg` with its family's trainer (bench.families.registry). Only
     the lvm trainer checkpoints; the other families are short and restart from scratch
-    when retried. Toys need no data set: they run through `run_toy`."""
+    when retried. `compile` (auto, on, off) reaches the families that compile their step
+    (the lvm); the others run eagerly, and refuse "on". Toys need no data set: they run
+    through `run_toy`."""
+    from bench.errors import BenchError
     from bench.families.registry import FAMILIES
 
     family = FAMILIES.of(cfg)
     if family.toy:
         raise ValueError(f"'{family.name}' is a toy: run it with bench.families.run_toy")
+    extra = {"compile": compile} if family.compiles else {}
+    if not family.compiles and compile == "on":
+        raise BenchError(f"model '{family.name}' runs its training loop eagerly: compile "
+                         "'on' applies to model 'lvm' (use auto or off)")
     return family.trainer()(cfg, dataset, device=device, on_epoch=on_epoch,
-                            checkpointing=checkpointing)
+                            checkpointing=checkpointing, **extra)
 
 
 def run_toy(cfg: RunConfig) -> dict:

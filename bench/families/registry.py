@@ -53,6 +53,8 @@ class Family:
     curve_unit: str = "epoch"
     # the metrics its runs may store (bench.metrics.catalog names; patterns as "kl_unit_<j>")
     metrics: tuple[str, ...] = ()
+    # whether its trainer takes `compile` (auto, on, off) and can run its step compiled
+    compiles: bool = False
 
     def trainer(self) -> Callable:
         """The train function (importing its module, and torch, now)."""
@@ -163,7 +165,7 @@ _TOY_UNUSED = _FAMILY_ONLY | _LVM_KEYS | {"hidden", "latent", "beta", "analytic_
 
 BUILT_IN: tuple[Family, ...] = (
     Family("lvm", "", "bench.families.lvm:train", owns=_LVM_KEYS | {"kl_direction"} | _NEURAL,
-           unused=_FAMILY_ONLY, check=_check_lvm, metrics=_LVM_METRICS),
+           unused=_FAMILY_ONLY, check=_check_lvm, metrics=_LVM_METRICS, compiles=True),
     Family("mixture", "mixture (EM)", "bench.families.mixture:run",
            owns=frozenset({"components", "iterations"}),
            unused=_VAE_ONLY | _NO_BOUND | {"condition", "given_quadrants", "labelled",

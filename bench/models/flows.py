@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.models.posteriors import LOG_2PI, ConditionalGaussian, PosteriorSample
+from bench.models.posteriors import LOG_2PI, ConditionalGaussian, PosteriorSample, draw_eps
 
 Step = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -197,13 +197,15 @@ class FlowPosterior(nn.Module):
         raise NotImplementedError
 
     def forward(
-        self, h: torch.Tensor, k: int | None, generator: torch.Generator | None = None
+        self, h: torch.Tensor, k: int | None, generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> PosteriorSample:
         """Sample from q(z_K|h). h is (B, n_in) with k samples drawn per row, or already
-        (k, B, n_in) (one sample per row, k=None) when this layer sits on top of another."""
+        (k, B, n_in) (one sample per row, k=None) when this layer sits on top of another.
+        `eps`, if given, is q0's standard normal noise, drawn beforehand."""
         mean, logvar, features = self.net.params(h)
-        shape = (k, *mean.shape) if k is not None else mean.shape
-        eps = torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        if eps is None:
+            eps = draw_eps(mean, k, generator)
         z = mean + torch.exp(0.5 * logvar) * eps  # z_0, (k, B, d)
         log_q = -0.5 * (eps**2 + logvar + LOG_2PI).sum(-1)  # log q0(z_0 | h), via eps
         params = self.step_params(features)  # per example; broadcast over the k samples

@@ -11,6 +11,7 @@ and returns the three log-densities every objective is built from. Imports torch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -133,19 +134,23 @@ class LatentVariableModel(nn.Module):
         generator: torch.Generator | None = None,
         detach_samples: bool = False,
         x_in: torch.Tensor | None = None,
+        noise: Sequence[torch.Tensor] | None = None,
     ) -> ModelSample:
         """Draw k samples per example of x (B, D); all tensors in the result are (k, B, ...).
         `detach_samples` (Gaussian posteriors): gradients reach q only through log q at
         fixed samples, for the forward-KL (wake-phi) update. `x_in` (B, D), if given, is what
         the encoder sees instead of x (e.g. x with dropped pixels set to 0): the samples come
-        from q(z | x_in) while p(x | z) still scores the full x."""
+        from q(z | x_in) while p(x | z) still scores the full x. `noise` (one tensor per
+        stochastic layer, as `draw_noise` returns) replaces the draws from `generator`:
+        the same numbers in the same order, so a compiled step sees no generator."""
         extra = {"detach_sample": True} if detach_samples else {}
         log_qz = x.new_zeros(())
         zs, z_means = [], []
         kl = None
         h, draws = (x if x_in is None else x_in), k
-        for encoder in self.encoders:
-            sample = encoder(h, draws, generator=generator, **extra)
+        for i, encoder in enumerate(self.encoders):
+            eps = {} if noise is None else {"eps": noise[i]}
+            sample = encoder(h, draws, generator=generator, **extra, **eps)
             log_qz = log_qz + sample.log_q
             zs.append(sample.z)
             z_means.append(sample.mean)
@@ -165,6 +170,15 @@ class LatentVariableModel(nn.Module):
             z=zs,
             z_means=z_means,
         )
+
+    def draw_noise(self, batch: int, k: int, generator: torch.Generator | None,
+                   device: torch.device | str) -> list[torch.Tensor]:
+        """The reparameterisation noise `forward(x, k, generator)` would draw for a batch of
+        this size, drawn now from `generator` in the same order: (k, batch, latent_l) per
+        stochastic layer, bottom first."""
+        dtype = next(self.parameters()).dtype
+        return [torch.randn((k, batch, d), generator=generator, device=device, dtype=dtype)
+                for d in self.latent]
 
     @torch.no_grad()
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -70,6 +70,14 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z**2 + LOG_2PI).sum(-1)
 
 
+def draw_eps(mean: torch.Tensor, k: int | None, generator: torch.Generator | None
+             ) -> torch.Tensor:
+    """The reparameterisation noise of a posterior with this mean: (k, *mean.shape), or
+    mean.shape when k is None, one standard normal draw from `generator`."""
+    shape = (k, *mean.shape) if k is not None else mean.shape
+    return torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+
 class GaussianPosterior(nn.Module):
     """Diagonal Gaussian q(z|h), the VAE/IWAE default."""
 
@@ -83,14 +91,16 @@ class GaussianPosterior(nn.Module):
         k: int | None,
         generator: torch.Generator | None = None,
         detach_sample: bool = False,
+        eps: torch.Tensor | None = None,
     ) -> PosteriorSample:
         """Sample from q(z|h). h is (B, n_in) with k samples drawn per row, or already
         (k, B, n_in) (one sample per row, k=None) when this layer sits on top of another.
         With `detach_sample` no gradient flows through z and log q is that of the fixed
-        sample (its gradient is the score, as the wake-phi update needs)."""
+        sample (its gradient is the score, as the wake-phi update needs). `eps`, if given,
+        is the standard normal noise to use, drawn beforehand (a compiled step)."""
         mean, logvar, _ = self.net.params(h)
-        shape = (k, *mean.shape) if k is not None else mean.shape
-        eps = torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        if eps is None:
+            eps = draw_eps(mean, k, generator)
         std = torch.exp(0.5 * logvar)
         z = mean + std * eps  # (k, B, d)
         if detach_sample:

@@ -52,10 +52,17 @@ def _conv_macs(module: nn.Module) -> int:
 
 
 def training_flops_per_example(model: LatentVariableModel, k: int) -> float:
-    """Analytic FLOPs of one training example: matmuls only (2 FLOPs per multiply-add),
-    forward + backward ~= 3x forward. q(z_1|x) runs once per example; every network that
-    takes a sample (upper encoders, priors, the decoder, IAF's MADEs) runs k times. The
-    elementwise work of planar and radial steps (O(d) per sample) is not counted."""
+    """Analytic FLOPs of one training example: forward + backward ~= 3x the forward pass
+    (`forward_flops_per_example`)."""
+    return 3.0 * forward_flops_per_example(model, k)
+
+
+def forward_flops_per_example(model: LatentVariableModel, k: int) -> float:
+    """Analytic FLOPs of one forward pass of one example with k samples (an evaluation's
+    floor with k = k_eval): matmuls only, 2 FLOPs per multiply-add. q(z_1|x) runs once per
+    example; every network that takes a sample (upper encoders, priors, the decoder, IAF's
+    MADEs) runs k times. The elementwise work of planar and radial steps (O(d) per sample)
+    is not counted."""
     made = getattr(model.encoders[0], "made_steps", None)  # IAF: MADEs act on each sample
     made_macs = _linear_macs(made) if made is not None else 0
     first = _linear_macs(model.encoders[0]) - made_macs
@@ -65,7 +72,7 @@ def training_flops_per_example(model: LatentVariableModel, k: int) -> float:
         + sum(_linear_macs(p) for p in model.priors)
         + _linear_macs(model.decoder)
     )
-    return 3.0 * 2.0 * (first + k * per_sample)
+    return 2.0 * (first + k * per_sample)
 
 
 class PeakMemory:

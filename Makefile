@@ -51,7 +51,7 @@ profile: install  ## profile the default variant (bench suite, iwae-k50, budget 
 microbench: install  ## pytest-benchmark: training step vs a plain PyTorch step (not in `make test`)
 	$(PY) -m pytest -q benchmarks --benchmark-autosave --benchmark-columns=min,median,max,rounds $(ARGS)
 
-mutants: install  ## run the mutation check (not in make test; ~6 min)
+mutants: install  ## run the mutation check (not in make test; ~10 min on 2 cores)
 	$(PY) tools/mutants.py $(ARGS)
 
 lint: install  ## ruff

@@ -627,8 +627,7 @@ def _family_of_lone_value(key: str, value: Any) -> Family | None:
     field_ = RunConfig.__dataclass_fields__.get(key)
     if field_ is None or value == field_.default or key in FAMILIES.get("lvm").owns:
         return None
-    return next((FAMILIES.get(n) for n in (*FAMILIES.models(), *FAMILIES.toys())
-                 if key in FAMILIES.get(n).owns), None)
+    return next((f for f in FAMILIES if key in f.owns), None)
 
 
 def _check_value(key: str, value: Any, where: str, table: str) -> None:

@@ -64,11 +64,7 @@ def plain_step(encoder, decoder, optimizer, x, k, objective):
 
 
 def ours(objective: str, k: int):
-    cfg = RunConfig(dataset="mnist", objective=objective, k=k)
-    model = build_model(cfg, D)
-    optimizer = make_optimizer(model, cfg)  # the trainer's: lr 1e-3, eps 1e-4 by default
-    bound_fn, generator = objective_for(cfg), make_generator(0, "cpu")
-    return lambda x: training_step(model, optimizer, bound_fn, x, k, generator)
+    return stepper(BATCH, k, compiled=False, objective=objective)
 
 
 def plain(objective: str, k: int):
@@ -123,12 +119,14 @@ COMPILE_CASES = {"b20-k1": (20, 1, 1.5), "b100-k1": (100, 1, None),
                  "b20-k50": (20, 50, None), "b100-k50": (100, 50, 1.15)}
 
 
-def stepper(batch: int, k: int, compiled: bool):
-    """One training step of the MNIST-sized model, eager or compiled (the trainer's two)."""
-    cfg = RunConfig(dataset="mnist", objective="iwae" if k > 1 else "vae", k=k,
+def stepper(batch: int, k: int, compiled: bool, objective: str | None = None):
+    """One training step of the MNIST-sized model, eager or compiled (the trainer's two);
+    the objective is iwae for k > 1 unless given."""
+    cfg = RunConfig(dataset="mnist", objective=objective or ("iwae" if k > 1 else "vae"), k=k,
                     batch_size=batch)
     model = build_model(cfg, D)
-    optimizer, bound_fn = make_optimizer(model, cfg), objective_for(cfg)
+    optimizer = make_optimizer(model, cfg)  # the trainer's: lr 1e-3, eps 1e-4 by default
+    bound_fn = objective_for(cfg)
     generator = make_generator(0, "cpu")
     if not compiled:
         return lambda x: training_step(model, optimizer, bound_fn, x, k, generator)

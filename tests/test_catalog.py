@@ -9,6 +9,7 @@ import pytest
 from bench import compare as cmp
 from bench import store
 from bench.config import RunConfig
+from bench.errors import BenchError
 from bench.families.registry import FAMILIES
 from bench.metrics import catalog
 from bench.runner import RunTask, execute
@@ -96,6 +97,10 @@ def test_records_are_consistent():
     assert catalog.lookup("metric_prior_iwae_k100").name == "prior_iwae_k100"
     assert catalog.lookup("inpaint_top_half_matched_error").better == catalog.LOWER
     assert catalog.find("inpaint_top_half_matched_errors") is None
+    # a pattern's own name is a record to find, not a metric to compare
+    assert catalog.find("kl_unit_<j>").pattern is not None
+    with pytest.raises(BenchError, match="metric 'kl_unit_<j>' names a family of metrics"):
+        catalog.lookup("kl_unit_<j>")
 
 
 # one metric per family, beyond the likelihood, moved the wrong way by about twice its

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bench.errors import BenchError
+
 if TYPE_CHECKING:
     import torch
 
@@ -64,7 +66,6 @@ def train_model(
     when retried. `compile` (auto, on, off) reaches the families that compile their step
     (the lvm); the others run eagerly, and refuse "on". Toys need no data set: they run
     through `run_toy`."""
-    from bench.errors import BenchError
     from bench.families.registry import FAMILIES
 
     family = FAMILIES.of(cfg)

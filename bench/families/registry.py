@@ -237,6 +237,17 @@ class Registry:
     def get(self, name: str) -> Family:
         return self._families[name]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._families
+
+    def __iter__(self) -> Iterator[Family]:
+        """The families and toys, in registration order."""
+        return iter(list(self._families.values()))
+
+    def owned_keys(self) -> frozenset[str]:
+        """Every config key some family owns."""
+        return frozenset().union(*(f.owns for f in self._families.values()))
+
     def of(self, cfg: RunConfig) -> Family:
         """The family a config runs in: its toy, else its model."""
         if cfg.dataset in self.toys():
@@ -248,10 +259,10 @@ class Registry:
         family's own rules. `model` and `dataset` are known values here."""
         family = self.of(cfg)
         defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-        for key in sorted(set().union(*(f.owns for f in self._families.values()))):
+        for key in sorted(self.owned_keys()):
             if key in family.owns or getattr(cfg, key) == defaults[key]:
                 continue
-            owners = [f for f in self._families.values() if key in f.owns]
+            owners = [f for f in self if key in f.owns]
             raise BenchError(f"key '{key}' applies to {_describe(owners)} only")
         if family.check is not None:
             family.check(cfg)

@@ -187,13 +187,10 @@ def lookup(name: str) -> Metric:
         raise BenchError(f"metric '{name.removeprefix('metric_')}' has no record in "
                          "bench.metrics.catalog")
     bare = name.removeprefix("metric_")
+    if metric.pattern is not None and bare == metric.name:  # "kl_unit_<j>" itself
+        raise BenchError(f"metric '{bare}' names a family of metrics: give one of them "
+                         f"(a stored name matching {metric.pattern})")
     return metric if metric.name == bare else replace(metric, name=bare, pattern=None)
-
-
-def is_machine(name: str) -> bool:
-    """Whether a metric measures the machine (unknown names: no)."""
-    metric = find(name)
-    return metric is not None and metric.machine
 
 
 #: the bare names of the machine metrics with exact names (reproducibility checks strip them)

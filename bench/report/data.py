@@ -279,7 +279,7 @@ def _family(row: pd.Series) -> Family | None:
     family this code does not know (results of a removed or not yet loaded family)."""
     dataset, model = _py(row.get("cfg_dataset")), _py(row.get("cfg_model")) or "lvm"
     name = str(dataset if dataset in FAMILIES.toys() else model)
-    return FAMILIES.get(name) if name in (*FAMILIES.models(), *FAMILIES.toys()) else None
+    return FAMILIES.get(name) if name in FAMILIES else None
 
 
 def _family_label(row: pd.Series) -> str:

@@ -32,9 +32,7 @@ def _unused(family: Family | None) -> frozenset[str]:
     every key another family owns and it does not."""
     if family is None:
         return frozenset()
-    owned = set().union(*(FAMILIES.get(n).owns for n in (*FAMILIES.models(),
-                                                        *FAMILIES.toys())))
-    return family.unused | frozenset(owned - family.owns)
+    return family.unused | (FAMILIES.owned_keys() - family.owns)
 
 
 def format_mean_std(mean: float, std: float, spec: MetricSpec) -> str:

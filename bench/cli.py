@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "run's identity, recorded as sys_compiled): auto compiles on CUDA and "
                      "from 50,000 optimiser steps on a CPU, where compiling pays (default: "
                      "auto)")
+    run.add_argument("--stack", choices=["auto", "on", "off"], default="auto",
+                     help="train variants that differ only in seed, beta or gamma (model lvm) "
+                     "as one stacked model, one task per stack of up to 16; each still lands "
+                     "as its own row and run_id, with sys_stack naming its stack: auto stacks "
+                     "where the cluster has GPUs (on a CPU stacking measured 0.7-1.1x of the "
+                     "runs one after another), on forces it (default: auto)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line")
     _add_skip_corrupt_flag(run)
 
@@ -408,7 +414,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,
         force=args.force, checkpoint_every=args.checkpoint_every,
         show_progress=not args.no_progress, skip_corrupt=args.skip_corrupt,
-        compile=args.compile,
+        compile=args.compile, stack=args.stack,
     )
     summary = run_suite(suite, options, args.filter)
     print(f"suite {suite.name} (budget {suite.budget}): {summary.total} runs, "

@@ -11,6 +11,7 @@ same config and seed on the same CPU setup reproduce the same metrics bit for bi
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -124,3 +125,32 @@ class Checkpointing:
 
     path: Path
     every_epochs: int = 10
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Atomically write a checkpoint's `state` (torch.save) to `path`: a reader sees the old
+    file or the whole new one, never a torn write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, config_hash: str, device_type: str) -> dict:
+    """The checkpoint state at `path`, refused (BenchError) when unreadable, written for
+    another `config_hash` or on another device type (RNG states do not move between them)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: never resume from it silently
+        reason = type(err).__name__
+        raise BenchError(f"unreadable checkpoint {path} ({reason}); delete it") from None
+    if not isinstance(state, dict) or state.get("config_hash") != config_hash:
+        raise BenchError(f"checkpoint {path} belongs to another config; delete it")
+    saved = state.get("device_type", device_type)
+    if saved != device_type:
+        raise BenchError(f"checkpoint {path} was written on {saved}, this run is on "
+                         f"{device_type}: resume it on {saved} or delete it")
+    return state

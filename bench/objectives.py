@@ -81,10 +81,16 @@ class ControlledCapacity:
     def __call__(self, sample: ModelSample) -> torch.Tensor:
         target = self.capacity(self.steps_done)
         self.steps_done += 1
+        return self.bound(sample, target, self.gamma)
+
+    def bound(self, sample: ModelSample, target: float, gamma: float | torch.Tensor
+              ) -> torch.Tensor:
+        """(B,) the objective at KL target `target` with weight `gamma` (a stack passes each
+        variant's gamma as a tensor); counts no step."""
         kl = kl_term(sample, self.analytic_kl)
         # the penalty is on the minibatch's mean KL, as in the paper; the same for every
         # example, so the trainer's mean over the batch gives recon - gamma * |KL - C|
-        return sample.log_px_given_z.mean(0) - self.gamma * (kl.mean() - target).abs()
+        return sample.log_px_given_z.mean(0) - gamma * (kl.mean() - target).abs()
 
 
 def forward_kl_iwae_bound(sample: ModelSample) -> torch.Tensor:
@@ -95,15 +101,18 @@ def forward_kl_iwae_bound(sample: ModelSample) -> torch.Tensor:
     return decoder_bound + (wake_phi - wake_phi.detach())
 
 
-def objective_for(cfg: RunConfig) -> Objective:
-    """The per-example bound to maximise for this config."""
+def objective_for(cfg: RunConfig, beta: float | torch.Tensor | None = None) -> Objective:
+    """The per-example bound to maximise for this config. `beta`, if given, replaces
+    cfg.beta: a stack of variants (bench.families.stack) passes each variant's beta as a
+    tensor under vmap."""
+    beta = cfg.beta if beta is None else beta
     if cfg.kl_direction == "forward":
         return forward_kl_iwae_bound
     if cfg.capacity_max > 0:
         return ControlledCapacity(cfg.capacity_max, cfg.capacity_steps, cfg.gamma,
                                   cfg.analytic_kl)
     builders: dict[str, Callable[[], Objective]] = {
-        "vae": lambda: lambda s: vae_bound(s, cfg.beta, cfg.analytic_kl),
+        "vae": lambda: lambda s: vae_bound(s, beta, cfg.analytic_kl),
         "iwae": lambda: iwae_bound,
     }
     return builders[cfg.objective]()

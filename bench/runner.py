@@ -44,6 +44,7 @@ class RunOptions:
     force: bool = False  # rerun runs that already have a finished row
     checkpoint_every: int = 10  # epochs between checkpoints
     compile: str = "auto"  # torch.compile the training step: auto, on, off (not in run_ids)
+    stack: str = "auto"  # train compatible variants as one stacked model: auto (CUDA), on, off
     show_progress: bool = True
     skip_corrupt: bool = False  # treat unreadable result files as absent (warned), not an error
 
@@ -59,6 +60,44 @@ class RunTask:
     threads: int
     checkpoint_every: int
     compile: str = "auto"
+
+
+@dataclass(frozen=True)
+class StackTask:
+    """Variants that train as one stacked model (bench.families.stack), in one process."""
+
+    suite: str
+    budget: str | None
+    variants: tuple[Variant, ...]
+    results: Path
+    threads: int
+    checkpoint_every: int
+    compile: str = "auto"
+
+
+STACK_MODES = ("auto", "on", "off")
+
+
+def make_tasks(suite: Suite, variants: Sequence[Variant], options: RunOptions, *,
+               cuda: bool) -> list[RunTask | StackTask]:
+    """One task per run, except that with stacking (options.stack "on", or "auto" where
+    `cuda`: on a CPU a stack measured 0.7-1.1x of its runs one after another) compatible
+    VAE-family variants (bench.families.stack.group) become one StackTask each."""
+    if options.stack not in STACK_MODES:
+        raise ValueError(f"unknown stack mode '{options.stack}' (known: {', '.join(STACK_MODES)})")
+    common = (options.results, options.cpus_per_run, options.checkpoint_every, options.compile)
+    if options.stack == "off" or (options.stack == "auto" and not cuda):
+        return [RunTask(suite.name, suite.budget, v, *common) for v in variants]
+    from bench.families.stack import group
+
+    tasks: list[RunTask | StackTask] = []
+    for members in group([v.config for v in variants]):
+        if len(members) == 1:
+            tasks.append(RunTask(suite.name, suite.budget, variants[members[0]], *common))
+        else:
+            tasks.append(StackTask(suite.name, suite.budget,
+                                   tuple(variants[i] for i in members), *common))
+    return tasks
 
 
 @dataclass(frozen=True)
@@ -160,115 +199,191 @@ def log_path(results: Path, suite: str, run_id: str) -> Path:
     return results / "logs" / f"suite={suite}" / f"{run_id}.log"
 
 
-def execute(task: RunTask, device: str | None = None, where: dict | None = None) -> Landed:
-    """Run one variant in this process and return its row, curves and sample images;
-    exceptions become a `failed` row. Progress goes to the run's log file. Torch runs with
-    `task.threads` threads meanwhile; the caller's thread count is restored afterwards."""
+def execute(task: RunTask | StackTask, device: str | None = None, where: dict | None = None
+            ) -> list[Landed]:
+    """Run one variant (a RunTask) or one stack of variants (a StackTask) in this process
+    and return each variant's row, curves and sample images; exceptions become `failed`
+    rows. Progress goes to each run's log file. Torch runs with `task.threads` threads
+    meanwhile; the caller's thread count is restored afterwards."""
     import torch
 
     threads_before = torch.get_num_threads()
     try:
-        return _execute(task, device, where)
+        torch.set_num_threads(task.threads)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(task, StackTask):
+            return _execute_stack(task, device, where or {})
+        return [_execute(task, device, where or {})]
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _execute(task: RunTask, device: str | None, where: dict | None) -> Landed:
-    import torch
+@dataclass
+class _Outcome:
+    """What one variant's training gave, before it becomes a row."""
 
+    status: str = "failed"
+    metrics: dict = field(default_factory=dict)
+    curves: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    compiled: bool = False
+    error: str | None = None
+    trace: str | None = None
+
+    @classmethod
+    def of(cls, result) -> _Outcome:
+        metrics = result.metrics()
+        status = metrics.pop("status")
+        error = (f"non-finite training loss at epoch {result.diverged_epoch}"
+                 if status == "diverged" else None)
+        return cls(status, metrics, [{**vars(r)} for r in result.curves], result.samples,
+                   getattr(result, "compiled", False), error)
+
+    @classmethod
+    def failure(cls, err: Exception) -> _Outcome:
+        return cls(error=f"{type(err).__name__}: {err}", trace=traceback.format_exc())
+
+
+class _RunLog:
+    """A run's log file, opened for appending, with its header line written."""
+
+    def __init__(self, task, variant: Variant, device: str, note: str = ""):
+        path = log_path(task.results, task.suite, variant.run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a", buffering=1)
+        cfg = variant.config
+        self.file.write(f"# {_now().isoformat()} {variant.name} seed={cfg.seed} "
+                        f"run_id={variant.run_id} pid={os.getpid()} device={device}{note}\n")
+
+    def epoch(self, record, total) -> None:
+        self.file.write(f"epoch {record.epoch}/{total} bound {record.train_bound:.4f} "
+                        f"lr {record.lr:.3g} {record.samples_per_s:.0f} ex/s\n")
+
+    def close(self, outcome: _Outcome, checkpoint: Path) -> None:
+        if outcome.trace:
+            self.file.write(outcome.trace)
+        self.file.write(f"# {outcome.status}\n")
+        if outcome.status == "failed" and checkpoint.exists():  # its progress stays
+            self.file.write(f"# checkpoint kept: {checkpoint}\n")
+        self.file.close()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _execute(task: RunTask, device: str, where: dict) -> Landed:
     from bench.families import run_toy, train_model
     from bench.loop import Checkpointing, load_data
 
-    torch.set_num_threads(task.threads)
     cfg, run_id = task.variant.config, task.variant.run_id
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    started = dt.datetime.now(dt.timezone.utc)
-    wall_start = time.perf_counter()
-    log_file = log_path(task.results, task.suite, run_id)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    started, wall_start = _now(), time.perf_counter()
     checkpoint = checkpoint_path(task.results, task.suite, run_id)
-    with open(log_file, "a", buffering=1) as log:
-        log.write(f"# {started.isoformat()} {task.variant.name} seed={cfg.seed} run_id={run_id} "
-                  f"pid={os.getpid()} device={device}\n")
-        if checkpoint.exists():
-            log.write(f"# resuming from checkpoint {checkpoint}\n")
-
-        def on_epoch(record, total):
-            log.write(f"epoch {record.epoch}/{total} bound {record.train_bound:.4f} "
-                      f"lr {record.lr:.3g} {record.samples_per_s:.0f} ex/s\n")
-
-        error = trace = None
-        metrics, curves, samples, compiled = {}, [], [], False
-        try:
-            if FAMILIES.of(cfg).toy:  # a toy with a known answer: seconds, on the CPU
-                metrics, status = run_toy(cfg), "finished"
-            else:
-                result = train_model(cfg, load_data(cfg), device=device, on_epoch=on_epoch,
-                                     checkpointing=Checkpointing(checkpoint,
-                                                                 task.checkpoint_every),
-                                     compile=task.compile)
-                compiled = getattr(result, "compiled", False)
-                metrics = result.metrics()
-                status = metrics.pop("status")
-                curves = [{**vars(r)} for r in result.curves]
-                samples = result.samples
-                if status == "diverged":
-                    error = f"non-finite training loss at epoch {result.diverged_epoch}"
-        except Exception as err:  # a bug or bad data in one run must not stop the grid
-            status, error, trace = "failed", f"{type(err).__name__}: {err}", traceback.format_exc()
-            log.write(trace)
-        log.write(f"# {status}\n")
-        if status == "failed" and checkpoint.exists():  # its progress stays for a rerun
-            log.write(f"# checkpoint kept: {checkpoint}\n")
-    if status != "failed":
+    log = _RunLog(task, task.variant, device)
+    if checkpoint.exists():
+        log.file.write(f"# resuming from checkpoint {checkpoint}\n")
+    try:
+        if FAMILIES.of(cfg).toy:  # a toy with a known answer: seconds, on the CPU
+            outcome = _Outcome("finished", run_toy(cfg))
+        else:
+            outcome = _Outcome.of(train_model(
+                cfg, load_data(cfg), device=device, on_epoch=log.epoch,
+                checkpointing=Checkpointing(checkpoint, task.checkpoint_every),
+                compile=task.compile))
+    except Exception as err:  # a bug or bad data in one run must not stop the grid
+        outcome = _Outcome.failure(err)
+    log.close(outcome, checkpoint)
+    if outcome.status != "failed":
         checkpoint.unlink(missing_ok=True)
-    ended = dt.datetime.now(dt.timezone.utc)
+    return _landed(task, task.variant, outcome, device,
+                   {**where, "stack": None, "stack_size": 1}, started, wall_start)
+
+
+def _execute_stack(task: StackTask, device: str, where: dict) -> list[Landed]:
+    from bench.families.stack import stack_id, train_stack
+    from bench.loop import Checkpointing, load_data
+
+    cfgs = [v.config for v in task.variants]
+    name = stack_id(cfgs)
+    started, wall_start = _now(), time.perf_counter()
+    checkpoint = checkpoint_path(task.results, task.suite, name)
+    note = f" stack={name} of {len(cfgs)}"
+    logs = [_RunLog(task, v, device, note) for v in task.variants]
+    if checkpoint.exists():
+        for log in logs:
+            log.file.write(f"# resuming the stack from checkpoint {checkpoint}\n")
+    try:
+        results = train_stack(cfgs, load_data(cfgs[0]), device=device,
+                              on_epoch=lambda i, record, total: logs[i].epoch(record, total),
+                              checkpointing=Checkpointing(checkpoint, task.checkpoint_every),
+                              compile=task.compile)
+        outcomes = [_Outcome.of(result) for result in results]
+    except Exception as err:  # one stack's failure fails its variants, not the grid
+        outcomes = [_Outcome.failure(err)] * len(cfgs)
+    for log, outcome in zip(logs, outcomes, strict=True):
+        log.close(outcome, checkpoint)
+    if outcomes[0].status != "failed":
+        checkpoint.unlink(missing_ok=True)
+    prov = {**where, "stack": name, "stack_size": len(cfgs)}
+    return [_landed(task, variant, outcome, device, prov, started, wall_start)
+            for variant, outcome in zip(task.variants, outcomes, strict=True)]
+
+
+def _landed(task, variant: Variant, outcome: _Outcome, device: str, extra: dict,
+            started: dt.datetime, wall_start: float) -> Landed:
     prov = {
         **provenance.collect(device),
-        **(where or {}),
+        **extra,
         "start_time": started.isoformat(),
-        "end_time": ended.isoformat(),
+        "end_time": _now().isoformat(),
         "wall_seconds": time.perf_counter() - wall_start,
-        "compiled": compiled,  # the training step ran torch.compile'd (RunOptions.compile)
+        "compiled": outcome.compiled,  # the training step ran torch.compile'd
     }
-    row = store.run_row(suite=task.suite, variant=task.variant.name, config=cfg, status=status,
-                        metrics=metrics, provenance=prov, error=error, traceback=trace,
-                        budget=task.budget)
-    return Landed(row, curves, samples)
+    row = store.run_row(suite=task.suite, variant=variant.name, config=variant.config,
+                        status=outcome.status, metrics=outcome.metrics, provenance=prov,
+                        error=outcome.error, traceback=outcome.trace, budget=task.budget)
+    return Landed(row, outcome.curves, outcome.samples)
 
 
 def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) -> RunSummary:
     """Run every selected, not yet finished run of `suite`; each result is stored as it lands."""
     to_run, cached = plan(suite, options.results, filters, options.force, options.skip_corrupt)
     summary = RunSummary(total=len(to_run) + len(cached), cached=len(cached))
-    tasks = [RunTask(suite.name, suite.budget, v, options.results, options.cpus_per_run,
-                     options.checkpoint_every, options.compile) for v in to_run]
     progress = Progress(summary, enabled=options.show_progress)
+    by_run_id = {v.run_id: v for v in to_run}
 
-    def land(task: RunTask, landed: Landed) -> None:
+    def land(landed: Landed) -> None:
         row = landed.row
         # --force replaces a finished result only with a new finished one, never a failure
         store.write_run(options.results, row, landed.curves, samples=landed.samples,
                         replace_finished=options.force and row["status"] == "finished")
         summary.statuses[row["status"]] = summary.statuses.get(row["status"], 0) + 1
-        progress.landed(task.variant, row)
+        progress.landed(by_run_id[row["run_id"]], row)
 
     with progress:
         try:
             if options.executor == "local":
-                for task in tasks:
-                    progress.running = 1
+                import torch
+
+                for task in make_tasks(suite, to_run, options, cuda=torch.cuda.is_available()):
+                    progress.running = len(_variants(task))
                     progress.refresh()
-                    land(task, execute(task, device=None))
-            elif tasks:
-                _run_on_ray(tasks, options, land, progress)
+                    for landed in execute(task, device=None):
+                        land(landed)
+            elif to_run:
+                _run_on_ray(suite, to_run, options, land, progress)
         except KeyboardInterrupt:
             summary.interrupted = True
     return summary
 
 
-def _run_on_ray(tasks, options: RunOptions, land: Callable, progress: Progress) -> None:
+def _variants(task: RunTask | StackTask) -> tuple[Variant, ...]:
+    return task.variants if isinstance(task, StackTask) else (task.variant,)
+
+
+def _run_on_ray(suite: Suite, variants: Sequence[Variant], options: RunOptions,
+                land: Callable, progress: Progress) -> None:
     import ray
 
     started_here = not ray.is_initialized()
@@ -281,18 +396,24 @@ def _run_on_ray(tasks, options: RunOptions, land: Callable, progress: Progress) 
                      log_to_driver=False, object_store_memory=OBJECT_STORE_BYTES)
     try:
         resources = ray.cluster_resources()
+        has_gpus = resources.get("GPU", 0) > 0
         gpus = options.gpus_per_run
         if gpus is None:
-            gpus = DEFAULT_GPU_FRACTION if resources.get("GPU", 0) > 0 else 0
+            gpus = DEFAULT_GPU_FRACTION if has_gpus else 0
         slots = max(1, int(resources.get("CPU", 1) // options.cpus_per_run))
-        remote = ray.remote(_execute_on_worker).options(
-            num_cpus=options.cpus_per_run, num_gpus=gpus, max_retries=options.retries,
-            retry_exceptions=False,
-        )
-        pending = {remote.remote(task): task for task in tasks}
+        remote = ray.remote(_execute_on_worker)
+
+        def submit(task):  # a stack takes its members' GPU shares, at most one GPU
+            share = min(1.0, gpus * len(_variants(task))) if gpus else 0
+            return remote.options(num_cpus=options.cpus_per_run, num_gpus=share,
+                                  max_retries=options.retries,
+                                  retry_exceptions=False).remote(task)
+
+        tasks = make_tasks(suite, variants, options, cuda=has_gpus)
+        pending = {submit(task): task for task in tasks}
         try:
             while pending:
-                progress.running = min(len(pending), slots)
+                progress.running = min(sum(len(_variants(t)) for t in pending.values()), slots)
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 progress.refresh()
                 for ref in ready:
@@ -300,8 +421,10 @@ def _run_on_ray(tasks, options: RunOptions, land: Callable, progress: Progress) 
                     try:
                         landed = ray.get(ref)
                     except ray.exceptions.RayError as err:  # worker died more than `retries` times
-                        landed = Landed(_lost_worker_row(task, err), [], [])
-                    land(task, landed)
+                        landed = [Landed(_lost_worker_row(task, v, err), [], [])
+                                  for v in _variants(task)]
+                    for one in landed:
+                        land(one)
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -311,7 +434,7 @@ def _run_on_ray(tasks, options: RunOptions, land: Callable, progress: Progress) 
             ray.shutdown()
 
 
-def _execute_on_worker(task: RunTask) -> Landed:
+def _execute_on_worker(task: RunTask | StackTask) -> list[Landed]:
     import ray
     import torch
 
@@ -321,10 +444,10 @@ def _execute_on_worker(task: RunTask) -> Landed:
     return execute(task, device=device, where={"ray_node_id": node})
 
 
-def _lost_worker_row(task: RunTask, err: Exception) -> dict:
+def _lost_worker_row(task: RunTask | StackTask, variant: Variant, err: Exception) -> dict:
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return store.run_row(
-        suite=task.suite, variant=task.variant.name, config=task.variant.config,
+        suite=task.suite, variant=variant.name, config=variant.config,
         status="failed", metrics={}, provenance=provenance.code_version(),
         error=f"worker lost after {type(err).__name__}: {message}", traceback=str(err),
         budget=task.budget,

@@ -44,7 +44,7 @@ def stored(tmp_path_factory):
     results = tmp_path_factory.mktemp("catalog")
     out = {}
     for name, cfg in RUNS.items():
-        landed = execute(RunTask("catalog", None, Variant(name, cfg), results, 1, 1),
+        [landed] = execute(RunTask("catalog", None, Variant(name, cfg), results, 1, 1),
                          device="cpu")
         assert landed.row["status"] == "finished", (name, landed.row["error"])
         path = store.write_run(results, landed.row, landed.curves)

@@ -75,7 +75,7 @@ def test_the_compiled_step_matches_the_eager_one_and_repeats_itself(tmp_path):
     for a, b in zip(compiled.curves, eager.curves, strict=True):
         assert a.train_bound == pytest.approx(b.train_bound, abs=1e-4)
     # the same config compiled again, through the runner: identical numbers, same run_id
-    landed = execute(RunTask("c", None, Variant("v", cfg), tmp_path, 1, 1, "on"),
+    [landed] = execute(RunTask("c", None, Variant("v", cfg), tmp_path, 1, 1, "on"),
                      device="cpu")
     assert landed.row["run_id"] == cfg.run_id and landed.row["sys_compiled"] is True
     for key in ("test_ll", "test_elbo", "final_train_bound", "ess", "rate"):

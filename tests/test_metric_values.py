@@ -417,7 +417,7 @@ def test_the_stored_row_records_commit_dirty_versions_device_and_config(temp_rep
     head = _git(temp_repo, "rev-parse", "HEAD")
     (temp_repo / "tracked.txt").write_text("two\n")
     cfg = RunConfig(dataset="bimodal", objective="iwae", iterations=3, k=2, seed=7)
-    landed = execute(RunTask("prov", None, Variant("v", cfg), tmp_path, 1, 1), device="cpu")
+    [landed] = execute(RunTask("prov", None, Variant("v", cfg), tmp_path, 1, 1), device="cpu")
     assert landed.row["status"] == "finished", landed.row["error"]
     store.write_run(tmp_path, landed.row, landed.curves, samples=landed.samples)
     row = store.load_runs(tmp_path).set_index("run_id").loc[cfg.run_id]

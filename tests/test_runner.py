@@ -108,6 +108,24 @@ train_size = 5000
     assert {v.name for v in to_run} == {"too-big"} and len(cached) == 2
 
 
+def test_stacked_variants_run_as_one_ray_task_and_land_as_their_own_rows(ray_session,
+                                                                         tmp_path):
+    # Guards against: a stack task that does not pickle or whose list of results the driver
+    # does not unpack (one row, or none), and stacked rows that lose their stack's name.
+    path = write_suite(tmp_path, TINY.format(name="stacked", epochs=1) + """
+[grid]
+beta = [1.0, 2.0]
+""")
+    suite = load_suite(path)
+    summary = run_suite(suite, RunOptions(results=tmp_path / "r", show_progress=False,
+                                          stack="on"))
+    assert summary.statuses == {"finished": 4}
+    runs = store.load_runs(tmp_path / "r", suite="stacked")
+    assert sorted(runs["run_id"]) == sorted(v.run_id for v in suite.variants)
+    assert runs["sys_stack"].nunique() == 1 and set(runs["sys_stack_size"]) == {4}
+    assert runs["sys_ray_node_id"].notna().all()
+
+
 def test_a_killed_worker_is_retried_from_its_checkpoint(ray_session, tmp_path):
     # full digits with the default model: ~0.05 s per epoch, so epoch 5 of 200 is mid-run
     body = TINY.format(name="killed", epochs=200).replace("train_size = 200\n", "")
@@ -362,6 +380,6 @@ def test_a_failed_run_keeps_its_checkpoint_for_a_rerun(tmp_path):
     checkpoint = checkpoint_path(tmp_path, suite.name, variant.run_id)
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"not a checkpoint")  # the run fails on it, naming it
-    landed = execute(RunTask(suite.name, None, variant, tmp_path, 1, 1), device="cpu")
+    [landed] = execute(RunTask(suite.name, None, variant, tmp_path, 1, 1), device="cpu")
     assert landed.row["status"] == "failed" and "unreadable checkpoint" in landed.row["error"]
     assert checkpoint.exists()

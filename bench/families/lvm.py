@@ -21,7 +21,6 @@ and the loop is exactly the plain one.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,9 @@ from bench.loop import (
     TRAIN_STREAM,
     Checkpointing,
     EpochRecord,
+    load_state,
     make_generator,
+    save_state,
     train_epochs,
     training_record,
 )
@@ -109,6 +110,13 @@ def should_compile(cfg: RunConfig, n_train: int, device: torch.device | str,
     return len(cfg.epoch_lrs()) * math.ceil(n_train / cfg.batch_size) >= COMPILE_MIN_STEPS
 
 
+def compile_options(device: torch.device | str) -> dict:
+    """torch.compile's options for a training step's loss graph on `device`: on CUDA
+    mode "reduce-overhead", which replays the step's kernels as one CUDA graph (static
+    shapes; the step never syncs with the host), else inductor's default."""
+    return {"mode": "reduce-overhead"} if torch.device(device).type == "cuda" else {}
+
+
 def compiled_training_step(model: LatentVariableModel, optimizer: torch.optim.Optimizer,
                            bound_fn: Objective, k: int, detach_samples: bool = False
                            ) -> Callable[..., torch.Tensor]:
@@ -123,10 +131,14 @@ def compiled_training_step(model: LatentVariableModel, optimizer: torch.optim.Op
         sample = model(xb, k, detach_samples=detach_samples, x_in=x_in, noise=noise)
         return -bound_fn(sample).mean()
 
-    compiled_loss, compiled_update = torch.compile(loss_of), torch.compile(optimizer.step)
+    device = next(model.parameters()).device
+    compiled_loss = torch.compile(loss_of, **compile_options(device))
+    compiled_update = torch.compile(optimizer.step)
 
     def step(xb: torch.Tensor, x_in: torch.Tensor | None, noise: list[torch.Tensor],
              scale: float) -> torch.Tensor:
+        if device.type == "cuda":  # a new iteration: the last step's graph outputs are used
+            torch.compiler.cudagraph_mark_step_begin()
         loss = compiled_loss(xb, x_in, noise)
         optimizer.zero_grad(set_to_none=True)
         (loss * scale).backward()
@@ -179,7 +191,6 @@ def train(
     memory = PeakMemory(device)
     memory.start()
     x_train = dataset.train.to(device)
-    x_test = dataset.test.to(device)
     n = x_train.shape[0]
     model = build_model(cfg, dataset.dim, image_shape=dataset.image_shape,
                         pixel_mean=dataset.pixel_mean).to(device)
@@ -226,11 +237,23 @@ def train(
         epoch_lrs[len(curves):], step, n=n, batch_size=cfg.batch_size, optimizer=optimizer,
         generator=generator, curves=curves, start=start, on_epoch=on_epoch,
         total=len(epoch_lrs), after_epoch=after_epoch)
-    status = "finished" if diverged_epoch is None else "diverged"
     train_seconds = time.perf_counter() - start
+    return finish(cfg, dataset, model, device=device, curves=curves,
+                  train_seconds=train_seconds, diverged_epoch=diverged_epoch, memory=memory,
+                  compiled=compiled)
 
+
+def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
+           device: torch.device, curves: list[EpochRecord], train_seconds: float,
+           diverged_epoch: int | None, memory: PeakMemory, compiled: bool) -> TrainResult:
+    """The TrainResult of a trained model: a finished run (diverged_epoch None) evaluated on
+    the test set (test LL with cfg.k_eval samples, blur, samples, inpainting, factors) from
+    the run's evaluation stream; a diverged one with its training record only. Its own
+    function so a stack (bench.families.stack) evaluates each variant as a solo run does."""
+    status = "finished" if diverged_epoch is None else "diverged"
     test, images, samples, inpainting, factors = None, {}, [], {}, {}
     if status == "finished":
+        x_test = dataset.test.to(device)
         eval_generator = make_generator(cfg.seed + EVAL_STREAM, device)
         test = evaluate(model, x_test, cfg.k_eval, generator=eval_generator)
         images = blur_metrics(model, dataset, generator=eval_generator)
@@ -266,8 +289,8 @@ def train(
 
 
 def _save_checkpoint(path, cfg, model, optimizer, generator, curves, elapsed) -> None:
-    """Atomically write the state needed to continue exactly where training stands."""
-    state = {
+    """Write the state needed to continue exactly where training stands."""
+    save_state(path, {
         "config_hash": cfg.config_hash,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -275,28 +298,11 @@ def _save_checkpoint(path, cfg, model, optimizer, generator, curves, elapsed) ->
         "curves": [asdict(r) for r in curves],
         "elapsed": elapsed,
         "device_type": generator.device.type,  # RNG states do not move between device types
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    })
 
 
 def _load_checkpoint(path, cfg, model, optimizer, generator) -> tuple[list[EpochRecord], float]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: never resume from it silently
-        reason = type(err).__name__
-        raise BenchError(f"unreadable checkpoint {path} ({reason}); delete it") from None
-    if not isinstance(state, dict) or state.get("config_hash") != cfg.config_hash:
-        raise BenchError(f"checkpoint {path} belongs to another config; delete it")
-    saved = state.get("device_type", generator.device.type)
-    if saved != generator.device.type:
-        raise BenchError(f"checkpoint {path} was written on {saved}, this run is on "
-                         f"{generator.device.type}: resume it on {saved} or delete it")
+    state = load_state(path, cfg.config_hash, generator.device.type)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])

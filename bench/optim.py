@@ -65,16 +65,19 @@ class BurdaAdam(torch.optim.Optimizer):
         return loss
 
 
-def make_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: RunConfig
-                   ) -> torch.optim.Optimizer:
+def make_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: RunConfig,
+                   fused: bool = False) -> torch.optim.Optimizer:
     """cfg.optimizer over a model's (or the given) parameters at cfg.lr: torch's Adam with
-    the config's betas and epsilon, or BurdaAdam with the authors' constants."""
+    the config's betas and epsilon, or BurdaAdam with the authors' constants. `fused`: torch's
+    fused Adam kernel (the compiled step's: 0.18 ms against the compiled foreach step's
+    0.35 ms for the IWAE 1-layer model on 2 CPU cores; the same update up to rounding)."""
     if isinstance(params, torch.nn.Module):
         params = params.parameters()
     if cfg.optimizer == "burda_adam":
         return BurdaAdam(list(params), lr=cfg.lr)
     return torch.optim.Adam(
-        list(params), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
+        list(params), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+        fused=fused or None,
     )
 
 

@@ -125,7 +125,7 @@ def stepper(batch: int, k: int, compiled: bool, objective: str | None = None):
     cfg = RunConfig(dataset="mnist", objective=objective or ("iwae" if k > 1 else "vae"), k=k,
                     batch_size=batch)
     model = build_model(cfg, D)
-    optimizer = make_optimizer(model, cfg)  # the trainer's: lr 1e-3, eps 1e-4 by default
+    optimizer = make_optimizer(model, cfg, fused=compiled)  # the trainer's (lr 1e-3, eps 1e-4)
     bound_fn = objective_for(cfg)
     generator = make_generator(0, "cpu")
     if not compiled:
@@ -136,8 +136,10 @@ def stepper(batch: int, k: int, compiled: bool, objective: str | None = None):
 
 @pytest.mark.parametrize("case", list(COMPILE_CASES))
 def test_compiled_over_eager_ratio(benchmark, case):
-    """Interleave the eager and the compiled step (E C E C ...) after compiling; report the
-    median time ratio eager / compiled."""
+    """Alternate blocks of eager and compiled steps (10 E, 10 C, 10 E, ...) after compiling;
+    report the median over blocks of the time ratio eager / compiled. Blocks, not single
+    steps: a trainer runs one model step after step, and alternating two models' weights
+    and Adam state (about 5 MB each) every step would time cache misses neither pays."""
     size, k, target = COMPILE_CASES[case]
     x = torch.bernoulli(torch.full((size, D), 0.13), generator=torch.Generator().manual_seed(0))
     eager, compiled = stepper(size, k, False), stepper(size, k, True)
@@ -145,14 +147,16 @@ def test_compiled_over_eager_ratio(benchmark, case):
     for _ in range(3):  # compiles (forward, backward and the optimiser step) and warms up
         compiled(x)
     compile_seconds = time.perf_counter() - start
-    for _ in range(5):
-        eager(x)
-    ratios = []
-    for _ in range(200 if k == 1 else 40):
+    for _ in range(20):
+        eager(x), compiled(x)
+    block, ratios = 10, []
+    for _ in range(30 if k == 1 else 6):
         t0 = time.perf_counter()
-        eager(x)
+        for _ in range(block):
+            eager(x)
         t1 = time.perf_counter()
-        compiled(x)
+        for _ in range(block):
+            compiled(x)
         t2 = time.perf_counter()
         ratios.append((t1 - t0) / (t2 - t1))
     ratio = statistics.median(ratios)
@@ -227,3 +231,52 @@ def test_iwae_evaluation_chunk(benchmark, device):
     benchmark.extra_info.update(seconds_per_floor=ratio)
     print(f"\niwae evaluation ({device}): {statistics.median(times) * 10:.2f} ms per example "
           f"per 1000 samples, {ratio:.2f}x its matmul floor ({floor * 10:.2f} ms)")
+
+
+@pytest.mark.parametrize("n", [4, 16])
+def test_stacked_over_sequential_ratio(benchmark, n):
+    """N same-shape variants (seeds) at batch 20, k = 1: one stacked step (vmap over the
+    stacked parameters, bench.families.stack) against the N solo steps one after another,
+    in alternating blocks; reported, no target (the runner stacks only on CUDA)."""
+    from torch.func import stack_module_state
+
+    from bench.families.stack import stacked_step
+
+    cfgs = [RunConfig(dataset="mnist", batch_size=20, seed=s) for s in range(n)]
+    models = [build_model(c, D) for c in cfgs]
+    params, buffers = stack_module_state(models)
+    optimizer = make_optimizer(params.values(), cfgs[0])
+    step = stacked_step(models[0], optimizer, cfgs[0], cfgs, params, buffers,
+                        torch.device("cpu"), compiled=False, steps_done=0)
+    generator = make_generator(0, "cpu")
+    xs = torch.bernoulli(torch.full((n, 20, D), 0.13), generator=generator)
+
+    def stacked():
+        noise = [torch.stack(layer) for layer in zip(
+            *(models[0].draw_noise(20, 1, generator, "cpu") for _ in range(n)), strict=True)]
+        return step(xs, None, noise, 1.0)
+
+    solos = [stepper(20, 1, False) for _ in range(n)]
+
+    def sequential():
+        for solo, x in zip(solos, xs, strict=True):
+            solo(x)
+
+    for _ in range(5):
+        stacked(), sequential()
+    ratios = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        for _ in range(5):
+            sequential()
+        t1 = time.perf_counter()
+        for _ in range(5):
+            stacked()
+        t2 = time.perf_counter()
+        ratios.append((t1 - t0) / (t2 - t1))
+    ratio = statistics.median(ratios)
+    benchmark.group = "stacked / sequential"
+    benchmark.extra_info.update(speedup=ratio, variants=n, threads=torch.get_num_threads())
+    benchmark.pedantic(stacked, rounds=3, iterations=1)
+    print(f"\nstack of {n} at batch 20, k 1: {ratio:.2f}x the {n} solo steps one after "
+          f"another ({torch.get_num_threads()} threads)")

@@ -42,7 +42,13 @@ from torch.func import functional_call, stack_module_state, vmap
 from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic, drop_pixels
 from bench.errors import BenchError
-from bench.families.lvm import TrainResult, compile_options, finish, should_compile
+from bench.families.lvm import (
+    TrainResult,
+    compile_options,
+    compiled_update_of,
+    finish,
+    should_compile,
+)
 from bench.families.registry import FAMILIES
 from bench.loop import (
     TRAIN_STREAM,
@@ -120,7 +126,8 @@ def train_stack(
     models = [build_model(c, dataset.dim, image_shape=dataset.image_shape,
                           pixel_mean=dataset.pixel_mean).to(device) for c in cfgs]
     params, buffers = stack_module_state(models)
-    optimizer = make_optimizer(params.values(), base_cfg)
+    compiled = should_compile(base_cfg, n, device, compile)
+    optimizer = make_optimizer(params.values(), base_cfg, fused=compiled)
     generators = [make_generator(c.seed + TRAIN_STREAM, device) for c in cfgs]
     epoch_lrs = base_cfg.epoch_lrs()
     steps_per_epoch = math.ceil(n / base_cfg.batch_size)
@@ -140,8 +147,7 @@ def train_stack(
         diverged, elapsed_before, done = state["diverged"], state["elapsed"], state["epochs"]
     start = time.perf_counter() - elapsed_before
 
-    compiled = should_compile(base_cfg, n, device, compile)
-    step = _stacked_step(models[0], optimizer, base_cfg, cfgs, params, buffers, device,
+    step = stacked_step(models[0], optimizer, base_cfg, cfgs, params, buffers, device,
                          compiled, steps_done=done * steps_per_epoch)
     for epoch, lr in enumerate(epoch_lrs[done:], start=done + 1):
         if all(d is not None for d in diverged):
@@ -207,7 +213,7 @@ def train_stack(
     return results
 
 
-def _stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   cfg: RunConfig, cfgs: Sequence[RunConfig], params: dict, buffers: dict,
                   device: torch.device, compiled: bool, steps_done: int
                   ) -> Callable[..., torch.Tensor]:
@@ -234,7 +240,7 @@ def _stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
     update = optimizer.step
     if compiled:
         losses_of = torch.compile(losses_of, **compile_options(device))
-        update = torch.compile(optimizer.step)
+        update = compiled_update_of(optimizer)
 
     def step(xb, x_in, noise, scale) -> torch.Tensor:
         target = 0.0

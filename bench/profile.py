@@ -32,7 +32,8 @@ from bench.errors import BenchError
 from bench.families.lvm import training_step
 from bench.families.registry import FAMILIES
 from bench.loop import load_data, make_generator
-from bench.metrics.cost import training_flops_per_example
+from bench.metrics.cost import forward_flops_per_example, training_flops_per_example
+from bench.metrics.likelihood import evaluate
 from bench.models import build_model
 from bench.objectives import objective_for
 from bench.optim import loss_scale, make_optimizer
@@ -40,6 +41,7 @@ from bench.suite import load_suite, resolve_suite_path
 
 TOP_N = 15
 _STEP_LABEL = "train_step"
+EVAL_EXAMPLES, EVAL_SAMPLES = 32, 1000
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ class ProfileResult:
     matmul_peak_flops_per_s: float = 0.0  # float32 matmul measured on the same device
     peak_fraction: float = 0.0
     label: str = ""
+    # the test-set estimate (bench.metrics.likelihood.evaluate) on EVAL_EXAMPLES test
+    # examples x min(k_eval, EVAL_SAMPLES) samples: seconds per example per 1000 samples, and
+    # that time over its floor (its forward matmul FLOPs at the measured matmul peak)
+    eval_seconds_per_1000: float = 0.0
+    eval_floor_ratio: float = 0.0
 
 
 def _sync(device: torch.device) -> None:
@@ -221,6 +228,7 @@ def profile_variant(
     achieved = flops_per_step / step_median if step_median > 0 else 0.0
     peak = measure_matmul_peak(device)
     fraction = achieved / peak if peak > 0 else 0.0
+    eval_seconds, eval_floor = _time_evaluation(model, dataset.test, cfg, dev, peak)
 
     result = ProfileResult(
         out_dir=out_dir, trace_path=trace_path, table_path=table_path,
@@ -228,6 +236,7 @@ def profile_variant(
         step_seconds_median=step_median, top_ops=top_ops, kernels_per_step=kernels_per_step,
         kernels_unit=unit, flops_per_step=flops_per_step, achieved_flops_per_s=achieved,
         matmul_peak_flops_per_s=peak, peak_fraction=fraction, label=label or cfg.label,
+        eval_seconds_per_1000=eval_seconds, eval_floor_ratio=eval_floor,
     )
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
     summary.update(
@@ -239,6 +248,25 @@ def profile_variant(
     )
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _time_evaluation(model, x_test: torch.Tensor, cfg: RunConfig, dev: torch.device,
+                     peak: float) -> tuple[float, float]:
+    """(seconds per example per 1000 samples, ratio to the matmul floor) of the eager
+    test-set estimate on the first EVAL_EXAMPLES test examples, median of three."""
+    x = x_test[:EVAL_EXAMPLES].to(dev)
+    k = min(cfg.k_eval, EVAL_SAMPLES)
+    generator = make_generator(cfg.seed, dev)
+    times = []
+    for _ in range(4):  # the first warms up
+        _sync(dev)
+        start = time.perf_counter()
+        evaluate(model, x, k, generator=generator)
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times[1:])
+    floor = x.shape[0] * forward_flops_per_example(model, k) / peak if peak > 0 else 0.0
+    return seconds / x.shape[0] / (k / 1000), seconds / floor if floor > 0 else 0.0
 
 
 def _device_name(dev: torch.device) -> str:
@@ -293,6 +321,8 @@ def format_profile(result: ProfileResult, top: int = 8) -> str:
         f"  achieved      {result.achieved_flops_per_s / 1e9:.2f} GFLOP/s vs measured "
         f"matmul peak {result.matmul_peak_flops_per_s / 1e9:.2f} GFLOP/s "
         f"= {result.peak_fraction * 100:.1f}% of peak",
+        f"  evaluation    {result.eval_seconds_per_1000 * 1e3:.2f} ms per test example per "
+        f"1000 samples = {result.eval_floor_ratio:.2f}x its matmul floor",
         f"  files         {result.trace_path}, {result.table_path}, {result.summary_path}",
     ]
     return "\n".join(lines)

@@ -228,6 +228,7 @@ class _Outcome:
     curves: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
     compiled: bool = False
+    eval_compiled: bool = False
     error: str | None = None
     trace: str | None = None
 
@@ -238,7 +239,8 @@ class _Outcome:
         error = (f"non-finite training loss at epoch {result.diverged_epoch}"
                  if status == "diverged" else None)
         return cls(status, metrics, [{**vars(r)} for r in result.curves], result.samples,
-                   getattr(result, "compiled", False), error)
+                   getattr(result, "compiled", False), getattr(result, "eval_compiled", False),
+                   error)
 
     @classmethod
     def failure(cls, err: Exception) -> _Outcome:
@@ -339,6 +341,7 @@ def _landed(task, variant: Variant, outcome: _Outcome, device: str, extra: dict,
         "end_time": _now().isoformat(),
         "wall_seconds": time.perf_counter() - wall_start,
         "compiled": outcome.compiled,  # the training step ran torch.compile'd
+        "eval_compiled": outcome.eval_compiled,  # so did the test-set estimate
     }
     row = store.run_row(suite=task.suite, variant=variant.name, config=variant.config,
                         status=outcome.status, metrics=outcome.metrics, provenance=prov,

@@ -66,6 +66,7 @@ class TrainResult:
     inpainting: dict = field(default_factory=dict)  # inpaint_* metrics (cfg.eval_inpainting)
     factors: dict = field(default_factory=dict)  # disentanglement, per-unit KL (shapes data)
     compiled: bool = False  # whether the training step ran torch.compile'd
+    eval_compiled: bool = False  # whether the test-set estimate ran torch.compile'd
 
     def metrics(self) -> dict:
         """Flat metric dict for printing and storing (nats per example, seconds, samples/s)."""
@@ -108,6 +109,17 @@ def should_compile(cfg: RunConfig, n_train: int, device: torch.device | str,
     if mode == "on" or torch.device(device).type == "cuda":
         return True
     return len(cfg.epoch_lrs()) * math.ceil(n_train / cfg.batch_size) >= COMPILE_MIN_STEPS
+
+
+def should_compile_eval(device: torch.device | str, mode: str) -> bool:
+    """Whether the test-set estimate runs compiled (bench.metrics.likelihood.evaluate) under
+    compile `mode`: on CUDA under auto; on a CPU only under "on", since it measured only
+    1.1-1.2x the eager estimate there (about 1.6x against 1.8-2x its matmul floor, `make
+    microbench`), which repays compiling (3-13 s per graph, up to four graphs) only past
+    roughly 10^8 samples x examples."""
+    if mode not in COMPILE_MODES:
+        raise BenchError(f"unknown compile mode '{mode}' (known: {', '.join(COMPILE_MODES)})")
+    return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
 
 
 def compile_options(device: torch.device | str) -> dict:
@@ -254,22 +266,27 @@ def train(
     train_seconds = time.perf_counter() - start
     return finish(cfg, dataset, model, device=device, curves=curves,
                   train_seconds=train_seconds, diverged_epoch=diverged_epoch, memory=memory,
-                  compiled=compiled)
+                  compiled=compiled, compile=compile)
 
 
 def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
            device: torch.device, curves: list[EpochRecord], train_seconds: float,
-           diverged_epoch: int | None, memory: PeakMemory, compiled: bool) -> TrainResult:
+           diverged_epoch: int | None, memory: PeakMemory, compiled: bool,
+           compile: str = "off") -> TrainResult:
     """The TrainResult of a trained model: a finished run (diverged_epoch None) evaluated on
     the test set (test LL with cfg.k_eval samples, blur, samples, inpainting, factors) from
     the run's evaluation stream; a diverged one with its training record only. Its own
-    function so a stack (bench.families.stack) evaluates each variant as a solo run does."""
+    function so a stack (bench.families.stack) evaluates each variant as a solo run does.
+    `compiled`: the training step ran compiled; `compile`: the run's mode, which decides
+    whether the test-set estimate runs compiled (`should_compile_eval`)."""
     status = "finished" if diverged_epoch is None else "diverged"
+    eval_compiled = status == "finished" and should_compile_eval(device, compile)
     test, images, samples, inpainting, factors = None, {}, [], {}, {}
     if status == "finished":
         x_test = dataset.test.to(device)
         eval_generator = make_generator(cfg.seed + EVAL_STREAM, device)
-        test = evaluate(model, x_test, cfg.k_eval, generator=eval_generator)
+        test = evaluate(model, x_test, cfg.k_eval, generator=eval_generator,
+                        compiled=eval_compiled)
         images = blur_metrics(model, dataset, generator=eval_generator)
         samples = sample_records(model, dataset, generator=eval_generator)
         if cfg.eval_inpainting:  # last, so the metrics above are the same with or without it
@@ -299,6 +316,7 @@ def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
         inpainting=inpainting,
         factors=factors,
         compiled=compiled,
+        eval_compiled=eval_compiled,
     )
 
 

@@ -209,7 +209,7 @@ def train_stack(
                 tensor.copy_({**params, **buffers}[name][i])
         results.append(finish(cfg, dataset, model, device=device, curves=curves[i],
                               train_seconds=train_seconds, diverged_epoch=diverged[i],
-                              memory=memory, compiled=compiled))
+                              memory=memory, compiled=compiled, compile=compile))
     return results
 
 

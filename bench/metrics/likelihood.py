@@ -15,14 +15,25 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 
 from bench.models.lvm import LatentVariableModel
 
 ACTIVE_UNIT_THRESHOLD = 0.01
-# samples x examples evaluated in one forward pass; bounds eval memory to ~100 MB for MNIST
+#: samples x examples whose noise is drawn at once: this fixes which random numbers each
+#: test example gets (the estimate's identity), so it never changes with the speed tuning
 DEFAULT_ROWS_PER_CHUNK = 32768
+#: samples x examples per forward pass: a chunk's drawn noise goes through the model in
+#: slices this size, so each layer's activations (4096 x 784 floats = 12.5 MB at most) stay
+#: in cache between operations. Measured on 2 CPU cores, MNIST-sized model, k_eval 1000:
+#: 8.45 ms per example per 1000 samples with one 32768-row pass, 4.7 with 4096-row slices
+#: (2048: 5.3, 8192: 6.2); the estimate is the same to float rounding, the noise being the same.
+ROWS_PER_PASS = 4096
+#: the same for a compiled evaluation, whose fused kernels read each layer's output once:
+#: 8192 measured best (1.46-1.55x the matmul floor against 1.5-1.8x at 4096)
+COMPILED_ROWS_PER_PASS = 8192
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,35 @@ class TestMetrics:
         return asdict(self)
 
 
+class PassSums(NamedTuple):
+    """What one slice of k samples of a batch B of examples adds to the estimates, (B,) each
+    in float64: log sum w, log sum w^2, sum log p(x|z), sum of log q - log p (the Monte Carlo
+    KL), the closed-form KL (None without one) and per layer the sum over the k samples of
+    E_q[z | parent] (B, d_l)."""
+
+    lse: torch.Tensor
+    lse2: torch.Tensor
+    log_px_z: torch.Tensor
+    kl_mc: torch.Tensor
+    kl_analytic: torch.Tensor | None
+    means: list[torch.Tensor]
+
+
+def _pass_sums(model: LatentVariableModel, xb: torch.Tensor, noise: list[torch.Tensor]
+               ) -> PassSums:
+    s = model(xb, noise[0].shape[0], noise=noise)
+    log_w = s.log_weights.double()  # (k, B)
+    draws = log_w.shape[0]
+    return PassSums(
+        lse=torch.logsumexp(log_w, 0),
+        lse2=torch.logsumexp(2 * log_w, 0),
+        log_px_z=s.log_px_given_z.double().sum(0),
+        kl_mc=(s.log_qz - s.log_pz).double().sum(0),
+        kl_analytic=s.kl_analytic,
+        means=[m.double().sum(0) * (draws / m.shape[0]) for m in s.z_means],
+    )
+
+
 @torch.no_grad()
 def evaluate(
     model: LatentVariableModel,
@@ -51,16 +91,28 @@ def evaluate(
     *,
     generator: torch.Generator | None = None,
     rows_per_chunk: int = DEFAULT_ROWS_PER_CHUNK,
+    rows_per_pass: int | None = None,
+    compiled: bool = False,
 ) -> TestMetrics:
-    """Evaluate `model` on the test examples `x` (N, D) with k_eval importance samples each."""
+    """Evaluate `model` on the test examples `x` (N, D) with k_eval importance samples each.
+    The noise is drawn chunk by chunk (`rows_per_chunk` samples x examples, which fixes the
+    estimate) and goes through the model in slices of `rows_per_pass` (ROWS_PER_PASS, or
+    COMPILED_ROWS_PER_PASS when `compiled`; only the speed depends on it). `compiled` runs
+    each slice as one torch.compile'd graph (static shapes: a smaller last slice or batch is
+    one more graph): the same noise, the estimate equal to float rounding."""
     if k_eval < 1:
         raise ValueError(f"k_eval must be >= 1, got {k_eval}")
+    if rows_per_pass is None:
+        rows_per_pass = COMPILED_ROWS_PER_PASS if compiled else ROWS_PER_PASS
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     n = x.shape[0]
     batch = max(1, min(n, rows_per_chunk // min(k_eval, rows_per_chunk)))
     k_chunk = max(1, rows_per_chunk // batch)
+    sums_of = _pass_sums
+    if compiled:
+        sums_of = torch.compile(_pass_sums, dynamic=False)
 
     log_px = torch.empty(n, dtype=torch.float64, device=x.device)
     log_ess = torch.empty(n, dtype=torch.float64, device=x.device)
@@ -76,19 +128,20 @@ def evaluate(
         kl_analytic = None
         sum_means: list[torch.Tensor] | None = None
         done = 0
+        k_pass = max(1, rows_per_pass // xb.shape[0])
         while done < k_eval:
             k = min(k_chunk, k_eval - done)
-            s = model(xb, k, generator=generator)
-            log_w = s.log_weights.double()  # (k, B)
-            lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
-            lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0))
-            sum_log_px_z += s.log_px_given_z.double().sum(0)
-            sum_kl_mc += (s.log_qz - s.log_pz).double().sum(0)
-            kl_analytic = s.kl_analytic
-            chunk_means = [m.double().sum(0) * (k / m.shape[0]) for m in s.z_means]
-            sum_means = chunk_means if sum_means is None else [
-                a + b for a, b in zip(sum_means, chunk_means, strict=True)
-            ]
+            noise = model.draw_noise(xb.shape[0], k, generator, x.device)  # forward's draws
+            for first in range(0, k, k_pass):
+                sums = sums_of(model, xb, [layer[first : first + k_pass] for layer in noise])
+                lse = torch.logaddexp(lse, sums.lse)
+                lse2 = torch.logaddexp(lse2, sums.lse2)
+                sum_log_px_z += sums.log_px_z
+                sum_kl_mc += sums.kl_mc
+                kl_analytic = sums.kl_analytic
+                sum_means = sums.means if sum_means is None else [
+                    a + b for a, b in zip(sum_means, sums.means, strict=True)
+                ]
             done += k
         rows = slice(lo, lo + xb.shape[0])
         log_px[rows] = lse - math.log(k_eval)

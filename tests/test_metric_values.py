@@ -347,6 +347,9 @@ class FixedWeights(nn.Module):
         self.log_w = log_w.double()
         self.drawn = [0] * log_w.shape[0]
 
+    def draw_noise(self, batch, k, generator, device):
+        return [torch.zeros(k, batch, 1, device=device)]
+
     def forward(self, x, k, generator=None, **_):
         rows = x[:, 0].long().tolist()
         columns = []

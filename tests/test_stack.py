@@ -23,20 +23,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(dataset="digits", train_size=100, test_size=20, hidden=((8,),), latent=(3,),
             epochs=3, batch_size=30, k_eval=8)
-#: measured: stacked and solo runs differ by at most 5.5e-6 nats (batched matmuls sum in
-#: another order); a variant on another variant's noise or weights is off by > 0.01
-TOLERANCE = 5e-5
+#: measured: stacked and solo runs differ by at most 5.5e-6 nats on the MLPs and 6e-5 of
+#: 453 nats (1.3e-7 relative, float32 rounding) on the conv model (batched matmuls and
+#: convolutions sum in another order); a variant on another variant's noise or weights is
+#: off by > 0.01
+TOLERANCE, RELATIVE = 5e-5, 1e-6
 
 
 def _close(stacked, solo) -> None:
     assert stacked.status == solo.status and stacked.diverged_epoch == solo.diverged_epoch
     for a, b in zip(stacked.curves, solo.curves, strict=True):
-        assert a.epoch == b.epoch and a.train_bound == pytest.approx(b.train_bound,
-                                                                     abs=TOLERANCE)
+        assert a.epoch == b.epoch and a.train_bound == pytest.approx(
+            b.train_bound, abs=TOLERANCE, rel=RELATIVE)
     if solo.status == "finished":
         for key in ("test_ll", "test_elbo", "rate", "ess", "final_train_bound"):
-            assert stacked.metrics()[key] == pytest.approx(solo.metrics()[key],
-                                                           abs=TOLERANCE), key
+            assert stacked.metrics()[key] == pytest.approx(
+                solo.metrics()[key], abs=TOLERANCE, rel=RELATIVE), key
 
 
 @pytest.mark.parametrize("extra, weights", [
@@ -46,7 +48,10 @@ def _close(stacked, solo) -> None:
     ({"objective": "iwae", "k": 3, "kl_direction": "forward", "optimizer": "burda_adam"},
      [{}, {}]),
     ({"capacity_max": 5.0, "capacity_steps": 4}, [{"gamma": 10.0}, {"gamma": 30.0}]),
-], ids=["beta", "iwae-2-layer", "iaf-dropout", "forward-kl-burda", "capacity-gamma"])
+    ({"dataset": "shapes_small", "architecture": "conv", "latent": (4,), "train_size": 64,
+      "test_size": 16, "batch_size": 32, "epochs": 2, "k_eval": 4},
+     [{"beta": 1.0}, {"beta": 4.0}]),
+], ids=["beta", "iwae-2-layer", "iaf-dropout", "forward-kl-burda", "capacity-gamma", "conv"])
 def test_each_stacked_variant_equals_its_solo_run(extra, weights):
     # Guards against: variants sharing one generator or one noise draw (each would see
     # another's stream), a loss that mixes variants (a mean over the stack scales each

@@ -189,12 +189,12 @@ def first_step(cfg: RunConfig, data, monkeypatch, x_in: bool = False) -> dict:
     real_forward = LatentVariableModel.forward
     real_step = torch.optim.Adam.step
 
-    def forward(self, x, k, generator=None, detach_samples=False, x_in=None):
+    def forward(self, x, k, generator=None, detach_samples=False, x_in=None, noise=None):
         if torch.is_grad_enabled() and "x" not in seen:  # the training step, not evaluation
             seen.update(x=x.clone(), k=k, generator=generator.get_state(), x_in=x_in,
                         weights={n: p.detach().clone() for n, p in self.named_parameters()})
         return real_forward(self, x, k, generator=generator, detach_samples=detach_samples,
-                            x_in=x_in)
+                            x_in=x_in, noise=noise)
 
     def step(self, *args, **kwargs):
         if "grads" not in seen:

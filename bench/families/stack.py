@@ -45,7 +45,6 @@ from bench.errors import BenchError
 from bench.families.lvm import (
     TrainResult,
     compile_options,
-    compiled_update_of,
     finish,
     should_compile,
 )
@@ -59,7 +58,7 @@ from bench.loop import (
     save_state,
 )
 from bench.metrics.cost import PeakMemory
-from bench.models import build_model
+from bench.models import LatentVariableModel, build_model
 from bench.objectives import ControlledCapacity, objective_for
 from bench.optim import loss_scale, make_optimizer
 
@@ -160,20 +159,9 @@ def train_stack(
         for lo in range(0, n, base_cfg.batch_size):
             rows = [order[lo: lo + base_cfg.batch_size] for order in orders]
             batch = rows[0].shape[0]
-            xbs, x_ins = [], []
-            for i, generator in enumerate(generators):  # each variant's draws, in solo order
-                xb = x_train[rows[i]]
-                if dataset.binarized:
-                    xb = binarize_dynamic(xb, generator)
-                if base_cfg.input_dropout:
-                    x_ins.append(drop_pixels(xb, base_cfg.input_dropout, generator))
-                xbs.append(xb)
-            noise = [torch.stack(layer) for layer in zip(
-                *(models[0].draw_noise(batch, base_cfg.k, g, device) for g in generators),
-                strict=True)]
-            x_in = torch.stack(x_ins) if x_ins else None
-            scale = loss_scale(base_cfg, batch)
-            loss_sum += step(torch.stack(xbs), x_in, noise, scale) * batch
+            inputs = stack_inputs(models[0], base_cfg, x_train, rows, generators,
+                                  binarized=dataset.binarized)
+            loss_sum += step(*inputs, loss_scale(base_cfg, batch)) * batch
         mean_losses = (loss_sum / n).tolist()  # the one host sync per epoch
         now = time.perf_counter()
         for i, mean_loss in enumerate(mean_losses):
@@ -213,13 +201,34 @@ def train_stack(
     return results
 
 
+def stack_inputs(template: LatentVariableModel, cfg: RunConfig, x_train: torch.Tensor,
+                 rows: Sequence[torch.Tensor], generators: Sequence[torch.Generator], *,
+                 binarized: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    """One step's (xb, x_in, noise) for the stack, each with a leading variant axis:
+    variant i's minibatch x_train[rows[i]], binarised, its input-dropout mask and its
+    reparameterisation noise, all drawn from generators[i] in its solo run's order."""
+    xbs, x_ins, noises = [], [], []
+    for i, generator in enumerate(generators):
+        xb = x_train[rows[i]]
+        if binarized:
+            xb = binarize_dynamic(xb, generator)
+        if cfg.input_dropout:
+            x_ins.append(drop_pixels(xb, cfg.input_dropout, generator))
+        xbs.append(xb)
+        noises.append(template.draw_noise(xb.shape[0], cfg.k, generator, xb.device))
+    noise = [torch.stack(layer) for layer in zip(*noises, strict=True)]
+    return torch.stack(xbs), torch.stack(x_ins) if x_ins else None, noise
+
+
 def stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  cfg: RunConfig, cfgs: Sequence[RunConfig], params: dict, buffers: dict,
-                  device: torch.device, compiled: bool, steps_done: int
-                  ) -> Callable[..., torch.Tensor]:
+                 cfg: RunConfig, cfgs: Sequence[RunConfig], params: dict, buffers: dict,
+                 device: torch.device, compiled: bool, steps_done: int,
+                 options: dict | None = None) -> Callable[..., torch.Tensor]:
     """The stack's training step, a function of (xb, x_in, noise, scale), each with a
     leading variant axis (x_in None without input dropout): every variant's loss under
-    vmap, their sum backwards, one optimiser step; returns the (N,) detached losses."""
+    vmap, their sum backwards, one optimiser step; returns the (N,) detached losses.
+    `options`: torch.compile's (default `compile_options(device)`)."""
     base = copy.deepcopy(template).to("meta")  # the architecture; weights come from params
     betas = torch.tensor([c.beta for c in cfgs], device=device)
     gammas = torch.tensor([c.gamma for c in cfgs], device=device)
@@ -237,10 +246,9 @@ def stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
     dims = (0, 0, 0, 0 if cfg.input_dropout else None, 0, 0, 0, None)
     losses_of = vmap(variant_loss, in_dims=dims)
-    update = optimizer.step
-    if compiled:
-        losses_of = torch.compile(losses_of, **compile_options(device))
-        update = compiled_update_of(optimizer)
+    if compiled:  # the optimiser's own multi-tensor step, as compiled_training_step's
+        losses_of = torch.compile(losses_of, **(compile_options(device) if options is None
+                                                else options))
 
     def step(xb, x_in, noise, scale) -> torch.Tensor:
         target = 0.0
@@ -252,7 +260,7 @@ def stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
         losses = losses_of(params, buffers, xb, x_in, noise, betas, gammas, target)
         optimizer.zero_grad(set_to_none=True)
         (losses.sum() * scale).backward()
-        update()
+        optimizer.step()
         return losses.detach()
 
     return step

@@ -150,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     execution.add_argument("--threads", type=int, default=None,
                      help="torch CPU threads (default: torch's choice)")
     execution.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                           help="torch.compile the training step (model lvm): auto compiles "
-                           "on CUDA and from 50,000 optimiser steps on a CPU (default: auto)")
+                           help="torch.compile the training step (models lvm and m2): auto "
+                           "compiles on CUDA and from 50,000 optimiser steps on a CPU; on also "
+                           "compiles the test-set estimate, as auto does on CUDA (default: "
+                           "auto)")
     execution.add_argument("--json", action="store_true",
                      help="print the config, run_id and metrics as one JSON object")
     execution.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -194,10 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=int, default=10, metavar="EPOCHS",
                      help="save a resumable checkpoint every N epochs (default: 10)")
     run.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                     help="torch.compile each run's training step (model lvm; not part of a "
-                     "run's identity, recorded as sys_compiled): auto compiles on CUDA and "
-                     "from 50,000 optimiser steps on a CPU, where compiling pays (default: "
-                     "auto)")
+                     help="torch.compile each run's training step (models lvm and m2; not part "
+                     "of a run's identity, recorded as sys_compiled): auto compiles on CUDA "
+                     "and from 50,000 optimiser steps on a CPU, where compiling pays; on also "
+                     "compiles the test-set estimate, as auto does on CUDA (sys_eval_compiled; "
+                     "default: auto)")
     run.add_argument("--stack", choices=["auto", "on", "off"], default="auto",
                      help="train variants that differ only in seed, beta or gamma (model lvm) "
                      "as one stacked model, one task per stack of up to 16; each still lands "

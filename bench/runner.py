@@ -3,7 +3,9 @@
     plan        which runs are cached (a finished row exists) and which must run
     explain     why: one line per run (the finished row it reuses, or what differs from the
                 stored rows of its variant and seed: the protocol, a config key, a status)
-    execute     one run, inside whatever process runs it: train, then a row (never raises)
+    make_tasks  one task per run, or per stack of compatible variants (--stack: where CUDA is)
+    execute     one task, inside whatever process runs it: train, then a row per run (never
+                raises)
     run_suite   the driver: submit, collect as they finish, write each row at once
 
 Only the driver writes to the store, one row per completed run, as soon as it completes:

@@ -293,11 +293,11 @@ def _spy_on_training(monkeypatch) -> dict:
         seen["subset"] = real_subset(labels, n, generator)
         return seen["subset"]
 
-    def make(module, cfg):
+    def make(module, cfg, **kwargs):
         classifier = module.classifier if isinstance(module, M2) else module
         seen["initial"] = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
         seen["trained"] = set(map(id, module.parameters()))
-        optimizer = real_make(module, cfg)
+        optimizer = real_make(module, cfg, **kwargs)
         step = optimizer.step
 
         def counted(*args, **kwargs):

@@ -41,6 +41,7 @@ class FamilyResult:
     family_metrics: dict = field(default_factory=dict)  # the family's own metrics
     samples: list[dict] = field(default_factory=list)
     diverged_epoch: int | None = None
+    compiled: bool = False  # whether the training step ran torch.compile'd
 
     def metrics(self) -> dict:
         from bench.loop import training_record

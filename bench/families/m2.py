@@ -81,6 +81,7 @@ from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic
 from bench.errors import BenchError
 from bench.families import FamilyResult
+from bench.families.compiling import compile_options, should_compile
 from bench.loop import EVAL_STREAM, TRAIN_STREAM, EpochRecord, make_generator, train_epochs
 from bench.metrics.blur import image_rows
 from bench.models.init import init_authors
@@ -228,18 +229,29 @@ class M2Loss:
 
 def semi_supervised_loss(model: M2, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, *,
                          n_total: int, n_labelled: int, alpha: float, k: int = 1,
-                         generator: torch.Generator | None = None) -> M2Loss:
+                         generator: torch.Generator | None = None,
+                         noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> M2Loss:
     """The minibatch estimate of J^alpha / N (module docstring) for an unlabelled batch x_u
     from the N = n_total training images and a labelled batch (x_l, y_l) from the n_labelled
-    labelled ones. The noise of the unlabelled batch is drawn first, then the labelled one's."""
-    unlabelled = -model.unlabelled_bound(x_u, k=k, generator=generator).mean()
-    labelled = -model.labelled_bound(x_l, y_l, k=k, generator=generator).mean()
+    labelled ones. The noise of the unlabelled batch is drawn first, then the labelled one's;
+    `noise` (`draw_loss_noise`'s) replaces those draws (a compiled step)."""
+    eps_u, eps_l = (None, None) if noise is None else noise
+    unlabelled = -model.unlabelled_bound(x_u, k=k, generator=generator, eps=eps_u).mean()
+    labelled = -model.labelled_bound(x_l, y_l, k=k, generator=generator, eps=eps_l).mean()
     classification = F.cross_entropy(model.classify(x_l), y_l)
     loss = unlabelled + (n_labelled / n_total) * labelled + alpha * classification
     return M2Loss(loss, unlabelled, labelled, classification)
 
 
 # --------------------------------------------------------------------------- data
+def draw_loss_noise(model: M2, x_u: torch.Tensor, y_l: torch.Tensor, k: int,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise `semi_supervised_loss` would draw from `generator`, drawn now in its order:
+    the unlabelled batch's (k, classes, B_u, latent), then the labelled one's (k, B_l, latent)."""
+    eps_u = model.noise((model.n_classes, x_u.shape[0]), k, generator, x_u)
+    return eps_u, model.noise(tuple(y_l.shape), k, generator, x_u)
+
+
 def balanced_labelled_subset(labels: torch.Tensor, n: int,
                              generator: torch.Generator) -> torch.Tensor:
     """Indices (sorted, int64, on labels' device) of n training examples, n / 10 of each class,
@@ -357,12 +369,14 @@ def _labelled_data(cfg: RunConfig, dataset: Dataset, device: torch.device
 
 def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
         on_epoch: Callable[[EpochRecord, int], None] | None = None,
-        checkpointing: object = None) -> FamilyResult:
+        checkpointing: object = None, compile: str = "off") -> FamilyResult:
     """Train M2 on `dataset` (labels of cfg.labelled balanced training images, the rest used
     unlabelled), then evaluate: test error of argmax q(y|x), mean test -U(x) at cfg.k_eval,
     error on the labelled subset, and the analogy images. Model "classifier": the
     supervised-only baseline instead (`run_classifier`). `checkpointing` is accepted and
-    unused: these runs are short and restart when retried."""
+    unused: these runs are short and restart when retried. `compile` (auto, on, off;
+    bench.families.compiling): the loss and its backward as one torch.compile'd graph, the
+    noise drawn beforehand in the eager order (`draw_loss_noise`), Adam fused."""
     if cfg.model == "classifier":
         return run_classifier(cfg, dataset, device=device, on_epoch=on_epoch)
     _check(cfg)
@@ -371,7 +385,8 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
     n = x_train.shape[0]
     n_lab = x_lab.shape[0]
     model = build_m2(cfg, dataset.dim, dataset.pixel_mean).to(device)
-    optimizer = make_optimizer(model, cfg)
+    compiled = should_compile(cfg, n, device, compile)
+    optimizer = make_optimizer(model, cfg, fused=compiled)
     generator = make_generator(cfg.seed + TRAIN_STREAM, device)
     labelled_batches = _Cycler(n_lab, min(cfg.batch_size, n_lab), generator, device)
     epoch_lrs = cfg.epoch_lrs()
@@ -380,6 +395,13 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
     start = time.perf_counter()
     steps = 0
 
+    def loss_of(x_u, x_l, y_l, noise=None) -> torch.Tensor:
+        return semi_supervised_loss(model, x_u, x_l, y_l, n_total=n, n_labelled=n_lab,
+                                    alpha=cfg.alpha, k=cfg.k, generator=generator,
+                                    noise=noise).loss
+
+    compiled_loss = torch.compile(loss_of, **compile_options(device)) if compiled else None
+
     def step(rows: torch.Tensor) -> torch.Tensor:
         nonlocal steps
         x_u = x_train[rows]
@@ -387,13 +409,18 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
         x_l, y_l = x_lab[pick], y_lab[pick]
         if dataset.binarized:
             x_u, x_l = binarize_dynamic(x_u, generator), binarize_dynamic(x_l, generator)
-        terms = semi_supervised_loss(model, x_u, x_l, y_l, n_total=n, n_labelled=n_lab,
-                                     alpha=cfg.alpha, k=cfg.k, generator=generator)
+        if compiled_loss is None:
+            loss = loss_of(x_u, x_l, y_l)
+        else:
+            if device.type == "cuda":  # a new iteration of the CUDA graph
+                torch.compiler.cudagraph_mark_step_begin()
+            loss = compiled_loss(x_u, x_l, y_l, draw_loss_noise(model, x_u, y_l, cfg.k,
+                                                                generator))
         optimizer.zero_grad(set_to_none=True)
-        (terms.loss * loss_scale(cfg, rows.shape[0])).backward()
+        (loss * loss_scale(cfg, rows.shape[0])).backward()
         optimizer.step()
         steps += 1
-        return terms.loss.detach()
+        return loss.detach()
 
     diverged_epoch = train_epochs(epoch_lrs, step, n=n, batch_size=cfg.batch_size,
                                   optimizer=optimizer, generator=generator, curves=curves,
@@ -420,7 +447,8 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
         samples = analogy_records(model, dataset, device)
         metrics["eval_seconds"] = time.perf_counter() - eval_start
     return FamilyResult(status=status, curves=curves, train_seconds=train_seconds,
-                        family_metrics=metrics, samples=samples, diverged_epoch=diverged_epoch)
+                        family_metrics=metrics, samples=samples, diverged_epoch=diverged_epoch,
+                        compiled=compiled)
 
 
 def run_classifier(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",

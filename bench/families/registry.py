@@ -189,7 +189,7 @@ BUILT_IN: tuple[Family, ...] = (
                                "given_quadrants"},
            companions={"labelled": 10}, check=_check_semi_supervised,
            metrics=_TRAINING + ("test_error", "train_labelled_error", "train_steps",
-                                "test_unlabelled_bound", "eval_seconds")),
+                                "test_unlabelled_bound", "eval_seconds"), compiles=True),
     Family("classifier", "supervised only", "bench.families.m2:run",
            owns=frozenset({"labelled"}) | _NEURAL,
            unused=_VAE_ONLY | _NO_BOUND | {"components", "condition", "given_quadrants",

@@ -42,12 +42,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic, drop_pixels
 from bench.errors import BenchError
-from bench.families.lvm import (
-    TrainResult,
-    compile_options,
-    finish,
-    should_compile,
-)
+from bench.families.compiling import compile_options, should_compile
+from bench.families.lvm import TrainResult, finish
 from bench.families.registry import FAMILIES
 from bench.loop import (
     TRAIN_STREAM,

@@ -206,11 +206,12 @@ def test_training_step_by_posterior(benchmark, case, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_iwae_evaluation_chunk(benchmark, device):
     """The evaluator on 100 test examples x k_eval 1000 (4 chunks of <= 32 examples, each
-    in passes of 4096 rows eager, 8192 compiled), and its distance from its floor: the
-    matmul FLOPs of 100 x 1000 forward samples at the float32 matmul peak measured now on
-    the same device (issue 16 wants it within 1.5x), eager and compiled."""
+    in passes of ROWS_PER_PASS rows) and its distance from its floor, eager and compiled:
+    the matmul FLOPs of 100 x 1000 forward samples at the float32 matmul peak measured now
+    on the same device (issue 16 wants it within 1.5x); and, side by side, the eager time
+    of one pass per chunk (the estimate before slicing) over the sliced one."""
     from bench.metrics.cost import forward_flops_per_example
-    from bench.metrics.likelihood import evaluate
+    from bench.metrics.likelihood import ROWS_PER_PASS, evaluate
     from bench.profile import measure_matmul_peak
 
     cfg = RunConfig(dataset="mnist")
@@ -222,12 +223,13 @@ def test_iwae_evaluation_chunk(benchmark, device):
     result = benchmark(lambda: evaluate(model, x, 1000, generator=generator))
     assert math.isfinite(result.test_ll)
 
-    def seconds(compiled: bool) -> float:
-        evaluate(model, x, 1000, generator=generator, compiled=compiled)  # compiles, warms
+    def seconds(compiled: bool, rows_per_pass: int = ROWS_PER_PASS) -> float:
+        kwargs = dict(generator=generator, compiled=compiled, rows_per_pass=rows_per_pass)
+        evaluate(model, x, 1000, **kwargs)  # compiles, warms
         times = []
         for _ in range(5):
             t0 = time.perf_counter()
-            evaluate(model, x, 1000, generator=generator, compiled=compiled)
+            evaluate(model, x, 1000, **kwargs)
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -241,53 +243,6 @@ def test_iwae_evaluation_chunk(benchmark, device):
         print(f"\niwae evaluation ({device}, {'compiled' if compiled else 'eager'}): "
               f"{taken * 10:.2f} ms per example per 1000 samples, {taken / floor:.2f}x its "
               f"matmul floor ({floor * 10:.2f} ms)")
-
-
-@pytest.mark.parametrize("n", [4, 16])
-def test_stacked_over_sequential_ratio(benchmark, n):
-    """N same-shape variants (seeds) at batch 20, k = 1: one stacked step (vmap over the
-    stacked parameters, with the stack's per-variant draws, bench.families.stack) against
-    the N solo steps one after another, in alternating blocks; reported, no target (the
-    runner stacks only on CUDA)."""
-    from torch.func import stack_module_state
-
-    from bench.families.stack import stack_inputs, stacked_step
-
-    cfgs = [RunConfig(dataset="mnist", batch_size=20, seed=s) for s in range(n)]
-    models = [build_model(c, D) for c in cfgs]
-    params, buffers = stack_module_state(models)
-    optimizer = make_optimizer(params.values(), cfgs[0])
-    step = stacked_step(models[0], optimizer, cfgs[0], cfgs, params, buffers,
-                        torch.device("cpu"), compiled=False, steps_done=0)
-    generators = [make_generator(s, "cpu") for s in range(n)]
-    x_train = torch.bernoulli(torch.full((20, D), 0.13), generator=generators[0])
-    rows = [torch.arange(20)] * n
-
-    def stacked():
-        return step(*stack_inputs(models[0], cfgs[0], x_train, rows, generators,
-                                  binarized=False), 1.0)
-
-    solos = [stepper(20, 1, False) for _ in range(n)]
-
-    def sequential():
-        for solo in solos:
-            solo(x_train)
-
-    for _ in range(5):
-        stacked(), sequential()
-    ratios = []
-    for _ in range(15):
-        t0 = time.perf_counter()
-        for _ in range(5):
-            sequential()
-        t1 = time.perf_counter()
-        for _ in range(5):
-            stacked()
-        t2 = time.perf_counter()
-        ratios.append((t1 - t0) / (t2 - t1))
-    ratio = statistics.median(ratios)
-    benchmark.group = "stacked / sequential"
-    benchmark.extra_info.update(speedup=ratio, variants=n, threads=torch.get_num_threads())
-    benchmark.pedantic(stacked, rounds=3, iterations=1)
-    print(f"\nstack of {n} at batch 20, k 1: {ratio:.2f}x the {n} solo steps one after "
-          f"another ({torch.get_num_threads()} threads)")
+    whole = seconds(False, rows_per_pass=10**9)  # each chunk in one pass, as before slicing
+    print(f"iwae evaluation ({device}, eager, one pass per chunk): {whole / floor:.2f}x the "
+          f"floor, {whole / seconds(False):.2f}x the sliced estimate's time")

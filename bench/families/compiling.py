@@ -48,7 +48,7 @@ def should_compile(cfg: RunConfig, n_train: int, device: torch.device | str,
 def should_compile_eval(device: torch.device | str, mode: str) -> bool:
     """Whether the test-set estimate runs compiled (bench.metrics.likelihood.evaluate) under
     compile `mode`: on CUDA under auto; on a CPU only under "on", since it measured only
-    1.1-1.2x the eager estimate there (about 1.6x against 1.8-2x its matmul floor, `make
+    1.1-1.3x the eager estimate there (1.5-1.8x its matmul floor against 1.9-2.5x, `make
     microbench`), which repays compiling (3-13 s per graph, up to four graphs) only past
     roughly 10^8 samples x examples."""
     if mode not in COMPILE_MODES:

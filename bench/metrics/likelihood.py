@@ -26,14 +26,13 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 #: test example gets (the estimate's identity), so it never changes with the speed tuning
 DEFAULT_ROWS_PER_CHUNK = 32768
 #: samples x examples per forward pass: a chunk's drawn noise goes through the model in
-#: slices this size, so each layer's activations (4096 x 784 floats = 12.5 MB at most) stay
-#: in cache between operations. Measured on 2 CPU cores, MNIST-sized model, k_eval 1000:
-#: 8.45 ms per example per 1000 samples with one 32768-row pass, 4.7 with 4096-row slices
-#: (2048: 5.3, 8192: 6.2); the estimate is the same to float rounding, the noise being the same.
-ROWS_PER_PASS = 4096
-#: the same for a compiled evaluation, whose fused kernels read each layer's output once:
-#: 8192 measured best (1.46-1.55x the matmul floor against 1.5-1.8x at 4096)
-COMPILED_ROWS_PER_PASS = 8192
+#: slices this size, so each layer's activations (2048 x 784 floats = 6.3 MB at most) stay
+#: in cache and are reused by the allocator. Measured on 2 CPU cores, MNIST-sized model,
+#: k_eval 1000, in a fresh process: 8.2 ms per example per 1000 samples with one 32768-row
+#: pass, 4.0-4.7 ms with 2048-row slices (1024: 5.0; 4096: 7.6 until glibc's allocator
+#: raises its mmap threshold, 4.5 after); compiled, 3.7-4.0 ms at 2048 to 8192. The
+#: estimate is the same to float rounding, the noise being the same.
+ROWS_PER_PASS = 2048
 
 
 @dataclass(frozen=True)
@@ -91,19 +90,17 @@ def evaluate(
     *,
     generator: torch.Generator | None = None,
     rows_per_chunk: int = DEFAULT_ROWS_PER_CHUNK,
-    rows_per_pass: int | None = None,
+    rows_per_pass: int = ROWS_PER_PASS,
     compiled: bool = False,
 ) -> TestMetrics:
     """Evaluate `model` on the test examples `x` (N, D) with k_eval importance samples each.
     The noise is drawn chunk by chunk (`rows_per_chunk` samples x examples, which fixes the
-    estimate) and goes through the model in slices of `rows_per_pass` (ROWS_PER_PASS, or
-    COMPILED_ROWS_PER_PASS when `compiled`; only the speed depends on it). `compiled` runs
+    estimate) and goes through the model in slices of `rows_per_pass` (only the speed
+    depends on it). `compiled` runs
     each slice as one torch.compile'd graph (static shapes: a smaller last slice or batch is
     one more graph): the same noise, the estimate equal to float rounding."""
     if k_eval < 1:
         raise ValueError(f"k_eval must be >= 1, got {k_eval}")
-    if rows_per_pass is None:
-        rows_per_pass = COMPILED_ROWS_PER_PASS if compiled else ROWS_PER_PASS
     was_training = model.training
     model.eval()
     start = time.perf_counter()

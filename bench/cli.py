@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train variants that differ only in seed, beta or gamma (model lvm) "
                      "as one stacked model, one task per stack of up to 16; each still lands "
                      "as its own row and run_id, with sys_stack naming its stack: auto stacks "
-                     "where the cluster has GPUs (on a CPU stacking measured 0.7-1.1x of the "
-                     "runs one after another), on forces it (default: auto)")
+                     "where the cluster has GPUs (on a CPU a stack ran at 0.94-1.35x the "
+                     "speed of its runs one after another), on forces it (default: auto)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line")
     _add_skip_corrupt_flag(run)
 

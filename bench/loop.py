@@ -132,11 +132,15 @@ def save_state(path: Path, state: dict) -> None:
     file or the whole new one, never a torn write."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_state(path: Path, config_hash: str, device_type: str) -> dict:

@@ -97,6 +97,17 @@ def make_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: 
     )
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)` that keeps the implementation this optimizer was
+    built with: torch restores the saved groups' `fused` / `foreach` flags too, so a run
+    resumed eagerly from a compiled run's checkpoint would go on with the fused kernel."""
+    chosen = [{key: group.get(key) for key in ("fused", "foreach") if key in group}
+              for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(flags)
+
+
 def loss_scale(cfg: RunConfig, batch: int) -> int:
     """What a minibatch-MEAN loss over `batch` examples is multiplied by before backward:
     1 for adam, `batch` for burda_adam (the authors' gradient is of the minibatch sum)."""

@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.config import RunConfig
 from bench.data import binarize_dynamic, drop_pixels
-from bench.errors import BenchError
+from bench.errors import BenchError, make_directory
 from bench.families.lvm import training_step
 from bench.families.registry import FAMILIES
 from bench.loop import load_data, make_generator
@@ -69,7 +69,7 @@ class ProfileResult:
     eval_floor_ratio: float = 0.0
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -86,13 +86,13 @@ def measure_matmul_peak(device: str, size: int | None = None, reps: int = 5) -> 
     a = torch.randn(size, size, device=dev, generator=gen)
     b = torch.randn(size, size, device=dev, generator=gen)
     torch.matmul(a, b)  # warm-up (allocations, library initialisation)
-    _sync(dev)
+    sync_device(dev)
     times = []
     for _ in range(reps):
-        _sync(dev)
+        sync_device(dev)
         start = time.perf_counter()
         torch.matmul(a, b)
-        _sync(dev)
+        sync_device(dev)
         times.append(time.perf_counter() - start)
     return 2.0 * size**3 / statistics.median(times)
 
@@ -133,12 +133,7 @@ def profile_variant(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"device '{device}' requested but CUDA is not available")
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BenchError(f"cannot create profile directory {out_dir}: "
-                         f"{err.strerror or err}") from None
+    out_dir = make_directory(Path(out_dir), "profile directory")
 
     dataset = load_data(cfg)
     x_train = dataset.train.to(dev)
@@ -173,7 +168,7 @@ def profile_variant(
     model.train()
     for _ in range(warmup):
         step()
-    _sync(dev)
+    sync_device(dev)
 
     activities = [ProfilerActivity.CPU]
     if dev.type == "cuda":
@@ -181,11 +176,11 @@ def profile_variant(
     times: list[float] = []
     with profile(activities=activities, record_shapes=False) as prof:
         for _ in range(steps):
-            _sync(dev)
+            sync_device(dev)
             start = time.perf_counter()
             with record_function(_STEP_LABEL):
                 step()
-            _sync(dev)
+            sync_device(dev)
             times.append(time.perf_counter() - start)
 
     trace_path = out_dir / "trace.json"
@@ -259,10 +254,10 @@ def _time_evaluation(model, x_test: torch.Tensor, cfg: RunConfig, dev: torch.dev
     generator = make_generator(cfg.seed, dev)
     times = []
     for _ in range(4):  # the first warms up
-        _sync(dev)
+        sync_device(dev)
         start = time.perf_counter()
         evaluate(model, x, k, generator=generator)
-        _sync(dev)
+        sync_device(dev)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times[1:])
     floor = x.shape[0] * forward_flops_per_example(model, k) / peak if peak > 0 else 0.0

@@ -83,8 +83,8 @@ STACK_MODES = ("auto", "on", "off")
 def make_tasks(suite: Suite, variants: Sequence[Variant], options: RunOptions, *,
                cuda: bool) -> list[RunTask | StackTask]:
     """One task per run, except that with stacking (options.stack "on", or "auto" where
-    `cuda`: on a CPU a stack measured 0.7-1.1x of its runs one after another) compatible
-    VAE-family variants (bench.families.stack.group) become one StackTask each."""
+    `cuda`: on a CPU a stack ran at 0.94-1.35x the speed of its runs one after another)
+    compatible VAE-family variants (bench.families.stack.group) become one StackTask each."""
     if options.stack not in STACK_MODES:
         raise ValueError(f"unknown stack mode '{options.stack}' (known: {', '.join(STACK_MODES)})")
     common = (options.results, options.cpus_per_run, options.checkpoint_every, options.compile)
@@ -241,8 +241,7 @@ class _Outcome:
         error = (f"non-finite training loss at epoch {result.diverged_epoch}"
                  if status == "diverged" else None)
         return cls(status, metrics, [{**vars(r)} for r in result.curves], result.samples,
-                   getattr(result, "compiled", False), getattr(result, "eval_compiled", False),
-                   error)
+                   result.compiled, result.eval_compiled, error)
 
     @classmethod
     def failure(cls, err: Exception) -> _Outcome:
@@ -305,7 +304,7 @@ def _execute(task: RunTask, device: str, where: dict) -> Landed:
 
 
 def _execute_stack(task: StackTask, device: str, where: dict) -> list[Landed]:
-    from bench.families.stack import stack_id, train_stack
+    from bench.families.stack import VariantFailure, stack_id, train_stack
     from bench.loop import Checkpointing, load_data
 
     cfgs = [v.config for v in task.variants]
@@ -322,12 +321,13 @@ def _execute_stack(task: StackTask, device: str, where: dict) -> list[Landed]:
                               on_epoch=lambda i, record, total: logs[i].epoch(record, total),
                               checkpointing=Checkpointing(checkpoint, task.checkpoint_every),
                               compile=task.compile)
-        outcomes = [_Outcome.of(result) for result in results]
-    except Exception as err:  # one stack's failure fails its variants, not the grid
+        outcomes = [_Outcome(error=f"{type(r.error).__name__}: {r.error}", trace=r.traceback)
+                    if isinstance(r, VariantFailure) else _Outcome.of(r) for r in results]
+    except Exception as err:  # the stack's training failed: its variants, not the grid
         outcomes = [_Outcome.failure(err)] * len(cfgs)
     for log, outcome in zip(logs, outcomes, strict=True):
         log.close(outcome, checkpoint)
-    if outcomes[0].status != "failed":
+    if any(outcome.status != "failed" for outcome in outcomes):  # the training finished
         checkpoint.unlink(missing_ok=True)
     prov = {**where, "stack": name, "stack_size": len(cfgs)}
     return [_landed(task, variant, outcome, device, prov, started, wall_start)

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 
 from bench import config as _config
 from bench.config import RunConfig
-from bench.errors import BenchError
+from bench.errors import BenchError, make_directory
 
 try:  # POSIX; without it (Windows) writes stay atomic but the finished-row check is not locked
     import fcntl
@@ -372,7 +372,7 @@ def export_runs(results: str | Path, suite: str, path: str | Path, *,
     rows = [{k: v for k, v in row.items() if not _isnan(v)} for row in
             runs.astype(object).where(runs.notna(), None).to_dict("records")]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(path.parent, "export directory")
     _write_atomic(_table(rows, curves=False), path)
     return path
 

@@ -45,6 +45,8 @@ if str(REPO) not in sys.path:  # a checkout without `pip install -e .` (the GPU 
 
 import torch  # noqa: E402
 
+from bench.profile import sync_device  # noqa: E402
+
 D, N_TRAIN, N_TEST, PAPER_SEEDS = 784, 60_000, 10_000, 3
 BATCHES, KS = (20, 100), (1, 5, 50)
 ALONE_MODES, PROCESS_MODES, STACK_MODES = ("eager", "graphed"), ("eager", "graphed"), (
@@ -100,14 +102,15 @@ def paper_config(case: Case):
     raise SystemExit(f"iwae_table1 has no {name} {objective} variant")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _compile_options(mode: str, device: torch.device) -> dict:
+    """torch.compile's options of a mode: graphed is the trainer's CUDA choice (CUDA
+    graphs); compiled is the trainer's choice on a CPU, and on CUDA the same graph without
+    CUDA graphs."""
+    from bench.families.compiling import compile_options
 
-
-def _compile_options(mode: str) -> dict:
-    return {"mode": "reduce-overhead", "dynamic": False} if mode == "graphed" else {
-        "dynamic": False}
+    if mode == "graphed" or device.type != "cuda":
+        return compile_options(device)
+    return {"dynamic": False}
 
 
 def solo_step(case: Case, mode: str, device: torch.device, seed: int = 0):
@@ -126,7 +129,7 @@ def solo_step(case: Case, mode: str, device: torch.device, seed: int = 0):
     x_train = torch.rand((N_TRAIN // 10, D), generator=generator, device=device)
     scale = loss_scale(cfg, case.batch)
     fast = (compiled_training_step(model, optimizer, bound, case.k,
-                                   options=_compile_options(mode))
+                                   options=_compile_options(mode, device))
             if mode != "eager" else None)
 
     def step() -> torch.Tensor:
@@ -156,7 +159,7 @@ def stacked(case: Case, mode: str, n: int, device: torch.device):
     optimizer = make_optimizer(params.values(), cfgs[0], fused=mode != "eager")
     step = stacked_step(models[0], optimizer, cfgs[0], cfgs, params, buffers, device,
                         compiled=mode != "eager", steps_done=0,
-                        options=_compile_options(mode))
+                        options=_compile_options(mode, device))
     generators = [make_generator(s, device) for s in range(n)]
     x_train = torch.rand((N_TRAIN // 10, D), generator=generators[0], device=device)
     scale = loss_scale(cfgs[0], case.batch)
@@ -176,16 +179,16 @@ def time_steps(step, device: torch.device, seconds: float, warmup: int = 3
     start = time.perf_counter()
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync_device(device)
     compile_s = time.perf_counter() - start
     block, per_step = 10, []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(per_step) < 3:
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         for _ in range(block):
             step()
-        _sync(device)
+        sync_device(device)
         per_step.append((time.perf_counter() - t0) / block)
     return compile_s, statistics.median(per_step)
 
@@ -201,7 +204,7 @@ def kernel_profile(step, device: torch.device, step_s: float, steps: int = 5
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
-        _sync(device)
+        sync_device(device)
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     busy_us = sum(e.device_time for e in kernels) / steps
     return len(kernels) / steps, min(1.0, busy_us * 1e-6 / step_s)
@@ -214,14 +217,14 @@ def _process_worker(case: Case, mode: str, seed: int, device: str, seconds: floa
     step = solo_step(case, mode, dev, seed=seed)
     for _ in range(3):  # compiles and warms up before the common start
         step()
-    _sync(dev)
+    sync_device(dev)
     barrier.wait()
     start, steps = time.monotonic(), 0
     while time.monotonic() - start < seconds:
         for _ in range(10):
             step()
         steps += 10
-    _sync(dev)
+    sync_device(dev)
     results.put((start, time.monotonic(), steps))
 
 
@@ -266,10 +269,10 @@ def evaluation_speed(device: torch.device, compiled: bool) -> float:
     evaluate(model, x, 5000, generator=generator, compiled=compiled)  # compiles, warms
     times = []
     for _ in range(3):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         evaluate(model, x, 5000, generator=generator, compiled=compiled)
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) / 64 / 5
 

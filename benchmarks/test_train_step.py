@@ -144,7 +144,7 @@ def test_compiled_over_eager_ratio(benchmark, case):
     x = torch.bernoulli(torch.full((size, D), 0.13), generator=torch.Generator().manual_seed(0))
     eager, compiled = stepper(size, k, False), stepper(size, k, True)
     start = time.perf_counter()
-    for _ in range(3):  # compiles (forward, backward and the optimiser step) and warms up
+    for _ in range(3):  # compiles (forward and backward; the optimiser is fused) and warms up
         compiled(x)
     compile_seconds = time.perf_counter() - start
     for _ in range(20):

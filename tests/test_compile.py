@@ -127,3 +127,17 @@ def test_the_compiled_estimate_matches_the_eager_one():
         assert getattr(runs[True], key) == pytest.approx(getattr(runs[False], key),
                                                          abs=1e-5), key
     assert runs[True].active_units_by_layer == runs[False].active_units_by_layer
+
+
+def test_a_resumed_optimizer_keeps_the_kernel_it_was_built_with():
+    # Guards against: load_state_dict restoring the saved groups' `fused` flag, so an eager
+    # resume of a compiled run's checkpoint (or the reverse) silently switches Adam's kernel.
+    from bench.optim import load_optimizer_state, make_optimizer
+
+    cfg = RunConfig(**TINY)
+    fused, eager = (make_optimizer(build_model(cfg, 64), cfg, fused=f) for f in (True, False))
+    state = fused.state_dict()
+    load_optimizer_state(eager, state)
+    assert not eager.param_groups[0]["fused"]
+    load_optimizer_state(fused, make_optimizer(build_model(cfg, 64), cfg).state_dict())
+    assert fused.param_groups[0]["fused"]

@@ -23,6 +23,7 @@ from bench.runner import RunOptions, run_suite
 from bench.suite import load_suite, resolve_suite_path
 
 PINS = Path(__file__).with_name("gate_pinned.toml")
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,25 @@ def test_the_check_names_each_kind_of_violation():
         "vae.test_error: 19, pinned 20 +- 0.1 (off by -1, better)",
         "vae.test_ll: -24.5, pinned -24 +- 0.1 (off by -0.5, worse)"]
     assert gate.check({"a": {"x": 0.9, "y": 2.0}}, {"a": pins["a"]}) == []
+
+
+def test_gate_spread_refuses_a_setting_without_a_finite_value(tmp_path):
+    # Guards against: a metric missing from (or NaN in) one setting's run entering max()
+    # as NaN, which max() drops or keeps depending on order: --write would then pin a
+    # threshold from the other settings alone, too tight. Also a missing --load file.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gate_spread", REPO / "tools" /
+                                                  "gate_spread.py")
+    gate_spread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gate_spread)
+    got = {name: {"vae": {"test_ll": -24.0}} for name, *_ in gate_spread.SETTINGS}
+    assert gate_spread.thresholds(got)[0]["machine_spread"] == 0.0
+    got["avx2"]["vae"]["test_ll"] = float("nan")
+    with pytest.raises(SystemExit, match="setting avx2 has no finite test_ll for vae"):
+        gate_spread.thresholds(got)
+    del got["avx2"]["vae"]
+    with pytest.raises(SystemExit, match="setting avx2 has no finite test_ll for vae"):
+        gate_spread.thresholds(got)
+    with pytest.raises(SystemExit, match="cannot read measurements"):
+        gate_spread.main(["--load", str(tmp_path / "missing.json")])

@@ -128,7 +128,8 @@ def _suite(cfgs) -> Suite:
 
 
 def test_auto_stacks_only_with_cuda_and_on_forces_it(tmp_path):
-    # Guards against: auto stacking on a CPU, where it measured slower, or never on a GPU
+    # Guards against: auto stacking on a CPU (measured 0.94-1.35x the speed of the runs one
+    # after another there: not worth a changed task layout), or never on a GPU
     suite = _suite([RunConfig(**TINY), RunConfig(**{**TINY, "seed": 1})])
     for mode, cuda, kinds in [("auto", False, [RunTask, RunTask]), ("auto", True, [StackTask]),
                               ("on", False, [StackTask]), ("off", True, [RunTask, RunTask])]:
@@ -148,15 +149,15 @@ def test_a_stack_lands_one_row_per_variant_with_its_own_run_id_and_curves(tmp_pa
     runs = load_runs(tmp_path, suite="stk").set_index("run_id")
     assert sorted(runs.index) == sorted(c.run_id for c in cfgs)
     assert set(runs["sys_stack"]) == {stack_id(cfgs)} and set(runs["sys_stack_size"]) == {3}
-    solo = [train(c, load_data(c)) for c in cfgs]
+    # each row is its variant's slice of the same stack trained directly (which equals the
+    # solo runs: test_one_variant_diverging_leaves_the_others_finishing_as_solo)
+    direct = train_stack(cfgs, load_data(cfgs[0]))
     curves = load_curves(tmp_path, suite="stk")
-    for cfg, result in zip(cfgs, solo, strict=True):
+    for cfg, result in zip(cfgs, direct, strict=True):
         mine = curves[curves["run_id"] == cfg.run_id].sort_values("epoch")
-        assert list(mine["train_bound"]) == pytest.approx(
-            [r.train_bound for r in result.curves], abs=TOLERANCE)
+        assert list(mine["train_bound"]) == [r.train_bound for r in result.curves]
         assert runs.loc[cfg.run_id, "status"] == result.status
-    assert runs.loc[cfgs[2].run_id, "metric_test_ll"] == pytest.approx(
-        solo[2].metrics()["test_ll"], abs=TOLERANCE)
+    assert runs.loc[cfgs[2].run_id, "metric_test_ll"] == direct[2].metrics()["test_ll"]
     assert not list((tmp_path / "checkpoints").rglob("*.pt"))  # done: no stack checkpoint
     # a stack's failure fails each of its variants, each with the error (train_size 5000
     # passes validation, but digits has 1500 training examples)
@@ -176,3 +177,25 @@ def test_a_compiled_stack_matches_the_eager_stack():
     assert [r.compiled for r in compiled] == [True, True]
     for a, b in zip(compiled, eager, strict=True):
         _close(a, b)
+
+
+def test_one_variants_failing_evaluation_fails_only_that_variant(tmp_path, monkeypatch):
+    # Guards against: an exception in one variant's evaluation (after the stack trained)
+    # failing every variant of the stack and throwing their trained models away.
+    import bench.families.stack as stack_module
+
+    real_finish = stack_module.finish
+
+    def finish(cfg, *args, **kwargs):
+        if cfg.seed == 1:
+            raise RuntimeError("evaluation broke")
+        return real_finish(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(stack_module, "finish", finish)
+    cfgs = [RunConfig(**{**TINY, "seed": s}) for s in (0, 1, 2)]
+    task = StackTask("stk", None, tuple(Variant(f"v{i}", c) for i, c in enumerate(cfgs)),
+                     tmp_path, 1, 1)
+    rows = [landed.row for landed in execute(task, device="cpu")]
+    assert [r["status"] for r in rows] == ["finished", "failed", "finished"]
+    assert rows[1]["error"] == "RuntimeError: evaluation broke"
+    assert "Traceback" in rows[1]["traceback"]

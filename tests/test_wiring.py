@@ -307,10 +307,10 @@ def test_every_posterior_is_the_one_trained_and_all_its_weights_learn(posterior,
     # or a flow whose parameters get no gradient (built but not applied to z).
     flow = {} if posterior == "gaussian" else {"posterior": posterior, "flow_steps": 2}
     seen = first_step(config(objective="iwae", **flow, **ONE_STEP), fifty, monkeypatch)
-    names = set(seen["grads"])
-    gaussian = set(first_step(config(objective="iwae", **ONE_STEP), fifty,
-                              monkeypatch)["grads"])
-    assert (names == gaussian) == (posterior == "gaussian")
+    if flow:  # a flow's weights come on top of the Gaussian's (its base distribution)
+        gaussian = set(first_step(config(objective="iwae", **ONE_STEP), fifty,
+                                  monkeypatch)["grads"])
+        assert gaussian < set(seen["grads"])
     for name, grad in seen["grads"].items():
         assert float(grad.abs().max()) > 0, name
     assert_same_gradient(seen["grads"], hand_gradient(seen, iwae_loss_by_hand))

@@ -22,7 +22,7 @@ covers a real machine differing more than the emulated ones, FLOOR keeps a thres
 non-zero for a metric that came out bit-identical everywhere (a float64 toy, EM).
 
 Usage (from the repository root, with the project's venv):
-    .venv/bin/python tools/gate_spread.py            # measure and print (about 4 minutes)
+    .venv/bin/python tools/gate_spread.py            # measure and print (8 runs of the gate)
     .venv/bin/python tools/gate_spread.py --write    # ... and rewrite tests/gate_pinned.toml
 Rewrite the pinned file only when a change is meant to move the gate's numbers, and say
 why in the commit, with the before/after this tool prints.
@@ -109,9 +109,9 @@ def thresholds(got: dict) -> list[dict]:
     rows = []
     for variant, metrics in ref.items():
         for metric, value in sorted(metrics.items()):
-            others = [got[n][variant].get(metric, math.nan) for n in machines]
+            others = [_value(got, n, variant, metric) for n in machines]
             spread = max(abs(o - value) for o in others)
-            by_seed = [value, *(got[n][variant].get(metric, math.nan) for n in seeds)]
+            by_seed = [value, *(_value(got, n, variant, metric) for n in seeds)]
             mean = sum(by_seed) / len(by_seed)
             seed_sd = math.sqrt(sum((v - mean) ** 2 for v in by_seed) / (len(by_seed) - 1))
             tol = max(FACTOR * spread, FLOOR * max(abs(value), 1.0))
@@ -119,6 +119,16 @@ def thresholds(got: dict) -> list[dict]:
                          "machine_spread": spread, "seed_sd": seed_sd, "tol": tol,
                          "repeat_equal": got["repeat"][variant].get(metric) == value})
     return rows
+
+
+def _value(got: dict, setting: str, variant: str, metric: str) -> float:
+    """The metric of one setting's run; exits naming it when absent or not finite (a NaN
+    would make max() order-dependent and --write pin a threshold too tight)."""
+    value = got[setting].get(variant, {}).get(metric)
+    if value is None or not math.isfinite(value):
+        raise SystemExit(f"gate_spread: setting {setting} has no finite {metric} for "
+                         f"{variant} ({value}); nothing written")
+    return value
 
 
 def render(rows: list[dict]) -> str:
@@ -166,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return _child(args)
-    got = json.loads(args.load.read_text()) if args.load else measure(args.python)
+    if args.load is not None:
+        try:
+            got = json.loads(args.load.read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"gate_spread: cannot read measurements {args.load}: "
+                             f"{getattr(err, 'strerror', None) or err}") from None
+    else:
+        got = measure(args.python)
     if args.json:
         args.json.write_text(json.dumps(got, indent=1))
     rows = thresholds(got)

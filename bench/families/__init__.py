@@ -42,6 +42,7 @@ class FamilyResult:
     samples: list[dict] = field(default_factory=list)
     diverged_epoch: int | None = None
     compiled: bool = False  # whether the training step ran torch.compile'd
+    eval_compiled: bool = False  # no family's own estimate compiles (the lvm's does)
 
     def metrics(self) -> dict:
         from bench.loop import training_record
@@ -65,7 +66,7 @@ def train_model(
     """Train and evaluate `cfg` with its family's trainer (bench.families.registry). Only
     the lvm trainer checkpoints; the other families are short and restart from scratch
     when retried. `compile` (auto, on, off) reaches the families that compile their step
-    (the lvm); the others run eagerly, and refuse "on". Toys need no data set: they run
+    (lvm, m2); the others run eagerly, and refuse "on". Toys need no data set: they run
     through `run_toy`."""
     from bench.families.registry import FAMILIES
 
@@ -75,7 +76,7 @@ def train_model(
     extra = {"compile": compile} if family.compiles else {}
     if not family.compiles and compile == "on":
         raise BenchError(f"model '{family.name}' runs its training loop eagerly: compile "
-                         "'on' applies to model 'lvm' (use auto or off)")
+                         "'on' applies to models lvm and m2 (use auto or off)")
     return family.trainer()(cfg, dataset, device=device, on_epoch=on_epoch,
                             checkpointing=checkpointing, **extra)
 

@@ -18,8 +18,8 @@ from bench.errors import BenchError
 
 #: compile = "auto" compiles a CPU run with at least this many optimiser steps (and every
 #: CUDA run). Measured on 2 CPU cores (`make microbench`, the IWAE 1-layer model at MNIST
-#: size): compiling costs 6-13 s per shape cold (about 2 s from inductor's on-disk cache;
-#: an epoch's smaller last minibatch is a second shape) and the compiled step is 1.27-1.58x
+#: size): compiling costs 5-13 s per shape cold (about 2 s from inductor's on-disk cache;
+#: an epoch's smaller last minibatch is a second shape) and the compiled step is 1.23-1.58x
 #: the eager one, saving 0.5-0.8 ms per step at batch 20-100, k = 1; so it pays from
 #: roughly 15,000-50,000 steps, and surely from 50,000.
 COMPILE_MIN_STEPS = 50_000
@@ -48,8 +48,8 @@ def should_compile(cfg: RunConfig, n_train: int, device: torch.device | str,
 def should_compile_eval(device: torch.device | str, mode: str) -> bool:
     """Whether the test-set estimate runs compiled (bench.metrics.likelihood.evaluate) under
     compile `mode`: on CUDA under auto; on a CPU only under "on", since it measured only
-    1.1-1.3x the eager estimate there (1.5-1.8x its matmul floor against 1.9-2.5x, `make
-    microbench`), which repays compiling (3-13 s per graph, up to four graphs) only past
+    1.0-1.3x the eager estimate there (1.5-1.8x its matmul floor against 1.8-2.5x, `make
+    microbench`), which repays compiling (5-13 s per graph, up to four graphs) only past
     roughly 10^8 samples x examples."""
     if mode not in COMPILE_MODES:
         raise BenchError(f"unknown compile mode '{mode}' (known: {', '.join(COMPILE_MODES)})")

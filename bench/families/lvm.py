@@ -52,7 +52,7 @@ from bench.metrics.imputation import evaluate_inpainting
 from bench.metrics.likelihood import TestMetrics, evaluate
 from bench.models import LatentVariableModel, build_model
 from bench.objectives import ControlledCapacity, Objective, objective_for
-from bench.optim import loss_scale, make_optimizer
+from bench.optim import load_optimizer_state, loss_scale, make_optimizer
 
 
 @dataclass
@@ -283,6 +283,6 @@ def _save_checkpoint(path, cfg, model, optimizer, generator, curves, elapsed) ->
 def _load_checkpoint(path, cfg, model, optimizer, generator) -> tuple[list[EpochRecord], float]:
     state = load_state(path, cfg.config_hash, generator.device.type)
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(optimizer, state["optimizer"])
     generator.set_state(state["generator"])
     return [EpochRecord(**r) for r in state["curves"]], float(state["elapsed"])

@@ -18,7 +18,6 @@ baseline mean). This module imports no torch.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, replace
 
@@ -53,12 +52,6 @@ class Metric:
     @property
     def column(self) -> str:
         return f"metric_{self.name}"
-
-    def format(self, value) -> str:
-        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return "-"
-        shown = value * self.scale
-        return f"{shown:,.{self.digits}f}" if self.thousands else f"{shown:.{self.digits}f}"
 
 
 def _nats(name: str, heading: str, better: str = HIGHER, **kw) -> Metric:

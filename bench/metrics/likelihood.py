@@ -26,12 +26,13 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 #: test example gets (the estimate's identity), so it never changes with the speed tuning
 DEFAULT_ROWS_PER_CHUNK = 32768
 #: samples x examples per forward pass: a chunk's drawn noise goes through the model in
-#: slices this size, so each layer's activations (2048 x 784 floats = 6.3 MB at most) stay
-#: in cache and are reused by the allocator. Measured on 2 CPU cores, MNIST-sized model,
-#: k_eval 1000, in a fresh process: 8.2 ms per example per 1000 samples with one 32768-row
-#: pass, 4.0-4.7 ms with 2048-row slices (1024: 5.0; 4096: 7.6 until glibc's allocator
-#: raises its mmap threshold, 4.5 after); compiled, 3.7-4.0 ms at 2048 to 8192. The
-#: estimate is the same to float rounding, the noise being the same.
+#: slices this size (whenever k_eval fills one), so each layer's output (2048 x 784 floats,
+#: 6.4 MB, for the MNIST decoder) stays in cache and is reused by the allocator. Measured
+#: on 2 CPU cores, MNIST-sized model, k_eval 1000, in a fresh process: 8.2 ms per example
+#: per 1000 samples with one 32768-row pass, 4.0-4.7 ms with 2048-row slices (1024: 5.0;
+#: 4096: 7.6 until glibc's allocator raises its mmap threshold, 4.5 after); compiled,
+#: 3.7-4.0 ms at 2048 to 8192. The estimate is the same to float rounding, the noise being
+#: the same.
 ROWS_PER_PASS = 2048
 
 

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import store
-from bench.errors import BenchError
+from bench.errors import BenchError, make_directory
 from bench.report.data import (
     ALL_METRICS,
     COST_METRICS,
@@ -158,12 +158,7 @@ def build_report(results: str | Path, out: str | Path, *, suites: Sequence[str] 
         if name not in present:
             raise BenchError(f"suite '{name}' has no runs in {root} (suites with runs: "
                              f"{', '.join(present)})")
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BenchError(f"cannot create report directory {out}: "
-                         f"{err.strerror or err}") from None
+    out = make_directory(Path(out), "report directory")
 
     report = _Report(out)
     report.add(Heading(1, f"vaebench report: {', '.join(chosen)}"))

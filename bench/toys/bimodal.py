@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bench.errors import make_directory
 from bench.objectives import wake_phi_surrogate
 
 DIRECTIONS = ("reverse", "forward")
@@ -132,10 +133,10 @@ def plot_fits(fits: dict[str, tuple[float, float]], path: Path, *, title: str,
 def report(out: Path, target: Target = Target(), seed: int = 0) -> tuple[list[Fit], Path]:
     """Fit both directions, plot the fitted densities over the target into `out`, and
     return the fits and the PNG's path."""
+    make_directory(out, "output directory")  # before fitting: a bad --out fails at once
     fits = [fit(direction, target, seed=seed) for direction in DIRECTIONS]
     labelled = {f"{f.direction} KL: N({f.mean:.2f}, {f.std:.2f}^2), mass {f.mass_left:.0%} / "
                 f"{f.mass_right:.0%}": (f.mean, f.std) for f in fits}
-    out.mkdir(parents=True, exist_ok=True)
     path = plot_fits(labelled, out / "bimodal-toy.png", target=target,
                      title="One Gaussian fitted to two modes: reverse vs forward KL")
     return fits, path

@@ -198,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                      help="torch.compile each run's training step (models lvm and m2; not part "
                      "of a run's identity, recorded as sys_compiled): auto compiles on CUDA "
-                     "and from 50,000 optimiser steps on a CPU, where compiling pays; on also "
-                     "compiles the test-set estimate, as auto does on CUDA (sys_eval_compiled; "
-                     "default: auto)")
+                     "and from 50,000 optimiser steps on a CPU, where compiling pays, and the "
+                     "test-set estimate on CUDA and from 10^7 test examples x k_eval on a CPU "
+                     "(sys_eval_compiled); on compiles both (default: auto)")
     run.add_argument("--stack", choices=["auto", "on", "off"], default="auto",
                      help="train variants that differ only in seed, beta or gamma (model lvm) "
                      "as one stacked model, one task per stack of up to 16; each still lands "

@@ -106,7 +106,7 @@ def _compile_options(mode: str, device: torch.device) -> dict:
     """torch.compile's options of a mode: graphed is the trainer's CUDA choice (CUDA
     graphs); compiled is the trainer's choice on a CPU, and on CUDA the same graph without
     CUDA graphs."""
-    from bench.families.compiling import compile_options
+    from bench.compiler import compile_options
 
     if mode == "graphed" or device.type != "cuda":
         return compile_options(device)

@@ -141,3 +141,98 @@ def test_a_resumed_optimizer_keeps_the_kernel_it_was_built_with():
     assert not eager.param_groups[0]["fused"]
     load_optimizer_state(fused, make_optimizer(build_model(cfg, 64), cfg).state_dict())
     assert fused.param_groups[0]["fused"]
+
+
+def test_each_compile_has_its_own_graphs_and_compiles_whole():
+    # Guards against: every trainer compiling the one closure code, whose graphs dynamo
+    # keeps together: past its recompile_limit (8) configurations in one process (a reused
+    # Ray worker) it ran them eagerly while their rows said compiled (measured: k = 9 after
+    # k = 1..8). With the limit at 1, a second configuration must still compile; and a
+    # function that cannot compile whole raises instead of running partly eager.
+    from bench.compiler import compile_fresh
+    from bench.families.lvm import compiled_training_step
+    from bench.objectives import objective_for
+    from bench.optim import make_optimizer
+
+    x = torch.bernoulli(torch.full((5, 64), 0.3), generator=torch.Generator().manual_seed(0))
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for k in (1, 2):
+            cfg = RunConfig(**{**TINY, "k": k})
+            model = build_model(cfg, 64)
+            step = compiled_training_step(model, make_optimizer(model, cfg), objective_for(cfg),
+                                          k)
+            loss = step(x, None, model.draw_noise(5, k, torch.Generator(), "cpu"), 1.0)
+            assert torch.isfinite(loss)
+
+    def breaks(t: torch.Tensor) -> torch.Tensor:
+        print(end="")  # a graph break
+        return t + 1
+
+    with pytest.raises(Exception, match="print"):
+        compile_fresh(breaks, {"dynamic": False})(torch.zeros(2))
+
+
+@pytest.mark.parametrize("n", [32, 30], ids=["groups-of-16", "groups-of-2"])
+def test_the_compiled_formulas_are_torchs_functions_and_gradients(n):
+    # Guards against: a wrong term or sign in the formulas only ever traced by torch.compile
+    # (no eager test runs them), a clamp in place of min (gradient x - 1 at logit 0, not
+    # x - 1/2), products of the estimate's factors over another pixel grouping or count.
+    from bench.compiler import compile_fresh
+    from bench.models.fastmath import bernoulli_log_prob, tanh
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, n, generator=gen) * 8
+    logits[0, 0, :6] = torch.tensor([-100.0, -30.0, 0.0, 0.0, 30.0, 100.0])
+    x = torch.bernoulli(torch.full((3, n), 0.4), generator=gen)
+    x[0, 2:4] = torch.tensor([0.0, 1.0])  # logit 0 with either pixel value
+    fast = compile_fresh(bernoulli_log_prob, {"dynamic": False})
+    exact = bernoulli_log_prob(logits.double(), x.double())
+    with torch.no_grad():  # the estimate's path: grouped products
+        assert torch.allclose(fast(logits, x).double(), exact, rtol=0, atol=2e-5)
+    leaf = logits.clone().requires_grad_()
+    fast(leaf, x).sum().backward()  # the training path
+    assert torch.allclose(leaf.grad, x - torch.sigmoid(logits), rtol=0, atol=1e-6)
+    assert leaf.grad[0, 0, 2:4].tolist() == [-0.5, 0.5]
+
+    a = torch.linspace(-20, 20, 401).requires_grad_()
+    fast_tanh = compile_fresh(tanh, {"dynamic": False})
+    fast_tanh(a).sum().backward()
+    assert torch.allclose(fast_tanh(a.detach()), torch.tanh(a.detach()), rtol=0, atol=2e-7)
+    assert torch.allclose(a.grad, 1 - torch.tanh(a.detach()) ** 2, rtol=0, atol=1e-6)
+
+
+def test_the_cvaes_pre_drawn_noise_is_the_noise_its_forward_would_draw():
+    # Guards against: the compiled CVAE's noise drawn in another shape than its forward's
+    # draw (a compiled run would follow another random stream than the eager one).
+    from bench.families.cvae import build, draw_noise
+
+    data = load_data(RunConfig(**TINY))
+    for extra in ({"condition": "label"}, {"condition": "quadrants", "given_quadrants": 2}):
+        model = build(RunConfig(**{**TINY, "model": "cvae", **extra}), data)
+        x = data.train[:5]
+        args = (x, torch.eye(10)[:5]) if extra["condition"] == "label" else (x,)
+        drawn = model(*args, 3, torch.Generator().manual_seed(1))
+        given = model(*args, 3, eps=draw_noise(model, 5, 3, torch.Generator().manual_seed(1)))
+        assert torch.equal(drawn.log_weights, given.log_weights)
+
+
+@pytest.mark.parametrize("extra", [
+    {"condition": "label", "objective": "iwae", "k": 2},
+    {"condition": "quadrants", "given_quadrants": 2, "validation_size": 20},
+], ids=["label", "quadrants"])
+def test_a_compiled_cvae_matches_the_eager_one(extra):
+    # Guards against: a compiled CVAE stage optimising another loss or stream than its eager
+    # stage (its baseline's too), or a validation loss that sees other noise.
+    cfg = RunConfig(**{**TINY, "model": "cvae", **extra})
+    data = load_data(cfg)
+    eager, compiled = (train_model(cfg, data, compile=mode) for mode in ("off", "on"))
+    assert compiled.compiled and not eager.compiled
+    assert len(compiled.curves) == len(eager.curves)
+    for a, b in zip(compiled.curves, eager.curves, strict=True):
+        assert a.train_bound == pytest.approx(b.train_bound, abs=1e-4)
+        assert a.valid_bound == pytest.approx(b.valid_bound, abs=1e-4)
+    metrics = [key for key in ("test_ll", "test_elbo", "rate", "test_cll", "test_cll_is",
+                               "nn_test_cll") if key in eager.metrics()]
+    assert len(metrics) >= 3
+    for key in metrics:
+        assert compiled.metrics()[key] == pytest.approx(eager.metrics()[key], abs=1e-4), key

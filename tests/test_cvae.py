@@ -324,13 +324,13 @@ def test_training_follows_the_learning_rate_schedule(digits, model):
 def record_targets(monkeypatch) -> list[torch.Tensor]:
     """Every target tensor the cvae module's Bernoulli log-likelihood scores, in call order."""
     seen: list[torch.Tensor] = []
-    real = cvae_module._bernoulli_log_prob
+    real = cvae_module.bernoulli_log_prob
 
     def spy(logits, target):
         seen.append(target.detach().clone())
         return real(logits, target)
 
-    monkeypatch.setattr(cvae_module, "_bernoulli_log_prob", spy)
+    monkeypatch.setattr(cvae_module, "bernoulli_log_prob", spy)
     return seen
 
 
@@ -404,7 +404,7 @@ def constructed_validation(monkeypatch, curve: list[float]) -> list[float]:
     values = iter(curve)
     given: list[float] = []
 
-    def fake(loss, x, y, *, binarized, seed, chunk=1000):
+    def fake(loss, noise, x, y, *, binarized, seed, chunk=1000):
         given.append(next(values))
         return given[-1]
 
@@ -535,7 +535,7 @@ def test_the_validation_estimate_uses_the_same_noise_every_epoch(digits, monkeyp
             return None
 
     monkeypatch.setattr(cvae_module, "make_optimizer",
-                        lambda params, cfg: Frozen(list(params), lr=cfg.lr))
+                        lambda params, cfg, fused=False: Frozen(list(params), lr=cfg.lr))
     cfg = small(model="cvae", condition="quadrants", given_quadrants=2, epochs=3,
                 validation_size=100)
     result = run(cfg, digits)
@@ -545,7 +545,8 @@ def test_the_validation_estimate_uses_the_same_noise_every_epoch(digits, monkeyp
     # it is a noisy estimator: another seed of the noise gives another value
     model = fit(cfg, digits).model
     x = split_validation(cfg, digits).valid
-    loss = lambda xb, yb, gen: -model(xb, 1, gen).log_weights.mean()
-    values = {cvae_module.validation_loss(loss, x, None, binarized=True, seed=s)
+    loss = lambda xb, yb, eps: -model(xb, 1, eps=eps).log_weights.mean()
+    noise = lambda batch, gen: cvae_module.draw_noise(model, batch, 1, gen)
+    values = {cvae_module.validation_loss(loss, noise, x, None, binarized=True, seed=s)
               for s in (0, 0, 1)}
     assert len(values) == 2

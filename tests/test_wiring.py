@@ -334,10 +334,10 @@ def test_k_is_the_number_of_samples_each_family_draws_in_training(family, digits
     else:
         real = cvae_family.QuadrantCVAE.forward
 
-        def forward(self, x, k, generator=None):
-            if torch.is_grad_enabled():
-                drawn.append(k)
-            return real(self, x, k, generator)
+        def forward(self, x, k, generator=None, eps=None):
+            if torch.is_grad_enabled():  # the samples it draws, or is given drawn
+                drawn.append(k if eps is None else eps.shape[0])
+            return real(self, x, k, generator, eps)
 
         monkeypatch.setattr(cvae_family.QuadrantCVAE, "forward", forward)
     run_family(config(family, epochs=1, k=3), digits)

@@ -4,7 +4,7 @@
 identity: a compiled run follows the eager run's random stream (its noise is drawn
 beforehand, in the eager order) and agrees with it within float tolerance. Families that
 compile their step (bench.families.registry: `compiles`) ask `should_compile`; the estimate
-asks `should_compile_eval`; both compile with `compile_options`.
+asks `should_compile_eval`; how they compile is bench.compiler's.
 """
 
 from __future__ import annotations
@@ -23,6 +23,14 @@ from bench.errors import BenchError
 #: the eager one, saving 0.5-0.8 ms per step at batch 20-100, k = 1; so it pays from
 #: roughly 15,000-50,000 steps, and surely from 50,000.
 COMPILE_MIN_STEPS = 50_000
+#: compile = "auto" compiles a CPU run's test-set estimate from this many test examples x
+#: k_eval samples (and every CUDA run's). Measured on 2 CPU cores, the MNIST model at
+#: k_eval 5000 (`make microbench` times k_eval 1000): the compiled estimate takes 3.1-3.9
+#: us per sample against eager's 4.3-6.2 (1 thread: 6.5 against 8.9), saving at least
+#: 1.2 us, and compiling its graphs (two to four, one per slice shape) costs 15-30 s cold;
+#: so it pays from 1-3 x 10^7: the paper's 10,000 x 5000 compiles, the cpu budget's
+#: 1000 x 1000 does not.
+EVAL_COMPILE_MIN_SAMPLES = 10_000_000
 COMPILE_MODES = ("auto", "on", "off")
 
 
@@ -45,24 +53,12 @@ def should_compile(cfg: RunConfig, n_train: int, device: torch.device | str,
     return len(cfg.epoch_lrs()) * math.ceil(n_train / cfg.batch_size) >= COMPILE_MIN_STEPS
 
 
-def should_compile_eval(device: torch.device | str, mode: str) -> bool:
-    """Whether the test-set estimate runs compiled (bench.metrics.likelihood.evaluate) under
-    compile `mode`: on CUDA under auto; on a CPU only under "on", since it measured only
-    1.0-1.3x the eager estimate there (1.5-1.8x its matmul floor against 1.8-2.5x, `make
-    microbench`), which repays compiling (5-13 s per graph, up to four graphs) only past
-    roughly 10^8 samples x examples."""
+def should_compile_eval(samples: int, device: torch.device | str, mode: str) -> bool:
+    """Whether the test-set estimate of `samples` test examples x k_eval runs compiled
+    (bench.metrics.likelihood.evaluate) under compile `mode`: on CUDA under auto; on a CPU
+    from EVAL_COMPILE_MIN_SAMPLES (and always under "on")."""
     if mode not in COMPILE_MODES:
         raise BenchError(f"unknown compile mode '{mode}' (known: {', '.join(COMPILE_MODES)})")
-    return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
-
-
-def compile_options(device: torch.device | str) -> dict:
-    """torch.compile's options for a training step's loss graph on `device`: on CUDA mode
-    "reduce-overhead", which replays the step's kernels as one CUDA graph (static shapes;
-    the step never syncs with the host); on a CPU inductor's C++ wrapper, which calls the
-    graph's kernels from C++ instead of Python (about 5 % off a batch-20 step, measured;
-    compiling costs the same). Shapes are static (an epoch's last, smaller minibatch is a
-    second graph): CUDA graphs need them, and a stack's vmap cannot trace symbolic sizes."""
-    if torch.device(device).type == "cuda":
-        return {"mode": "reduce-overhead", "dynamic": False}
-    return {"options": {"cpp_wrapper": True}, "dynamic": False}
+    if mode != "auto":
+        return mode == "on"
+    return torch.device(device).type == "cuda" or samples >= EVAL_COMPILE_MIN_SAMPLES

@@ -118,13 +118,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench.compiler import compile_fresh, compile_options
 from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic
 from bench.errors import BenchError
 from bench.families import FamilyResult, OnEpoch
+from bench.families.compiling import should_compile
 from bench.loop import EVAL_STREAM, TRAIN_STREAM, EpochRecord, make_generator, train_epochs
 from bench.metrics.blur import image_rows
 from bench.metrics.likelihood import DEFAULT_ROWS_PER_CHUNK
+from bench.models.fastmath import Tanh, bernoulli_log_prob
 from bench.models.init import init_authors
 from bench.models.lvm import ModelSample
 from bench.models.posteriors import LOG_2PI, ConditionalGaussian, gaussian_log_prob, mlp
@@ -193,11 +196,14 @@ class SplitInputMLP(nn.Module):
 
 
 def _sample_gaussian(
-    mean: torch.Tensor, logvar: torch.Tensor, k: int, generator: torch.Generator | None
+    mean: torch.Tensor, logvar: torch.Tensor, k: int, generator: torch.Generator | None,
+    eps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """k reparameterised draws (k, B, d) and log q at them (k, B)."""
-    eps = torch.randn((k, *mean.shape), generator=generator, device=mean.device,
-                      dtype=mean.dtype)
+    """k reparameterised draws (k, B, d) and log q at them (k, B); the standard normal noise
+    `eps` (k, B, d) drawn here from `generator` unless given (`draw_noise`: the same draw)."""
+    if eps is None:
+        eps = torch.randn((k, *mean.shape), generator=generator, device=mean.device,
+                          dtype=mean.dtype)
     z = mean + torch.exp(0.5 * logvar) * eps
     return z, -0.5 * (eps**2 + logvar + LOG_2PI).sum(-1)
 
@@ -212,12 +218,6 @@ def gaussian_kl(
                   - 1.0).sum(-1)
 
 
-def _bernoulli_log_prob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """sum_d log Bernoulli(target_d; sigmoid(logits_d)); target broadcast over leading k."""
-    return -F.binary_cross_entropy_with_logits(
-        logits, target.expand_as(logits), reduction="none").sum(-1)
-
-
 class LabelCVAE(nn.Module):
     """q(z|x,y), p(z) = N(0, I), p(x|y,z) Bernoulli; y a one-hot class (tanh MLPs)."""
 
@@ -226,14 +226,16 @@ class LabelCVAE(nn.Module):
         self.n_classes, self.latent = n_classes, latent
         self.encoder = ConditionalGaussian(n_data + n_classes, hidden, latent)
         # decoder reads (y, z): `from_a` sees the one-hot class, `from_b` the latent
-        self.decoder = SplitInputMLP(n_classes, latent, tuple(reversed(hidden)), n_data, nn.Tanh)
+        self.decoder = SplitInputMLP(n_classes, latent, tuple(reversed(hidden)), n_data, Tanh)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, k: int,
-                generator: torch.Generator | None = None) -> ModelSample:
-        """k samples z ~ q(z|x,y) per example of x (B, D) with one-hot y (B, C)."""
+                generator: torch.Generator | None = None,
+                eps: torch.Tensor | None = None) -> ModelSample:
+        """k samples z ~ q(z|x,y) per example of x (B, D) with one-hot y (B, C); `eps`
+        (`draw_noise`) replaces the draw from `generator`."""
         mean, logvar, _ = self.encoder.params(torch.cat([x, y], dim=-1))
-        z, log_q = _sample_gaussian(mean, logvar, k, generator)
-        log_px = _bernoulli_log_prob(self.decoder(y, z), x)
+        z, log_q = _sample_gaussian(mean, logvar, k, generator, eps)
+        log_px = bernoulli_log_prob(self.decoder(y, z), x)
         return ModelSample(
             log_px_given_z=log_px,
             log_pz=-0.5 * (z**2 + LOG_2PI).sum(-1),
@@ -301,7 +303,7 @@ class ConditionalNN(_QuadrantModel):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """(B,) log p(y | x): minus the summed cross-entropy over the missing pixels."""
-        return _bernoulli_log_prob(self.logits(x), self.missing(x))
+        return bernoulli_log_prob(self.logits(x), self.missing(x))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, generator: torch.Generator | None = None
@@ -341,15 +343,16 @@ class QuadrantCVAE(_QuadrantModel):
         """Logits (k, B, n_missing) of p(y | x, z) for z (k, B, d): reads the given pixels."""
         return self.generation_net(self.given(x), z)
 
-    def forward(self, x: torch.Tensor, k: int,
-                generator: torch.Generator | None = None) -> ModelSample:
+    def forward(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                eps: torch.Tensor | None = None) -> ModelSample:
         """k samples z ~ q(z|x,y) per full image of x (B, D) and the log-densities at them:
-        log p(y|x,z), log p(z|x) (as `log_pz`) and log q(z|x,y)."""
+        log p(y|x,z), log p(z|x) (as `log_pz`) and log q(z|x,y); `eps` (`draw_noise`)
+        replaces the draw from `generator`."""
         p_mean, p_logvar = self.prior(x)
         q_mean, q_logvar = self.recognition(x)
-        z, log_q = _sample_gaussian(q_mean, q_logvar, k, generator)
+        z, log_q = _sample_gaussian(q_mean, q_logvar, k, generator, eps)
         return ModelSample(
-            log_px_given_z=_bernoulli_log_prob(self.generation_logits(x, z), self.missing(x)),
+            log_px_given_z=bernoulli_log_prob(self.generation_logits(x, z), self.missing(x)),
             log_pz=gaussian_log_prob(z, p_mean, p_logvar),
             log_qz=log_q,
             kl_analytic=gaussian_kl(q_mean, q_logvar, p_mean, p_logvar),
@@ -367,6 +370,15 @@ class QuadrantCVAE(_QuadrantModel):
 
 
 Model = LabelCVAE | ConditionalNN | QuadrantCVAE
+
+
+def draw_noise(model: LabelCVAE | QuadrantCVAE, batch: int, k: int,
+               generator: torch.Generator | None) -> torch.Tensor:
+    """The noise (k, batch, latent) the model's forward would draw for `batch` examples:
+    drawn beforehand (the forward draws nothing else), a compiled loss holds no generator."""
+    like = next(model.parameters())
+    return torch.randn((k, batch, model.latent), generator=generator, device=like.device,
+                       dtype=like.dtype)
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -446,8 +458,10 @@ def pixel_marginal_cll(train: torch.Tensor, test: torch.Tensor, missing: torch.T
 _VALID_STREAM = 2_000_029
 VALID_CHUNK = 1000  # validation images per forward pass
 
-# a stage's loss: (minibatch (B, D), its one-hot labels (B, C) or None, noise) -> 0-d mean
-StageLoss = Callable[[torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
+# a stage's loss: (minibatch (B, D), its one-hot labels (B, C) or None, its latent noise
+# (k, B, d) or None) -> 0-d mean; and what draws that noise: (B, generator) -> (k, B, d)
+StageLoss = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], torch.Tensor]
+StageNoise = Callable[[int, torch.Generator], torch.Tensor]
 
 
 @dataclass
@@ -461,6 +475,7 @@ class Fitted:
     diverged_epoch: int | None = None
     # per stage (nn_, cvae_): epochs_run; with a validation split best_epoch, valid_loss
     stage_metrics: dict = field(default_factory=dict)
+    compiled: bool = False  # whether its stages' steps ran torch.compile'd
 
 
 @dataclass(frozen=True)
@@ -531,9 +546,12 @@ def fit(
     *,
     device: torch.device | str = "cpu",
     on_epoch: OnEpoch | None = None,
+    compile: str = "off",
 ) -> Fitted:
     """Build and train `cfg`'s model (a quadrant cvae: baseline first, then the CVAE) on
-    the training images left after split_validation, early-stopping on the held-out ones."""
+    the training images left after split_validation, early-stopping on the held-out ones.
+    `compile` (auto, on, off; bench.families.compiling): each stage's loss and backward as
+    one torch.compile'd graph, its latent noise drawn beforehand in the eager order."""
     _check(cfg, dataset)
     device = torch.device(device)
     split = split_validation(cfg, dataset)
@@ -541,23 +559,28 @@ def fit(
     model = build(cfg, data).to(device)
     generator = make_generator(cfg.seed + TRAIN_STREAM, device)
     bound = objective_for(cfg)
-    loop = _Loop(cfg, data, split, device, generator, on_epoch)
+    compiled = should_compile(cfg, data.train.shape[0], device, compile)
+    loop = _Loop(cfg, data, split, device, generator, on_epoch, compiled)
+
+    def noise(batch: int, gen: torch.Generator) -> torch.Tensor:
+        return draw_noise(model, batch, cfg.k, gen)
+
     if isinstance(model, LabelCVAE):
         loop.labels(model.n_classes)
         loop.stage("cvae", model.parameters(),
-                   lambda xb, yb, gen: -bound(model(xb, yb, cfg.k, gen)).mean())
+                   lambda xb, yb, eps: -bound(model(xb, yb, cfg.k, eps=eps)).mean(), noise)
     else:
         baseline = model if isinstance(model, ConditionalNN) else model.baseline
         loop.total *= 1 if model is baseline else 2
         baseline.requires_grad_(True)
         loop.stage("nn", baseline.parameters(),
-                   lambda xb, yb, gen: -baseline.log_prob(xb).mean())
+                   lambda xb, yb, eps: -baseline.log_prob(xb).mean())
         baseline.requires_grad_(False)
         if isinstance(model, QuadrantCVAE) and loop.diverged_epoch is None:
             trainable = [p for name, p in model.named_parameters()
                          if not name.startswith("baseline.")]
             loop.stage("cvae", trainable,
-                       lambda xb, yb, gen: -bound(model(xb, cfg.k, gen)).mean())
+                       lambda xb, yb, eps: -bound(model(xb, cfg.k, eps=eps)).mean(), noise)
     model.eval()
     return Fitted(
         model=model,
@@ -566,6 +589,7 @@ def fit(
         train_seconds=time.perf_counter() - loop.start,
         diverged_epoch=loop.diverged_epoch,
         stage_metrics=loop.metrics,
+        compiled=compiled,
     )
 
 
@@ -600,11 +624,12 @@ class EarlyStopping:
 
 
 @torch.no_grad()
-def validation_loss(loss: StageLoss, x: torch.Tensor, y: torch.Tensor | None, *,
-                    binarized: bool, seed: int, chunk: int = VALID_CHUNK) -> float:
+def validation_loss(loss: StageLoss, noise: StageNoise | None, x: torch.Tensor,
+                    y: torch.Tensor | None, *, binarized: bool, seed: int,
+                    chunk: int = VALID_CHUNK) -> float:
     """Mean of `loss` over the validation images x (and one-hot labels y), in chunks, with a
-    generator seeded afresh from `seed` (binarization, then the loss's noise, per chunk): the
-    same value for the same weights, whenever it is called."""
+    generator seeded afresh from `seed` (binarization, then the loss's `noise`, per chunk):
+    the same value for the same weights, whenever it is called."""
     generator = make_generator(seed, x.device)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for lo in range(0, x.shape[0], chunk):
@@ -612,18 +637,22 @@ def validation_loss(loss: StageLoss, x: torch.Tensor, y: torch.Tensor | None, *,
         if binarized:
             xb = binarize_dynamic(xb, generator)
         yb = None if y is None else y[lo:lo + chunk]
-        total += loss(xb, yb, generator).double() * xb.shape[0]
+        eps = None if noise is None else noise(xb.shape[0], generator)
+        total += loss(xb, yb, eps).double() * xb.shape[0]
     return float(total) / x.shape[0]
 
 
 class _Loop:
     """Training stages sharing one record: curves and on_epoch span all stages, and a stage
     after a diverged one does not run. With a validation split each stage early-stops on it
-    (see the module doc) and leaves its metrics in `metrics`."""
+    (see the module doc) and leaves its metrics in `metrics`. `compiled`: each stage's
+    training loss runs torch.compile'd (its validation loss eagerly, another shape and no
+    gradient, so no more graphs), with a fused Adam."""
 
     def __init__(self, cfg: RunConfig, data: Dataset, split: Split, device: torch.device,
-                 generator: torch.Generator, on_epoch: OnEpoch | None):
+                 generator: torch.Generator, on_epoch: OnEpoch | None, compiled: bool):
         self.cfg, self.binarized, self.generator = cfg, data.binarized, generator
+        self.device, self.compiled = device, compiled
         self.x = data.train.to(device)
         self.x_valid = None if split.valid is None else split.valid.to(device)
         self.y: torch.Tensor | None = None  # one-hot labels (label cvae only)
@@ -642,18 +671,26 @@ class _Loop:
         if self.x_valid is not None:
             self.y_valid = F.one_hot(valid, n_classes).float().to(self.x.device)
 
-    def stage(self, name: str, parameters, loss: StageLoss) -> None:
+    def stage(self, name: str, parameters, loss: StageLoss,
+              noise: StageNoise | None = None) -> None:
         """cfg.optimizer on `parameters` for the config's epochs and learning-rate schedule
-        (at most: early stopping may end it sooner and restore its best epoch's weights)."""
+        (at most: early stopping may end it sooner and restore its best epoch's weights).
+        `noise` draws the loss's latent noise after each minibatch's binarization (None:
+        the loss takes none)."""
         cfg = self.cfg
         parameters = list(parameters)
-        optimizer = make_optimizer(parameters, cfg)
+        optimizer = make_optimizer(parameters, cfg, fused=self.compiled)
+        train_loss = (compile_fresh(loss, compile_options(self.device)) if self.compiled
+                      else loss)
 
         def step(rows: torch.Tensor) -> torch.Tensor:
             xb = self.x[rows]
             if self.binarized:
                 xb = binarize_dynamic(xb, self.generator)
-            batch_loss = loss(xb, None if self.y is None else self.y[rows], self.generator)
+            eps = None if noise is None else noise(xb.shape[0], self.generator)
+            if self.compiled and self.device.type == "cuda":  # a new CUDA graph iteration
+                torch.compiler.cudagraph_mark_step_begin()
+            batch_loss = train_loss(xb, None if self.y is None else self.y[rows], eps)
             optimizer.zero_grad(set_to_none=True)
             (batch_loss * loss_scale(cfg, rows.shape[0])).backward()
             optimizer.step()
@@ -672,8 +709,8 @@ class _Loop:
                 return
             if self.x_valid is None:
                 continue
-            valid = validation_loss(loss, self.x_valid, self.y_valid, binarized=self.binarized,
-                                    seed=cfg.seed + _VALID_STREAM)
+            valid = validation_loss(loss, noise, self.x_valid, self.y_valid,
+                                    binarized=self.binarized, seed=cfg.seed + _VALID_STREAM)
             self.curves[-1].valid_bound = -valid
             if stopper.update(valid) and cfg.patience:
                 best_weights = [p.detach().clone() for p in parameters]
@@ -755,10 +792,12 @@ def run(
     device: torch.device | str = "cpu",
     on_epoch: OnEpoch | None = None,
     checkpointing: object = None,
+    compile: str = "off",
 ) -> FamilyResult:
     """Train and evaluate a cvae / conditional_nn config (bench.families.train_model).
-    `checkpointing` is accepted and unused: these runs are short and restart when retried."""
-    fitted = fit(cfg, dataset, device=device, on_epoch=on_epoch)
+    `checkpointing` is accepted and unused: these runs are short and restart when retried.
+    `compile`: `fit`'s (the evaluation runs eagerly)."""
+    fitted = fit(cfg, dataset, device=device, on_epoch=on_epoch, compile=compile)
     metrics, samples = {}, []
     if fitted.status == "finished":
         generator = make_generator(cfg.seed + EVAL_STREAM, torch.device(device))
@@ -771,6 +810,7 @@ def run(
         family_metrics=metrics,
         samples=samples,
         diverged_epoch=fitted.diverged_epoch,
+        compiled=fitted.compiled,
     )
 
 

@@ -27,13 +27,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from bench.compiler import compile_fresh, compile_options
 from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic, drop_pixels
-from bench.families.compiling import (
-    compile_options,
-    should_compile,
-    should_compile_eval,
-)
+from bench.families.compiling import should_compile, should_compile_eval
 from bench.loop import (
     EVAL_STREAM,
     TRAIN_STREAM,
@@ -105,8 +102,8 @@ def compiled_training_step(model: LatentVariableModel, optimizer: torch.optim.Op
         return -bound_fn(sample).mean()
 
     device = next(model.parameters()).device
-    compiled_loss = torch.compile(loss_of, **(compile_options(device) if options is None
-                                              else options))
+    compiled_loss = compile_fresh(loss_of, compile_options(device) if options is None
+                                  else options)
 
     def step(xb: torch.Tensor, x_in: torch.Tensor | None, noise: list[torch.Tensor],
              scale: float) -> torch.Tensor:
@@ -227,7 +224,8 @@ def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
     `compiled`: the training step ran compiled; `compile`: the run's mode, which decides
     whether the test-set estimate runs compiled (`should_compile_eval`)."""
     status = "finished" if diverged_epoch is None else "diverged"
-    eval_compiled = status == "finished" and should_compile_eval(device, compile)
+    eval_compiled = status == "finished" and should_compile_eval(
+        dataset.test.shape[0] * cfg.k_eval, device, compile)
     test, images, samples, inpainting, factors = None, {}, [], {}, {}
     if status == "finished":
         x_test = dataset.test.to(device)

@@ -77,13 +77,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.compiler import compile_fresh, compile_options
 from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic
 from bench.errors import BenchError
 from bench.families import FamilyResult
-from bench.families.compiling import compile_options, should_compile
+from bench.families.compiling import should_compile
 from bench.loop import EVAL_STREAM, TRAIN_STREAM, EpochRecord, make_generator, train_epochs
 from bench.metrics.blur import image_rows
+from bench.models.fastmath import bernoulli_log_prob
 from bench.models.init import init_authors
 from bench.models.posteriors import LOG_2PI, mlp
 from bench.optim import loss_scale, make_optimizer
@@ -162,8 +164,7 @@ class M2(nn.Module):
         std = torch.exp(0.5 * logvar)
         z = mean + std * eps  # (k, *y.shape, d)
         logits = self.decode(z, y)
-        log_px = -F.binary_cross_entropy_with_logits(
-            logits, x.expand_as(logits), reduction="none").sum(-1).mean(0)
+        log_px = bernoulli_log_prob(logits, x).mean(0)
         if self.analytic_kl:
             kl = 0.5 * (mean**2 + std**2 - 1.0 - logvar).sum(-1)
         else:  # E_q[log q(z|x,y) - log p(z)], the same k samples
@@ -400,7 +401,7 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
                                     alpha=cfg.alpha, k=cfg.k, generator=generator,
                                     noise=noise).loss
 
-    compiled_loss = torch.compile(loss_of, **compile_options(device)) if compiled else None
+    compiled_loss = compile_fresh(loss_of, compile_options(device)) if compiled else None
 
     def step(rows: torch.Tensor) -> torch.Tensor:
         nonlocal steps

@@ -40,10 +40,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from bench.compiler import compile_fresh, compile_options
 from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic, drop_pixels
 from bench.errors import BenchError
-from bench.families.compiling import compile_options, should_compile
+from bench.families.compiling import should_compile
 from bench.families.lvm import TrainResult, finish
 from bench.families.registry import FAMILIES
 from bench.loop import (
@@ -256,8 +257,8 @@ def stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
     dims = (0, 0, 0, 0 if cfg.input_dropout else None, 0, 0, 0, None)
     losses_of = vmap(variant_loss, in_dims=dims)
     if compiled:  # the optimiser's own multi-tensor step, as compiled_training_step's
-        losses_of = torch.compile(losses_of, **(compile_options(device) if options is None
-                                                else options))
+        losses_of = compile_fresh(losses_of, compile_options(device) if options is None
+                                  else options)
 
     def step(xb, x_in, noise, scale) -> torch.Tensor:
         target = 0.0

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 
+from bench.compiler import compile_fresh
 from bench.models.lvm import LatentVariableModel
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -110,7 +111,7 @@ def evaluate(
     k_chunk = max(1, rows_per_chunk // batch)
     sums_of = _pass_sums
     if compiled:
-        sums_of = torch.compile(_pass_sums, dynamic=False)
+        sums_of = compile_fresh(_pass_sums, {"dynamic": False})
 
     log_px = torch.empty(n, dtype=torch.float64, device=x.device)
     log_ess = torch.empty(n, dtype=torch.float64, device=x.device)

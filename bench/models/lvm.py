@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bench.models.conv import FEATURES, ConvDecoderNet, ConvEncoderNet
+from bench.models.fastmath import bernoulli_log_prob
 from bench.models.posteriors import (
     LOG_2PI,
     ConditionalGaussian,
@@ -53,12 +54,7 @@ class BernoulliDecoder(nn.Module):
         self.net = mlp([n_latent, *hidden, n_data])
 
     def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        logits = self.net(z)  # (k, B, D)
-        # x log sigmoid(l) + (1 - x) log sigmoid(-l), one fused kernel; x broadcast over k
-        bce = nn.functional.binary_cross_entropy_with_logits(
-            logits, x.expand_as(logits), reduction="none"
-        )
-        return -bce.sum(-1)
+        return bernoulli_log_prob(self.net(z), x)  # (k, B); x broadcast over k
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(z))

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.models.fastmath import Tanh
+
 LOG_2PI = math.log(2 * math.pi)
 
 
-def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+def mlp(sizes: list[int], activation: type[nn.Module] = Tanh) -> nn.Sequential:
     """Linear layers with `activation` between them (none after the last); tanh by default,
     the IWAE paper's deterministic units."""
     layers: list[nn.Module] = []
@@ -43,7 +45,7 @@ class ConditionalGaussian(nn.Module):
     and log-variance."""
 
     def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int,
-                 activation: type[nn.Module] = nn.Tanh):
+                 activation: type[nn.Module] = Tanh):
         super().__init__()
         self.trunk = (nn.Sequential(mlp([n_in, *hidden], activation), activation()) if hidden
                       else nn.Identity())

@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=int, default=10, metavar="EPOCHS",
                      help="save a resumable checkpoint every N epochs (default: 10)")
     run.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                     help="torch.compile each run's training step (models lvm and m2; not part "
-                     "of a run's identity, recorded as sys_compiled): auto compiles on CUDA "
+                     help="torch.compile each run's training step (models lvm, m2, cvae and "
+                     "conditional_nn; not part of a run's identity, recorded as "
+                     "sys_compiled): auto compiles on CUDA "
                      "and from 50,000 optimiser steps on a CPU, where compiling pays, and the "
                      "test-set estimate on CUDA and from 10^7 test examples x k_eval on a CPU "
                      "(sys_eval_compiled); on compiles both (default: auto)")

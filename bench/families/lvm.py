@@ -46,7 +46,7 @@ from bench.metrics.blur import blur_metrics, sample_records
 from bench.metrics.cost import PeakMemory, training_flops_per_example
 from bench.metrics.factors import factor_metrics, has_factors
 from bench.metrics.imputation import evaluate_inpainting
-from bench.metrics.likelihood import TestMetrics, evaluate
+from bench.metrics.likelihood import TestMetrics, compiled_passes, evaluate
 from bench.models import LatentVariableModel, build_model
 from bench.objectives import ControlledCapacity, Objective, objective_for
 from bench.optim import load_optimizer_state, loss_scale, make_optimizer
@@ -231,7 +231,7 @@ def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
         x_test = dataset.test.to(device)
         eval_generator = make_generator(cfg.seed + EVAL_STREAM, device)
         test = evaluate(model, x_test, cfg.k_eval, generator=eval_generator,
-                        compiled=eval_compiled)
+                        passes=compiled_passes() if eval_compiled else None)
         images = blur_metrics(model, dataset, generator=eval_generator)
         samples = sample_records(model, dataset, generator=eval_generator)
         if cfg.eval_inpainting:  # last, so the metrics above are the same with or without it

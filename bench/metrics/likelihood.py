@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -84,6 +85,16 @@ def _pass_sums(model: LatentVariableModel, xb: torch.Tensor, noise: list[torch.T
     )
 
 
+PassFn = Callable[[LatentVariableModel, torch.Tensor, list[torch.Tensor]], PassSums]
+
+
+def compiled_passes() -> PassFn:
+    """The estimate's slice function torch.compile'd, for `evaluate(passes=...)`: one graph
+    per slice shape (static shapes: a smaller last slice or batch is one more), compiled on
+    first use. Make one per run; reuse it only to time repeated estimates."""
+    return compile_fresh(_pass_sums, {"dynamic": False})
+
+
 @torch.no_grad()
 def evaluate(
     model: LatentVariableModel,
@@ -93,14 +104,13 @@ def evaluate(
     generator: torch.Generator | None = None,
     rows_per_chunk: int = DEFAULT_ROWS_PER_CHUNK,
     rows_per_pass: int = ROWS_PER_PASS,
-    compiled: bool = False,
+    passes: PassFn | None = None,
 ) -> TestMetrics:
     """Evaluate `model` on the test examples `x` (N, D) with k_eval importance samples each.
     The noise is drawn chunk by chunk (`rows_per_chunk` samples x examples, which fixes the
     estimate) and goes through the model in slices of `rows_per_pass` (only the speed
-    depends on it). `compiled` runs
-    each slice as one torch.compile'd graph (static shapes: a smaller last slice or batch is
-    one more graph): the same noise, the estimate equal to float rounding."""
+    depends on it), each by `passes` (default: eagerly; `compiled_passes()`: one
+    torch.compile'd graph per slice, the same noise, the estimate equal to float rounding)."""
     if k_eval < 1:
         raise ValueError(f"k_eval must be >= 1, got {k_eval}")
     was_training = model.training
@@ -109,9 +119,7 @@ def evaluate(
     n = x.shape[0]
     batch = max(1, min(n, rows_per_chunk // min(k_eval, rows_per_chunk)))
     k_chunk = max(1, rows_per_chunk // batch)
-    sums_of = _pass_sums
-    if compiled:
-        sums_of = compile_fresh(_pass_sums, {"dynamic": False})
+    sums_of = _pass_sums if passes is None else passes
 
     log_px = torch.empty(n, dtype=torch.float64, device=x.device)
     log_ess = torch.empty(n, dtype=torch.float64, device=x.device)

@@ -248,3 +248,27 @@ def test_a_compiled_cvae_matches_the_eager_one(extra):
     assert len(metrics) >= 3
     for key in metrics:
         assert compiled.metrics()[key] == pytest.approx(eager.metrics()[key], abs=1e-4), key
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphed_steps_match_the_eager_ones():
+    # Guards against: the CUDA path (mode reduce-overhead: CUDA graphs replaying the step,
+    # a fused Adam, the estimate compiled under auto) training or estimating something else
+    # than the eager CUDA run, or a graph reading a buffer the next replay overwrote (a
+    # missing cudagraph_mark_step_begin), solo and stacked.
+    from bench.families.stack import train_stack
+
+    cfg = RunConfig(**{**TINY, "objective": "iwae", "k": 3, "epochs": 3})
+    data = load_data(cfg)
+    eager = train(cfg, data, device="cuda")
+    graphed = train(cfg, data, device="cuda", compile="auto")
+    assert graphed.compiled and graphed.eval_compiled and not eager.compiled
+    for key in ("test_ll", "test_elbo", "final_train_bound", "ess"):
+        assert graphed.metrics()[key] == pytest.approx(eager.metrics()[key], abs=1e-4), key
+    cfgs = [cfg.replace(seed=s) for s in (0, 1)]
+    stacked = train_stack(cfgs, data, device="cuda", compile="auto")
+    assert stacked[0].metrics()["test_ll"] == pytest.approx(eager.metrics()["test_ll"],
+                                                            abs=1e-4)
+    for a, b in zip(stacked[0].curves, eager.curves, strict=True):
+        assert a.train_bound == pytest.approx(b.train_bound, abs=1e-4)

@@ -22,7 +22,7 @@ from bench.config import (
     RunConfig,
     config_from_dict,
 )
-from bench.errors import BenchError
+from bench.errors import BenchError, make_directory
 from bench.families.registry import FAMILIES
 from bench.runner import DEFAULT_GPU_FRACTION
 
@@ -129,6 +129,15 @@ def _show(value: object) -> str:
     return str(value)
 
 
+#: --compile's help (train and run; bench.families.compiling has the rule and its numbers)
+COMPILE_HELP = (
+    "torch.compile each run's training step (models lvm, m2, cvae and conditional_nn; not "
+    "part of a run's identity, recorded as sys_compiled): auto compiles on CUDA and from "
+    "50,000 optimiser steps on a CPU, where compiling pays, and the test-set estimate on "
+    "CUDA and from 10^7 test examples x k_eval on a CPU (sys_eval_compiled); on compiles "
+    "both (default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaebench",
@@ -150,10 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     execution.add_argument("--threads", type=int, default=None,
                      help="torch CPU threads (default: torch's choice)")
     execution.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                           help="torch.compile the training step (models lvm and m2): auto "
-                           "compiles on CUDA and from 50,000 optimiser steps on a CPU; on also "
-                           "compiles the test-set estimate, as auto does on CUDA (default: "
-                           "auto)")
+                           help=COMPILE_HELP)
     execution.add_argument("--json", action="store_true",
                      help="print the config, run_id and metrics as one JSON object")
     execution.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -196,18 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=int, default=10, metavar="EPOCHS",
                      help="save a resumable checkpoint every N epochs (default: 10)")
     run.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                     help="torch.compile each run's training step (models lvm, m2, cvae and "
-                     "conditional_nn; not part of a run's identity, recorded as "
-                     "sys_compiled): auto compiles on CUDA "
-                     "and from 50,000 optimiser steps on a CPU, where compiling pays, and the "
-                     "test-set estimate on CUDA and from 10^7 test examples x k_eval on a CPU "
-                     "(sys_eval_compiled); on compiles both (default: auto)")
+                     help=COMPILE_HELP)
     run.add_argument("--stack", choices=["auto", "on", "off"], default="auto",
                      help="train variants that differ only in seed, beta or gamma (model lvm) "
                      "as one stacked model, one task per stack of up to 16; each still lands "
                      "as its own row and run_id, with sys_stack naming its stack: auto stacks "
-                     "where the cluster has GPUs (on a CPU a stack ran at 0.94-1.35x the "
-                     "speed of its runs one after another), on forces it (default: auto)")
+                     "where runs get GPUs (--gpus-per-run above 0; on a CPU a stack ran at "
+                     "0.93-1.35x the speed of its runs one after another), on forces it "
+                     "(default: auto)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line")
     _add_skip_corrupt_flag(run)
 
@@ -413,6 +415,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             state = "cached" if v.run_id in cached_ids else "to run"
             print(f"  {state:<7} {v.run_id}  {v.name}  seed={v.seed}  ({reasons[v.run_id]})")
         return 0
+    make_directory(results, "results directory")  # a bad --results fails before any run
     options = RunOptions(
         results=results, executor=args.executor, address=args.address,
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,

@@ -100,12 +100,23 @@ def make_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """`optimizer.load_state_dict(state)` that keeps the implementation this optimizer was
     built with: torch restores the saved groups' `fused` / `foreach` flags too, so a run
-    resumed eagerly from a compiled run's checkpoint would go on with the fused kernel."""
+    resumed eagerly from a compiled run's checkpoint would go on with the fused kernel. Adam's
+    step counts then go where the kept kernel wants them (torch placed them by the saved
+    flags): fused on the parameter's device, else on the CPU, so a CUDA run resumed with the
+    other kernel neither fails (fused Adam refuses CPU steps) nor syncs every step."""
     chosen = [{key: group.get(key) for key in ("fused", "foreach") if key in group}
               for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, flags in zip(optimizer.param_groups, chosen, strict=True):
         group.update(flags)
+        if not isinstance(optimizer, torch.optim.Adam):
+            continue
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for param in group["params"]:
+            param_state = optimizer.state.get(param, {})
+            if torch.is_tensor(param_state.get("step")):
+                param_state["step"] = param_state["step"].to(
+                    device=param.device if on_device else "cpu", dtype=torch.float32)
 
 
 def loss_scale(cfg: RunConfig, batch: int) -> int:

@@ -67,6 +67,7 @@ class ProfileResult:
     # that time over its floor (its forward matmul FLOPs at the measured matmul peak)
     eval_seconds_per_1000: float = 0.0
     eval_floor_ratio: float = 0.0
+    eval_samples: int = 0  # its min(k_eval, EVAL_SAMPLES)
 
 
 def sync_device(device: torch.device) -> None:
@@ -232,6 +233,7 @@ def profile_variant(
         kernels_unit=unit, flops_per_step=flops_per_step, achieved_flops_per_s=achieved,
         matmul_peak_flops_per_s=peak, peak_fraction=fraction, label=label or cfg.label,
         eval_seconds_per_1000=eval_seconds, eval_floor_ratio=eval_floor,
+        eval_samples=min(cfg.k_eval, EVAL_SAMPLES),
     )
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
     summary.update(
@@ -317,7 +319,8 @@ def format_profile(result: ProfileResult, top: int = 8) -> str:
         f"matmul peak {result.matmul_peak_flops_per_s / 1e9:.2f} GFLOP/s "
         f"= {result.peak_fraction * 100:.1f}% of peak",
         f"  evaluation    {result.eval_seconds_per_1000 * 1e3:.2f} ms per test example per "
-        f"1000 samples = {result.eval_floor_ratio:.2f}x its matmul floor",
+        f"1000 samples = {result.eval_floor_ratio:.2f}x its matmul floor (eager, "
+        f"{EVAL_EXAMPLES} examples x {result.eval_samples} samples)",
         f"  files         {result.trace_path}, {result.table_path}, {result.summary_path}",
     ]
     return "\n".join(lines)

@@ -83,7 +83,7 @@ STACK_MODES = ("auto", "on", "off")
 def make_tasks(suite: Suite, variants: Sequence[Variant], options: RunOptions, *,
                cuda: bool) -> list[RunTask | StackTask]:
     """One task per run, except that with stacking (options.stack "on", or "auto" where
-    `cuda`: on a CPU a stack ran at 0.94-1.35x the speed of its runs one after another)
+    `cuda`: on a CPU a stack ran at 0.93-1.35x the speed of its runs one after another)
     compatible VAE-family variants (bench.families.stack.group) become one StackTask each."""
     if options.stack not in STACK_MODES:
         raise ValueError(f"unknown stack mode '{options.stack}' (known: {', '.join(STACK_MODES)})")
@@ -244,8 +244,10 @@ class _Outcome:
                    result.compiled, result.eval_compiled, error)
 
     @classmethod
-    def failure(cls, err: Exception) -> _Outcome:
-        return cls(error=f"{type(err).__name__}: {err}", trace=traceback.format_exc())
+    def failure(cls, err: BaseException, trace: str | None = None) -> _Outcome:
+        """A failed run: its error, and its traceback (default: the one being handled)."""
+        return cls(error=f"{type(err).__name__}: {err}",
+                   trace=traceback.format_exc() if trace is None else trace)
 
 
 class _RunLog:
@@ -321,8 +323,8 @@ def _execute_stack(task: StackTask, device: str, where: dict) -> list[Landed]:
                               on_epoch=lambda i, record, total: logs[i].epoch(record, total),
                               checkpointing=Checkpointing(checkpoint, task.checkpoint_every),
                               compile=task.compile)
-        outcomes = [_Outcome(error=f"{type(r.error).__name__}: {r.error}", trace=r.traceback)
-                    if isinstance(r, VariantFailure) else _Outcome.of(r) for r in results]
+        outcomes = [_Outcome.failure(r.error, r.traceback) if isinstance(r, VariantFailure)
+                    else _Outcome.of(r) for r in results]
     except Exception as err:  # the stack's training failed: its variants, not the grid
         outcomes = [_Outcome.failure(err)] * len(cfgs)
     for log, outcome in zip(logs, outcomes, strict=True):
@@ -409,16 +411,19 @@ def _run_on_ray(suite: Suite, variants: Sequence[Variant], options: RunOptions,
         remote = ray.remote(_execute_on_worker)
 
         def submit(task):  # a stack takes its members' GPU shares, at most one GPU
-            share = min(1.0, gpus * len(_variants(task))) if gpus else 0
+            n = len(_variants(task))
+            share = gpus if n == 1 else min(1.0, gpus * n)
             return remote.options(num_cpus=options.cpus_per_run, num_gpus=share,
                                   max_retries=options.retries,
                                   retry_exceptions=False).remote(task)
 
-        tasks = make_tasks(suite, variants, options, cuda=has_gpus)
+        # stacks pay only on a GPU: the runs' own (--gpus-per-run 0 keeps them on CPUs)
+        tasks = make_tasks(suite, variants, options, cuda=gpus > 0)
         pending = {submit(task): task for task in tasks}
         try:
             while pending:
-                progress.running = min(sum(len(_variants(t)) for t in pending.values()), slots)
+                # runs training: those of the first `slots` tasks waiting (in submission order)
+                progress.running = sum(len(_variants(t)) for t in list(pending.values())[:slots])
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 progress.refresh()
                 for ref in ready:

@@ -361,6 +361,10 @@ def export_runs(results: str | Path, suite: str, path: str | Path, *,
                 budget: str | None = None) -> Path:
     """Write the finished runs of `suite` (at `budget`, if given) as ONE Parquet file,
     atomically: a baseline to commit and compare against (`load_runs(path)` reads it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise BenchError(f"{path} is a directory: give the baseline's file name "
+                         f"(e.g. {path / (suite + '.parquet')})")
     runs = load_runs(results, suite=suite)
     if not runs.empty:
         runs = runs[runs["status"] == "finished"]
@@ -371,7 +375,6 @@ def export_runs(results: str | Path, suite: str, path: str | Path, *,
                          f"{f' at budget {budget!r}' if budget else ''} in {results}")
     rows = [{k: v for k, v in row.items() if not _isnan(v)} for row in
             runs.astype(object).where(runs.notna(), None).to_dict("records")]
-    path = Path(path)
     make_directory(path.parent, "export directory")
     _write_atomic(_table(rows, curves=False), path)
     return path

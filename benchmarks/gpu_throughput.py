@@ -74,7 +74,7 @@ class Measure:
     step_ms: float  # wall time of one step (of the stack, or of each process)
     kernels_per_step: float | None = None
     busy_fraction: float | None = None
-    compile_s: float = 0.0
+    compile_s: float | None = None  # not measured for processes
 
 
 @dataclass
@@ -256,8 +256,9 @@ def processes(case: Case, mode: str, n: int, device: torch.device, seconds: floa
     return steps * case.batch / wall, wall / (steps / n)
 
 
-def evaluation_speed(device: torch.device, compiled: bool) -> float:
-    """Seconds per test example per 1000 samples of the k_eval estimate (1-layer model)."""
+def evaluation_speed(device: torch.device, compiled: bool, examples: int = 64) -> float:
+    """Seconds per test example per 1000 samples of the k_eval estimate (1-layer model) on
+    `examples` test examples."""
     from bench.loop import make_generator
     from bench.metrics.likelihood import compiled_passes, evaluate
     from bench.models import build_model
@@ -265,7 +266,7 @@ def evaluation_speed(device: torch.device, compiled: bool) -> float:
     cfg = paper_config(Case(1, 20, 1))
     model = build_model(cfg, D).to(device)
     generator = make_generator(0, device)
-    x = torch.bernoulli(torch.full((64, D), 0.13, device=device), generator=generator)
+    x = torch.bernoulli(torch.full((examples, D), 0.13, device=device), generator=generator)
     passes = compiled_passes() if compiled else None
     evaluate(model, x, 5000, generator=generator, passes=passes)  # compiles, warms
     times = []
@@ -275,30 +276,36 @@ def evaluation_speed(device: torch.device, compiled: bool) -> float:
         evaluate(model, x, 5000, generator=generator, passes=passes)
         sync_device(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) / 64 / 5
+    return statistics.median(times) / examples / 5
 
 
 def project(report: Report, seeds: int = PAPER_SEEDS) -> dict:
     """Projected hours of iwae_table1 at budget paper with `seeds` seeds in each mode: the
     12 cells' runs one after another (alone), the seeds of a cell as processes sharing the
-    GPU, or as one stack; plus each run's k = 5000 estimate of the test set."""
+    GPU, or as one stack (measured with `seeds` runs; None otherwise, or when a cell's case
+    was not measured); plus each run's k = 5000 estimate of the test set, eager for mode
+    eager and compiled for the others (as --compile auto / off run it). Approximations: the
+    estimate's speed is the 1-layer model's for all 12 cells (the 2-layer cells' estimates
+    are longer), and the estimates of a cell's seeds count one after another, also where
+    the seeds themselves train at once."""
     from bench.suite import load_suite, resolve_suite_path
 
     suite = load_suite(resolve_suite_path("iwae_table1"), "paper")
     cells = [v.config for v in suite.variants if v.seed == suite.seeds[0]]
     by = {(m.case, m.setting, m.mode): m for m in report.measures}
-    eval_s = report.evaluation.get("eager_s_per_example_per_1000", math.nan)
-    eval_run = N_TEST * 5 * eval_s  # k_eval 5000 = 5 x 1000 samples per example
     out: dict[str, float | None] = {}
     for setting, modes in (("alone", ALONE_MODES), ("processes", PROCESS_MODES),
                            ("stacked", STACK_MODES)):
         for mode in modes:
+            kind = "eager" if mode == "eager" else "compiled"
+            eval_s = report.evaluation.get(f"{kind}_s_per_example_per_1000", math.nan)
+            eval_run = N_TEST * 5 * eval_s  # k_eval 5000 = 5 x 1000 samples per example
             total = 0.0
             for cfg in cells:
                 case = Case(len(cfg.latent), cfg.batch_size, cfg.k).name
                 steps = len(cfg.epoch_lrs()) * math.ceil(N_TRAIN / cfg.batch_size)
                 m = by.get((case, setting, mode))
-                if m is None:
+                if m is None or m.runs != (1 if setting == "alone" else seeds):
                     total = math.nan
                     break
                 # alone: seeds one after another; processes and stacks: the seeds at once
@@ -339,10 +346,10 @@ def run(args) -> Report:
         report.measures.append(measure)
         print(_line(measure), flush=True)
     if "evaluation" in args.settings:
-        report.evaluation = {"eager_s_per_example_per_1000": evaluation_speed(device, False)}
-        if device.type == "cuda":
-            report.evaluation["compiled_s_per_example_per_1000"] = evaluation_speed(device,
-                                                                                    True)
+        report.evaluation = {
+            f"{kind}_s_per_example_per_1000": evaluation_speed(device, compiled,
+                                                               args.eval_examples)
+            for kind, compiled in (("eager", False), ("compiled", True))}
     report.projection = project(report)
     report.seconds = time.perf_counter() - began
     return report
@@ -365,7 +372,7 @@ def markdown(report: Report) -> str:
         busy = "" if m.busy_fraction is None else f"{m.busy_fraction:.0%}"
         lines.append(f"| {m.case} | {m.setting} | {m.mode} | {m.runs} | "
                      f"{m.samples_per_s:,.0f} | {m.step_ms:.3f} | {kernels} | {busy} | "
-                     f"{m.compile_s:.1f} |")
+                     f"{'' if m.compile_s is None else f'{m.compile_s:.1f}'} |")
     if report.evaluation:
         lines += ["", "Test-set estimate: " + ", ".join(
             f"{k.split('_')[0]} {v * 1e3:.2f} ms per example per 1000 samples"
@@ -388,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{PAPER_SEEDS}: the seeds of a cell)")
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
+    parser.add_argument("--eval-examples", type=int, default=64,
+                        help="test examples the estimate's speed is timed on (default 64)")
     parser.add_argument("--no-two-layer", dest="two_layer", action="store_false",
                         help="skip the 2-layer cases (then no projection)")
     parser.add_argument("--settings", nargs="+",

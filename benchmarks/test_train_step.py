@@ -226,7 +226,7 @@ def test_iwae_evaluation_chunk(benchmark, device):
     of one pass per chunk (the estimate before slicing) over the sliced one."""
     from bench.metrics.cost import forward_flops_per_example
     from bench.metrics.likelihood import ROWS_PER_PASS, compiled_passes, evaluate
-    from bench.profile import measure_matmul_peak
+    from bench.profile import measure_matmul_peak, sync_device
 
     cfg = RunConfig(dataset="mnist")
     model = build_model(cfg, D).to(device)
@@ -245,8 +245,7 @@ def test_iwae_evaluation_chunk(benchmark, device):
         for _ in range(5):
             t0 = time.perf_counter()
             evaluate(model, x, 1000, **kwargs)
-            if device == "cuda":
-                torch.cuda.synchronize()
+            sync_device(device)
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
@@ -261,3 +260,53 @@ def test_iwae_evaluation_chunk(benchmark, device):
     whole = seconds(False, rows_per_pass=10**9)  # each chunk in one pass, as before slicing
     print(f"iwae evaluation ({device}, eager, one pass per chunk): {whole / floor:.2f}x the "
           f"floor, {whole / seconds(False):.2f}x the sliced estimate's time")
+
+
+@pytest.mark.parametrize("n", [4, 16])
+def test_stacked_over_sequential_ratio(benchmark, n):
+    """N same-shape variants (seeds) at batch 20, k = 1: one stacked step (vmap over the
+    stacked parameters, with the stack's per-variant draws, bench.families.stack) against
+    the N solo steps one after another, in alternating blocks; reported, no target (the
+    runner stacks only on CUDA; README and the --stack help quote these numbers)."""
+    from torch.func import stack_module_state
+
+    from bench.families.stack import stack_inputs, stacked_step
+
+    cfgs = [RunConfig(dataset="mnist", batch_size=20, seed=s) for s in range(n)]
+    models = [build_model(c, D) for c in cfgs]
+    params, buffers = stack_module_state(models)
+    optimizer = make_optimizer(params.values(), cfgs[0])
+    step = stacked_step(models[0], optimizer, cfgs[0], cfgs, params, buffers,
+                        torch.device("cpu"), compiled=False, steps_done=0)
+    generators = [make_generator(s, "cpu") for s in range(n)]
+    x_train = torch.bernoulli(torch.full((20, D), 0.13), generator=generators[0])
+    rows = [torch.arange(20)] * n
+
+    def stacked():
+        return step(*stack_inputs(models[0], cfgs[0], x_train, rows, generators,
+                                  binarized=False), 1.0)
+
+    solos = [stepper(20, 1, False) for _ in range(n)]
+
+    def sequential():
+        for solo in solos:
+            solo(x_train)
+
+    for _ in range(5):
+        stacked(), sequential()
+    ratios = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        for _ in range(5):
+            sequential()
+        t1 = time.perf_counter()
+        for _ in range(5):
+            stacked()
+        t2 = time.perf_counter()
+        ratios.append((t1 - t0) / (t2 - t1))
+    ratio = statistics.median(ratios)
+    benchmark.group = "stacked / sequential"
+    benchmark.extra_info.update(speedup=ratio, variants=n, threads=torch.get_num_threads())
+    benchmark.pedantic(stacked, rounds=3, iterations=1)
+    print(f"\nstack of {n} at batch 20, k 1: {ratio:.2f}x the {n} solo steps one after "
+          f"another ({torch.get_num_threads()} threads)")

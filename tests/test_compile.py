@@ -154,6 +154,27 @@ def test_a_resumed_optimizer_keeps_the_kernel_it_was_built_with():
     assert fused.param_groups[0]["fused"]
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_checkpoint_resumes_under_the_other_adam_kernel():
+    # Guards against: torch placing the loaded step counts by the saved kernel (CPU for
+    # eager Adam), so a compiled (fused) resume of an eager CUDA checkpoint fails at its
+    # first step, and an eager resume of a fused one syncs with the host every step.
+    from bench.optim import load_optimizer_state, make_optimizer
+
+    cfg = RunConfig(**TINY)
+    for saved_fused in (False, True):
+        model = build_model(cfg, 64).cuda()
+        saving = make_optimizer(model, cfg, fused=saved_fused)
+        model(torch.rand(4, 64, device="cuda"), 1).log_weights.sum().backward()
+        saving.step()
+        resumed = make_optimizer(model, cfg, fused=not saved_fused)
+        load_optimizer_state(resumed, saving.state_dict())
+        resumed.step()  # raised for the fused resume before the fix
+        step = resumed.state[next(model.parameters())]["step"]
+        assert step.device.type == ("cpu" if saved_fused else "cuda") and float(step) == 2
+
+
 def test_each_compile_has_its_own_graphs_and_compiles_whole():
     # Guards against: every trainer compiling the one closure code, whose graphs dynamo
     # keeps together: past its recompile_limit (8) configurations in one process (a reused
@@ -268,7 +289,10 @@ def test_cuda_graphed_steps_match_the_eager_ones():
         assert graphed.metrics()[key] == pytest.approx(eager.metrics()[key], abs=1e-4), key
     cfgs = [cfg.replace(seed=s) for s in (0, 1)]
     stacked = train_stack(cfgs, data, device="cuda", compile="auto")
-    assert stacked[0].metrics()["test_ll"] == pytest.approx(eager.metrics()["test_ll"],
-                                                            abs=1e-4)
-    for a, b in zip(stacked[0].curves, eager.curves, strict=True):
-        assert a.train_bound == pytest.approx(b.train_bound, abs=1e-4)
+    solos = [eager, train(cfgs[1], data, device="cuda")]
+    for variant, solo in zip(stacked, solos, strict=True):
+        assert variant.compiled and variant.eval_compiled
+        assert variant.metrics()["test_ll"] == pytest.approx(solo.metrics()["test_ll"],
+                                                             abs=1e-4)
+        for a, b in zip(variant.curves, solo.curves, strict=True):
+            assert a.train_bound == pytest.approx(b.train_bound, abs=1e-4)

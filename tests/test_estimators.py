@@ -129,6 +129,9 @@ def test_slicing_chunks_into_passes_leaves_the_estimate_unchanged(two_layers):
     for key in ("test_ll", "test_elbo", "rate", "distortion", "ess"):
         assert getattr(sliced, key) == pytest.approx(getattr(whole, key), rel=1e-12), key
     assert sliced.active_units_by_layer == whole.active_units_by_layer
+    # every unit of these models is active: a mean weighted by the wrong count (the first
+    # layer's one mean per example taken as k) scales their spread under the threshold
+    assert whole.active_units_by_layer == ([4, 3] if two_layers else [4])
 
 
 def test_analytic_kl_matches_monte_carlo():

@@ -94,5 +94,12 @@ def test_gate_spread_refuses_a_setting_without_a_finite_value(tmp_path):
     del got["avx2"]["vae"]
     with pytest.raises(SystemExit, match="setting avx2 has no finite test_ll for vae"):
         gate_spread.thresholds(got)
+    del got["avx2"]  # a setting not measured at all, a reference value that is NaN
+    with pytest.raises(SystemExit, match="setting avx2 has no finite test_ll for vae"):
+        gate_spread.thresholds(got)
+    with pytest.raises(SystemExit, match="setting reference has no finite test_ll"):
+        gate_spread.thresholds({**got, "reference": {"vae": {"test_ll": float("nan")}}})
+    with pytest.raises(SystemExit, match="not an object with a 'reference' setting"):
+        gate_spread.thresholds([1, 2])
     with pytest.raises(SystemExit, match="cannot read measurements"):
         gate_spread.main(["--load", str(tmp_path / "missing.json")])

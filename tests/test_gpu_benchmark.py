@@ -47,26 +47,57 @@ def test_it_measures_every_setting_end_to_end_on_the_cpu(tmp_path):
     assert all(m["samples_per_s"] > 0 for m in report["measures"])
 
 
+def test_its_compiled_settings_and_the_estimate_run_on_the_cpu(tmp_path):
+    # Guards against: the compiled stacked step (torch.compile's options, vmap under
+    # compile) or the eager and compiled estimates crashing only in the GPU session.
+    out = tmp_path / "gpu.json"
+    assert _module().main(["--device", "cpu", "--batches", "20", "--ks", "1", "--n", "2",
+                           "--modes", "compiled", "--seconds", "0.05", "--no-two-layer",
+                           "--settings", "alone", "stacked", "evaluation",
+                           "--eval-examples", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    # alone runs eager or graphed (CUDA only), so compiled is the stack's
+    assert {(m["setting"], m["mode"]) for m in report["measures"]} == {("stacked", "compiled")}
+    assert set(report["evaluation"]) == {"eager_s_per_example_per_1000",
+                                         "compiled_s_per_example_per_1000"}
+    assert all(v > 0 for v in report["evaluation"].values())
+
+
 def test_the_projection_is_steps_times_step_time_plus_the_estimates():
     # Guards against: seeds counted once where they run one after another (or N times where
     # they run at once), the schedule's 3280 epochs or the 3000 steps per epoch lost, the
-    # estimate left out. Every measured step takes 1 ms; the estimate 2 ms per example per
-    # 1000 samples: 10,000 examples x 5 x 2 ms = 100 s per run.
+    # estimate left out or the eager one used for compiled modes, another setting's or
+    # mode's step time used, a stack of another size taken for the seeds. Step times differ
+    # per setting and mode; the estimate takes 2 ms (eager) or 1 ms (compiled) per example
+    # per 1000 samples: 10,000 examples x 5 x 2 ms = 100 s per run (compiled: 50 s).
     gt = _module()
-    measures = [gt.Measure(gt.Case(layers, 20, k).name, setting, mode, 1, 1.0, 1.0)
+    step_ms = {("alone", "eager"): 1.0, ("alone", "graphed"): 0.5,
+               ("processes", "eager"): 2.0, ("processes", "graphed"): 1.5,
+               ("stacked", "eager"): 3.0, ("stacked", "compiled"): 2.5,
+               ("stacked", "graphed"): 0.25}
+    measures = [gt.Measure(gt.Case(layers, 20, k).name, setting, mode,
+                           1 if setting == "alone" else 3, 1.0, ms)
                 for layers in (1, 2) for k in (1, 5, 50)
-                for setting, modes in (("alone", gt.ALONE_MODES),
-                                       ("processes", gt.PROCESS_MODES),
-                                       ("stacked", gt.STACK_MODES)) for mode in modes]
-    report = gt.Report("test", "x", measures,
-                       evaluation={"eager_s_per_example_per_1000": 2e-3})
-    hours = gt.project(report)
+                for (setting, mode), ms in step_ms.items()]
+    evaluation = {"eager_s_per_example_per_1000": 2e-3,
+                  "compiled_s_per_example_per_1000": 1e-3}
+    hours = gt.project(gt.Report("test", "x", measures, evaluation=evaluation))
     steps = 3280 * 3000  # per run: the burda schedule at batch 20 on 60,000 images
     runs, cells = 36, 12
+    assert set(hours) == {f"{s}/{m}" for s, m in step_ms}
     assert hours["alone/eager"] == pytest.approx((runs * steps * 1e-3 + runs * 100) / 3600)
-    assert hours["stacked/graphed"] == pytest.approx((cells * steps * 1e-3 + runs * 100) / 3600)
-    # processes: a cell's seeds train at once, each at its own (measured) step time
-    assert hours["processes/eager"] == pytest.approx((cells * steps * 1e-3 + runs * 100)
+    assert hours["alone/graphed"] == pytest.approx((runs * steps * 0.5e-3 + runs * 50) / 3600)
+    # processes and stacks: a cell's seeds train at once, at the measured step time
+    assert hours["processes/eager"] == pytest.approx((cells * steps * 2e-3 + runs * 100)
                                                      / 3600)
-    missing = gt.project(gt.Report("test", "x", measures[:3]))
-    assert missing["alone/eager"] is None
+    assert hours["stacked/compiled"] == pytest.approx((cells * steps * 2.5e-3 + runs * 50)
+                                                      / 3600)
+    assert hours["stacked/graphed"] == pytest.approx((cells * steps * 0.25e-3 + runs * 50)
+                                                     / 3600)
+    # a case not measured, or stacks of 4 measured for 3 seeds: no projection
+    missing = gt.project(gt.Report("test", "x", measures[1:], evaluation=evaluation))
+    assert missing["alone/eager"] is None and missing["alone/graphed"] is not None
+    four = [gt.Measure(m.case, m.setting, m.mode, 4 if m.setting == "stacked" else m.runs,
+                       m.samples_per_s, m.step_ms) for m in measures]
+    other = gt.project(gt.Report("test", "x", four, evaluation=evaluation))
+    assert other["stacked/eager"] is None and other["alone/eager"] == hours["alone/eager"]

@@ -128,7 +128,7 @@ def _suite(cfgs) -> Suite:
 
 
 def test_auto_stacks_only_with_cuda_and_on_forces_it(tmp_path):
-    # Guards against: auto stacking on a CPU (measured 0.94-1.35x the speed of the runs one
+    # Guards against: auto stacking on a CPU (measured 0.93-1.35x the speed of the runs one
     # after another there: not worth a changed task layout), or never on a GPU
     suite = _suite([RunConfig(**TINY), RunConfig(**{**TINY, "seed": 1})])
     for mode, cuda, kinds in [("auto", False, [RunTask, RunTask]), ("auto", True, [StackTask]),

@@ -103,12 +103,16 @@ def measure(python: str) -> dict[str, dict[str, dict[str, float]]]:
 
 def thresholds(got: dict) -> list[dict]:
     """One row per (variant, metric) of the reference: value, spreads and threshold."""
+    if not isinstance(got, dict) or not isinstance(got.get("reference"), dict):
+        raise SystemExit("gate_spread: the measurements are not an object with a "
+                         "'reference' setting; nothing written")
     ref = got["reference"]
     machines = [n for n, _, _, s in SETTINGS if s == 0 and n != "reference"]
     seeds = [n for n, _, _, s in SETTINGS if s != 0]
     rows = []
     for variant, metrics in ref.items():
-        for metric, value in sorted(metrics.items()):
+        for metric in sorted(metrics):
+            value = _value(got, "reference", variant, metric)
             others = [_value(got, n, variant, metric) for n in machines]
             spread = max(abs(o - value) for o in others)
             by_seed = [value, *(_value(got, n, variant, metric) for n in seeds)]
@@ -117,14 +121,15 @@ def thresholds(got: dict) -> list[dict]:
             tol = max(FACTOR * spread, FLOOR * max(abs(value), 1.0))
             rows.append({"variant": variant, "metric": metric, "value": value,
                          "machine_spread": spread, "seed_sd": seed_sd, "tol": tol,
-                         "repeat_equal": got["repeat"][variant].get(metric) == value})
+                         "repeat_equal": _value(got, "repeat", variant, metric) == value})
     return rows
 
 
 def _value(got: dict, setting: str, variant: str, metric: str) -> float:
     """The metric of one setting's run; exits naming it when absent or not finite (a NaN
     would make max() order-dependent and --write pin a threshold too tight)."""
-    value = got[setting].get(variant, {}).get(metric)
+    runs = got.get(setting)
+    value = runs.get(variant, {}).get(metric) if isinstance(runs, dict) else None
     if value is None or not math.isfinite(value):
         raise SystemExit(f"gate_spread: setting {setting} has no finite {metric} for "
                          f"{variant} ({value}); nothing written")

@@ -75,8 +75,9 @@ def train_model(
         raise ValueError(f"'{family.name}' is a toy: run it with bench.families.run_toy")
     extra = {"compile": compile} if family.compiles else {}
     if not family.compiles and compile == "on":
+        compiling = ", ".join(f.name for f in FAMILIES if f.compiles)
         raise BenchError(f"model '{family.name}' runs its training loop eagerly: compile "
-                         "'on' applies to models lvm and m2 (use auto or off)")
+                         f"'on' applies to models {compiling} (use auto or off)")
     return family.trainer()(cfg, dataset, device=device, on_epoch=on_epoch,
                             checkpointing=checkpointing, **extra)
 

@@ -20,16 +20,16 @@ from bench.errors import BenchError
 #: CUDA run). Measured on 2 CPU cores (`make microbench`, the IWAE 1-layer model at MNIST
 #: size): compiling costs 5-13 s per shape cold (about 2 s from inductor's on-disk cache;
 #: an epoch's smaller last minibatch is a second shape) and the compiled step is 1.3-1.7x
-#: the eager one, saving 0.5-1 ms per step at batch 20-100, k = 1; so it pays from
-#: roughly 15,000-50,000 steps, and surely from 50,000.
+#: the eager one, saving 0.5-1 ms per step at batch 20-100, k = 1; so one or two shapes
+#: (5-26 s) pay from 5,000-52,000 steps, and 50,000 covers all but the slowest compile.
 COMPILE_MIN_STEPS = 50_000
 #: compile = "auto" compiles a CPU run's test-set estimate from this many test examples x
-#: k_eval samples (and every CUDA run's). Measured on 2 CPU cores, the MNIST model at
-#: k_eval 5000 (`make microbench` times k_eval 1000): the compiled estimate takes 3.1-3.9
-#: us per sample against eager's 4.3-6.2 (1 thread: 6.5 against 8.9), saving at least
-#: 1.2 us, and compiling its graphs (two to four, one per slice shape) costs 15-30 s cold;
-#: so it pays from 1-3 x 10^7: the paper's 10,000 x 5000 compiles, the cpu budget's
-#: 1000 x 1000 does not.
+#: k_eval samples (and every CUDA run's). Measured on 2 CPU cores, the MNIST model, eager
+#: and compiled side by side: 4.3-4.6 against 3.1-3.3 us per sample at k_eval 1000 (`make
+#: microbench`), 6.2 against 3.9 at k_eval 5000 (1 thread: 8.9 against 6.5), so compiling
+#: saves 1.2-2.4 us per sample; its graphs (two to four, one per slice shape) cost 15-30 s
+#: cold, which pays from 0.6-2.5 x 10^7 samples: the paper's 10,000 x 5000 compiles, the
+#: cpu budget's 1000 x 1000 does not.
 EVAL_COMPILE_MIN_SAMPLES = 10_000_000
 COMPILE_MODES = ("auto", "on", "off")
 

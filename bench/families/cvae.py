@@ -130,7 +130,13 @@ from bench.metrics.likelihood import DEFAULT_ROWS_PER_CHUNK
 from bench.models.fastmath import Tanh, bernoulli_log_prob
 from bench.models.init import init_authors
 from bench.models.lvm import ModelSample
-from bench.models.posteriors import LOG_2PI, ConditionalGaussian, gaussian_log_prob, mlp
+from bench.models.posteriors import (
+    LOG_2PI,
+    ConditionalGaussian,
+    draw_eps,
+    gaussian_log_prob,
+    mlp,
+)
 from bench.objectives import objective_for
 from bench.optim import loss_scale, make_optimizer
 
@@ -202,8 +208,7 @@ def _sample_gaussian(
     """k reparameterised draws (k, B, d) and log q at them (k, B); the standard normal noise
     `eps` (k, B, d) drawn here from `generator` unless given (`draw_noise`: the same draw)."""
     if eps is None:
-        eps = torch.randn((k, *mean.shape), generator=generator, device=mean.device,
-                          dtype=mean.dtype)
+        eps = draw_eps(mean, k, generator)
     z = mean + torch.exp(0.5 * logvar) * eps
     return z, -0.5 * (eps**2 + logvar + LOG_2PI).sum(-1)
 

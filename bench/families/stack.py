@@ -5,7 +5,7 @@ have parameters of the same shapes, so N of them train as one model whose every 
 has a leading variant axis (`torch.func.stack_module_state`), run through the model's own
 forward under `vmap(functional_call)`: one batched matmul per layer instead of N small ones,
 one Python loop, one optimiser step. On a GPU that is what keeps the device busy at batch 20;
-on a CPU it ran at 0.94-1.35x the speed of the variants one after another, so the runner
+on a CPU it ran at 0.93-1.35x the speed of the variants one after another, so the runner
 stacks only where CUDA is present (`--stack auto`).
 
 Each variant stays exactly its solo run, within float tolerance (batched matmuls sum in
@@ -57,7 +57,7 @@ from bench.loop import (
 )
 from bench.metrics.cost import PeakMemory
 from bench.models import LatentVariableModel, build_model
-from bench.objectives import ControlledCapacity, objective_for
+from bench.objectives import objective_for
 from bench.optim import load_optimizer_state, loss_scale, make_optimizer
 
 #: the config keys variants of one stack may differ in; every other key is shared
@@ -190,10 +190,11 @@ def train_stack(
     train_seconds = time.perf_counter() - start
 
     results: list[TrainResult | VariantFailure] = []
+    stacked = {**params, **buffers}
     for i, (cfg, model) in enumerate(zip(cfgs, models, strict=True)):
         with torch.no_grad():  # variant i's slice of the stack, back into its own model
             for name, tensor in (*model.named_parameters(), *model.named_buffers()):
-                tensor.copy_({**params, **buffers}[name][i])
+                tensor.copy_(stacked[name][i])
         try:  # one variant's failing evaluation must not cost the others theirs
             results.append(finish(cfg, dataset, model, device=device, curves=curves[i],
                                   train_seconds=train_seconds, diverged_epoch=diverged[i],
@@ -242,9 +243,9 @@ def stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
     base = copy.deepcopy(template).to("meta")  # the architecture; weights come from params
     betas = torch.tensor([c.beta for c in cfgs], device=device)
     gammas = torch.tensor([c.gamma for c in cfgs], device=device)
-    capacity = objective_for(cfg) if cfg.capacity_max > 0 else None
+    capacity = objective_for(cfg) if cfg.capacity_max > 0 else None  # a ControlledCapacity
     detach = cfg.kl_direction == "forward"
-    if isinstance(capacity, ControlledCapacity):
+    if capacity is not None:
         capacity.steps_done = steps_done
 
     def variant_loss(p, b, xb, x_in, noise, beta, gamma, target):

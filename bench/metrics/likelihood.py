@@ -32,9 +32,9 @@ DEFAULT_ROWS_PER_CHUNK = 32768
 #: 6.4 MB, for the MNIST decoder) stays in cache and is reused by the allocator. Measured
 #: on 2 CPU cores, MNIST-sized model, k_eval 1000, in a fresh process: 8.2 ms per example
 #: per 1000 samples with one 32768-row pass, 4.0-4.7 ms with 2048-row slices (1024: 5.0;
-#: 4096: 7.6 until glibc's allocator raises its mmap threshold, 4.5 after); compiled,
-#: 3.7-4.0 ms at 2048 to 8192. The estimate is the same to float rounding, the noise being
-#: the same.
+#: 4096: 7.6 until glibc's allocator raises its mmap threshold, 4.5 after); compiled
+#: (`compiled_passes`), 3.1-3.3 ms at 2048. The estimate is the same to float rounding
+#: (summed in another order), the noise being the same.
 ROWS_PER_PASS = 2048
 
 

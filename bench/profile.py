@@ -70,7 +70,9 @@ class ProfileResult:
     eval_samples: int = 0  # its min(k_eval, EVAL_SAMPLES)
 
 
-def sync_device(device: torch.device) -> None:
+def sync_device(device: torch.device | str) -> None:
+    """Wait for `device`'s queued kernels (a no-op on the CPU, whose kernels are synchronous)."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -87,7 +87,7 @@ def test_training_step(benchmark, batch, case, impl):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_step_overhead_ratio(benchmark, batch, case):
+def test_step_overhead_ratio(benchmark, batch, case, report):
     """Interleave both steps (A B A B ...) so machine drift hits both; median ratio ours/plain."""
     mine, reference = ours(*CASES[case]), plain(*CASES[case])
     for _ in range(5):  # warm-up
@@ -109,8 +109,8 @@ def test_step_overhead_ratio(benchmark, batch, case):
         threads=torch.get_num_threads(),
     )
     benchmark.pedantic(mine, args=(batch,), rounds=3, iterations=1)
-    print(f"\n{case}: median step ratio vaebench/plain = {ratio:.3f}, "
-          f"{BATCH / statistics.median(mine_times):,.0f} samples/s")
+    report(f"{case}: median step ratio vaebench/plain = {ratio:.3f}, "
+           f"{BATCH / statistics.median(mine_times):,.0f} samples/s")
     assert ratio < 1.15, f"vaebench's step is {ratio:.2f}x the plain PyTorch step"
 
 
@@ -136,7 +136,7 @@ def stepper(batch: int, k: int, compiled: bool, objective: str | None = None):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", list(COMPILE_CASES))
-def test_compiled_over_eager_ratio(benchmark, case, threads):
+def test_compiled_over_eager_ratio(benchmark, case, threads, report):
     """Alternate blocks of eager and compiled steps (10 E, 10 C, 10 E, ...) after compiling;
     report the median over blocks of the time ratio eager / compiled. Blocks, not single
     steps: a trainer runs one model step after step, and alternating two models' weights
@@ -148,14 +148,14 @@ def test_compiled_over_eager_ratio(benchmark, case, threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        ratio = _compiled_over_eager(benchmark, case, size, k)
+        ratio = _compiled_over_eager(benchmark, report, case, size, k)
     finally:
         torch.set_num_threads(before)
     if target is not None and threads == 1:
         assert ratio >= target, f"compiled step only {ratio:.2f}x the eager one at {case}"
 
 
-def _compiled_over_eager(benchmark, case: str, size: int, k: int) -> float:
+def _compiled_over_eager(benchmark, report, case: str, size: int, k: int) -> float:
     x = torch.bernoulli(torch.full((size, D), 0.13), generator=torch.Generator().manual_seed(0))
     eager, compiled = stepper(size, k, False), stepper(size, k, True)
     start = time.perf_counter()
@@ -179,9 +179,14 @@ def _compiled_over_eager(benchmark, case: str, size: int, k: int) -> float:
     benchmark.extra_info.update(speedup=ratio, compile_seconds=compile_seconds,
                                 threads=torch.get_num_threads())
     benchmark.pedantic(compiled, args=(x,), rounds=3, iterations=1)
-    print(f"\n{case}: compiled step {ratio:.2f}x the eager one "
-          f"(compiled in {compile_seconds:.1f}s, {torch.get_num_threads()} threads)")
+    report(f"{case}: compiled step {ratio:.2f}x the eager one "
+           f"(compiled in {compile_seconds:.1f}s, {_threads()})")
     return ratio
+
+
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread{'s' if n > 1 else ''}"
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -218,7 +223,7 @@ def test_training_step_by_posterior(benchmark, case, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_iwae_evaluation_chunk(benchmark, device):
+def test_iwae_evaluation_chunk(benchmark, device, report):
     """The evaluator on 100 test examples x k_eval 1000 (4 chunks of <= 32 examples, each
     in passes of ROWS_PER_PASS rows) and its distance from its floor, eager and compiled:
     the matmul FLOPs of 100 x 1000 forward samples at the float32 matmul peak measured now
@@ -254,16 +259,16 @@ def test_iwae_evaluation_chunk(benchmark, device):
         taken = seconds(compiled)
         benchmark.extra_info[f"floor_ratio_{'compiled' if compiled else 'eager'}"] = (
             taken / floor)
-        print(f"\niwae evaluation ({device}, {'compiled' if compiled else 'eager'}): "
-              f"{taken * 10:.2f} ms per example per 1000 samples, {taken / floor:.2f}x its "
-              f"matmul floor ({floor * 10:.2f} ms)")
+        report(f"iwae evaluation ({device}, {'compiled' if compiled else 'eager'}): "
+               f"{taken * 10:.2f} ms per example per 1000 samples, {taken / floor:.2f}x its "
+               f"matmul floor ({floor * 10:.2f} ms)")
     whole = seconds(False, rows_per_pass=10**9)  # each chunk in one pass, as before slicing
-    print(f"iwae evaluation ({device}, eager, one pass per chunk): {whole / floor:.2f}x the "
-          f"floor, {whole / seconds(False):.2f}x the sliced estimate's time")
+    report(f"iwae evaluation ({device}, eager, one pass per chunk): {whole / floor:.2f}x the "
+           f"floor, {whole / seconds(False):.2f}x the sliced estimate's time")
 
 
 @pytest.mark.parametrize("n", [4, 16])
-def test_stacked_over_sequential_ratio(benchmark, n):
+def test_stacked_over_sequential_ratio(benchmark, n, report):
     """N same-shape variants (seeds) at batch 20, k = 1: one stacked step (vmap over the
     stacked parameters, with the stack's per-variant draws, bench.families.stack) against
     the N solo steps one after another, in alternating blocks; reported, no target (the
@@ -308,5 +313,5 @@ def test_stacked_over_sequential_ratio(benchmark, n):
     benchmark.group = "stacked / sequential"
     benchmark.extra_info.update(speedup=ratio, variants=n, threads=torch.get_num_threads())
     benchmark.pedantic(stacked, rounds=3, iterations=1)
-    print(f"\nstack of {n} at batch 20, k 1: {ratio:.2f}x the {n} solo steps one after "
-          f"another ({torch.get_num_threads()} threads)")
+    report(f"stack of {n} at batch 20, k 1: {ratio:.2f}x the {n} solo steps one after "
+           f"another ({_threads()})")

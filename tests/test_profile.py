@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.profile import format_profile, measure_matmul_peak, profile_suite_variant
+from bench.profile import (
+    format_profile,
+    measure_matmul_peak,
+    profile_suite_variant,
+    sync_device,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +53,14 @@ def test_top_ops_and_rates(cpu_profile):
 
 def test_matmul_peak_small():
     assert measure_matmul_peak("cpu", size=128, reps=2) > 0
+
+
+def test_sync_device_takes_a_device_name():
+    """The microbenchmarks time on a parametrised device name ("cpu", "cuda"): a sync_device
+    that read `.type` off its argument failed `make microbench`'s estimate benchmark with an
+    AttributeError (no test runs the benchmarks)."""
+    sync_device("cpu")
+    sync_device(torch.device("cpu"))
 
 
 def test_unknown_variant_lists_known(tmp_path):

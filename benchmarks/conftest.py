@@ -1,0 +1,27 @@
+"""The microbenchmarks' side-by-side ratios (compiled / eager, ours / plain, the estimate's
+multiple of its floor, stacked / sequential) as a section at the end of `make microbench`'s
+output: pytest captures a passing test's prints, and pytest-benchmark's tables show each
+function's own times, not the ratios measured by alternating two of them in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+RATIOS = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report(request) -> Callable[[str], None]:
+    """report(line): print `line` in the session's "ratios measured side by side" section."""
+    lines = request.config.stash.setdefault(RATIOS, [])
+    return lines.append
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    lines = config.stash.get(RATIOS, [])
+    if lines:
+        terminalreporter.section("ratios measured side by side")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,6 +1,6 @@
 """GPU throughput of the VAE family's training step (issue 16, part 5).
 
-    python benchmarks/gpu_throughput.py [--out results/gpu_throughput.json]
+    .venv/bin/python benchmarks/gpu_throughput.py [--out results/gpu_throughput.json]
 
 On one CUDA device, for the IWAE paper's models at its protocol (bench suite iwae_table1,
 budget paper: BurdaAdam, batch 20) with batch 20 and 100 and k in {1, 5, 50} (1-layer; the
@@ -43,7 +43,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # a checkout without `pip install -e .` (the GPU machine)
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+try:
+    import torch
+except ModuleNotFoundError:  # a system Python: one line, not a traceback
+    sys.exit("gpu_throughput: this Python has no torch: run it with .venv/bin/python "
+             "(make install) or any Python with torch")
 
 from bench.profile import sync_device  # noqa: E402
 

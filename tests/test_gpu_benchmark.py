@@ -33,6 +33,18 @@ def test_without_cuda_it_says_so_and_exits_0():
     assert "no CUDA device here" in done.stdout
 
 
+def test_a_python_without_torch_gets_one_line():
+    # Guards against: `python benchmarks/gpu_throughput.py` with a system Python (no torch)
+    # answering with an import traceback.
+    blocked = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = [sys.argv[1]]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", blocked, str(SCRIPT)], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 1
+    assert done.stderr == ("gpu_throughput: this Python has no torch: run it with "
+                           ".venv/bin/python (make install) or any Python with torch\n")
+
+
 def test_it_measures_every_setting_end_to_end_on_the_cpu(tmp_path):
     # Guards against: a setting that crashes only when run (the GPU session has minutes, not
     # hours, to find out), processes that never meet at the barrier, a JSON not written.

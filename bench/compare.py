@@ -21,9 +21,10 @@ How a verdict is reached, per (suite, variant) and metric:
   which side lacks it. `missing` is reported but is not a regression.
 * A metric absent on both sides (no column, or no finite value for the variant) is skipped:
   it does not apply. Absent on one side only gives `not comparable`.
-* Metrics that measure the machine (throughput, memory) need the same single device
-  (`sys_device_name`) on both sides; otherwise `not comparable` with note "different
-  devices: X vs Y".
+* Metrics that measure the machine (throughput, memory) need the same single setup on both
+  sides: the device (`sys_device_name`) and the execution (`provenance.execution`: the
+  step and the estimate compiled or eager, solo or in a stack of N); otherwise `not
+  comparable` with note "different setups: X vs Y".
 * d = candidate mean - baseline mean, oriented so that positive is better. |d| below the
   threshold (absolute, or a fraction of |baseline mean| for relative metrics) is `unchanged`.
   Otherwise, with >= 2 values on each side, Welch's t-test decides: p < alpha gives
@@ -51,6 +52,7 @@ from bench.config import LATER_FIELDS
 from bench.errors import BenchError
 from bench.metrics import catalog
 from bench.metrics.catalog import Metric
+from bench.provenance import execution
 
 IMPROVED = "improved"
 UNCHANGED = "unchanged"
@@ -164,10 +166,20 @@ def _summary(values: pd.Series) -> tuple[np.ndarray, float, float, int]:
     return array, mean, std, n
 
 
-def _devices(rows: pd.DataFrame) -> list[str]:
-    if "sys_device_name" not in rows.columns:
-        return ["unknown"]
-    return sorted({"unknown" if _plain(v) is None else str(v) for v in rows["sys_device_name"]})
+def _setups(rows: pd.DataFrame) -> list[str]:
+    """The distinct machines and executions of rows, "device name (execution)": the
+    execution (provenance.execution) says whether the step and the estimate ran compiled
+    and whether the run trained in a stack."""
+    def column(name: str) -> Iterable[Any]:
+        return rows[name] if name in rows.columns else [None] * len(rows)
+
+    setups = set()
+    for name, step, estimate, size in zip(
+            column("sys_device_name"), column("sys_compiled"), column("sys_eval_compiled"),
+            column("sys_stack_size"), strict=True):
+        device = "unknown" if _plain(name) is None else str(name)
+        setups.add(f"{device} ({execution(_plain(step), _plain(estimate), _plain(size))})")
+    return sorted(setups)
 
 
 def _judge(rule: Metric, base: np.ndarray, cand: np.ndarray, alpha: float
@@ -260,12 +272,13 @@ def compare(
                                         note=f"no finite value in the {side}"))
                 continue
             if rule.machine:
-                b_dev, c_dev = _devices(base.rows), _devices(cand.rows)
-                if b_dev != c_dev or len(b_dev) > 1:
+                b_setup, c_setup = _setups(base.rows), _setups(cand.rows)
+                if b_setup != c_setup or len(b_setup) > 1:
                     verdicts.append(Verdict(
                         **common, **stats_, verdict=NOT_COMPARABLE, p_value=None,
                         test="none (machine-bound)",
-                        note=f"different devices: {', '.join(b_dev)} vs {', '.join(c_dev)}"))
+                        note=f"different setups: {', '.join(b_setup)} vs "
+                             f"{', '.join(c_setup)}"))
                     continue
             verdict, p, test, note = _judge(rule, b_vals, c_vals, alpha)
             verdicts.append(Verdict(**common, **stats_, verdict=verdict, p_value=p, test=test,

@@ -76,3 +76,18 @@ def collect(device) -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "pid": os.getpid(),
     }
+
+
+def execution(compiled: bool | None, eval_compiled: bool | None,
+              stack_size: int | None) -> str:
+    """How a stored run executed, from its sys_compiled, sys_eval_compiled and sys_stack_size
+    as plain values (None where a row lacks them: rows older than these columns ran eager
+    and solo): "eager", "compiled step", "compiled estimate" or "compiled step and
+    estimate", then ", stack of N" for a run trained in a stack. Its speed and memory
+    compare only with runs of the same execution (bench.compare); the report counts them."""
+    step, estimate = bool(compiled), bool(eval_compiled)
+    text = ("compiled step and estimate" if step and estimate else "compiled step" if step
+            else "compiled estimate" if estimate else "eager")
+    if stack_size is not None and stack_size > 1:
+        text += f", stack of {int(stack_size)}"
+    return text

@@ -20,11 +20,12 @@ NOISE = (0.0, 0.03, -0.02)
 
 
 def row(cfg: RunConfig, seed: int, *, test_ll: float, suite: str = "s1",
-        device: str = "cpu", status: str = "finished", **metrics) -> dict:
+        device: str = "cpu", status: str = "finished", prov: dict | None = None,
+        **metrics) -> dict:
     cfg = cfg.replace(seed=seed)
     return store.run_row(suite=suite, variant=cfg.label, config=cfg, status=status,
                          metrics={"test_ll": test_ll, **metrics},
-                         provenance={"device_name": device}, budget="smoke")
+                         provenance={"device_name": device, **(prov or {})}, budget="smoke")
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -135,13 +136,52 @@ def test_throughput_on_different_devices_is_not_comparable():
     cand = side(VAE, train_samples_per_s=500.0, device="cpu-b")
     verdicts = cmp.compare(frame(base), frame(cand))
     (tp,) = by_metric(verdicts, "metric_train_samples_per_s")
-    assert tp.verdict == "not comparable" and tp.note == "different devices: cpu-a vs cpu-b"
+    assert tp.verdict == "not comparable"
+    assert tp.note == "different setups: cpu-a (eager) vs cpu-b (eager)"
     assert not cmp.has_regression(verdicts)
     # several devices on one side is not comparable either
     mixed = [row(VAE, s, test_ll=-90.0, train_samples_per_s=1000.0, device=d)
              for s, d in enumerate(("cpu-a", "cpu-b", "cpu-a"))]
     (tp,) = by_metric(cmp.compare(frame(mixed), frame(mixed)), "metric_train_samples_per_s")
     assert tp.verdict == "not comparable"
+
+
+EAGER = {"compiled": False, "eval_compiled": False, "stack_size": 1}
+
+
+@pytest.mark.parametrize("execution, label", [
+    ({**EAGER, "compiled": True}, "compiled step"),
+    ({**EAGER, "eval_compiled": True}, "compiled estimate"),
+    ({**EAGER, "stack_size": 4}, "eager, stack of 4"),
+])
+def test_speed_of_another_execution_is_not_comparable(tmp_path, execution, label):
+    # Guards against: a run with --compile on or in a stack judged against an eager solo
+    # baseline on the same CPU, its speed-up reported as an improvement of the code (or a
+    # stack's per-run share as a regression), while its model metrics still count.
+    write(tmp_path / "base", side(VAE, train_samples_per_s=1000.0, prov=EAGER))
+    write(tmp_path / "cand", side(VAE, train_samples_per_s=1600.0, prov=execution))
+    verdicts = cmp.compare(cmp.load_side(tmp_path / "base"), cmp.load_side(tmp_path / "cand"))
+    (tp,) = by_metric(verdicts, "metric_train_samples_per_s")
+    assert (tp.verdict, tp.note) == ("not comparable",
+                                     f"different setups: cpu (eager) vs cpu ({label})")
+    (ll,) = by_metric(verdicts, "metric_test_ll")
+    assert ll.verdict == "unchanged"
+
+
+def test_rows_older_than_the_execution_columns_ran_eager_and_solo(tmp_path):
+    # Guards against: the committed baselines (written before sys_compiled existed; a store
+    # mixing them reads the column as null) counting as another setup, which would switch
+    # off the speed gate of `make regress`.
+    base = [row(VAE, s, test_ll=-90.0, train_samples_per_s=1000.0 + 10 * s) for s in range(3)]
+    cand = [row(VAE, s, test_ll=-90.0, train_samples_per_s=800.0 + 10 * s, prov=EAGER)
+            for s in range(3)]
+    write(tmp_path / "base", base)
+    write(tmp_path / "mixed", base[:1] + cand[1:])
+    write(tmp_path / "cand", cand)
+    verdicts = cmp.compare(cmp.load_side(tmp_path / "base"), cmp.load_side(tmp_path / "cand"))
+    (tp,) = by_metric(verdicts, "metric_train_samples_per_s")
+    assert tp.verdict == "regressed"
+    assert cmp._setups(cmp.load_side(tmp_path / "mixed")) == ["cpu (eager)"]
 
 
 def test_throughput_same_device_20_percent_slower_regresses():

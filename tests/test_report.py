@@ -303,6 +303,22 @@ def test_provenance_section(built):
     assert "2026-01-02 03:04 UTC to 2026-01-02 03:05 UTC" in md
 
 
+def test_provenance_counts_each_execution(tmp_path):
+    # Guards against: a report whose speed table mixes compiled, stacked and eager runs
+    # without saying so (the modes are not part of a run's identity), and rows older than
+    # the execution columns (read back as NaN beside newer rows) counted as compiled.
+    cfg = RunConfig(dataset="digits", epochs=1)
+    executions = [{}, {"compiled": False, "eval_compiled": False, "stack_size": 1},
+                  {"compiled": True, "eval_compiled": True, "stack_size": 4}]
+    for seed, extra in enumerate(executions):
+        store.write_run(tmp_path, store.run_row(
+            suite="s", variant="vae", config=cfg.replace(seed=seed), status="finished",
+            metrics={"test_ll": -30.0}, provenance={**PROVENANCE, **extra}, budget="cpu"))
+    items = dict(report.provenance_items(store.load_runs(tmp_path)))
+    assert sorted(items["execution"].split("; ")) == [
+        "compiled step and estimate, stack of 4 (1 runs)", "eager (2 runs)"]
+
+
 def test_ll_vs_k_plot_data_are_the_summary_means(results):
     runs = report.prepare_runs(store.load_runs(results, suite="grid"))
     summary = report.summarize_variants(runs, ["objective", "k", "beta"])

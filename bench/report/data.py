@@ -27,6 +27,7 @@ from bench.config import LATER_FIELDS
 from bench.errors import BenchError
 from bench.families.registry import FAMILIES, Family
 from bench.metrics import catalog
+from bench.provenance import execution
 from bench.report.values import _key, _mean_std, _missing, _num, _numeric, _py
 from bench.suite import Suite, load_suite, resolve_suite_path
 
@@ -400,7 +401,8 @@ def failure_rows(runs: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def provenance_items(runs: pd.DataFrame) -> list[tuple[str, str]]:
-    """(label, text) pairs: commits, versions, devices, hosts, resources, time range."""
+    """(label, text) pairs: commits, versions, devices, executions (compiled, stacked),
+    hosts, resources, time range."""
     n = len(runs)
 
     def counted(values: Iterable[Any]) -> str:
@@ -443,6 +445,12 @@ def provenance_items(runs: pd.DataFrame) -> list[tuple[str, str]]:
                      if s is not None and not _missing(s.iloc[i])]
             labels.append(": ".join(parts) if parts else "unknown")
         items.append(("devices", counted(labels)))
+    step, estimate, size = (column(name) for name in (
+        "sys_compiled", "sys_eval_compiled", "sys_stack_size"))
+    items.append(("execution", counted(
+        execution(*(None if values is None else _py(values.iloc[i])
+                    for values in (step, estimate, size)))
+        for i in range(n))))
     for name, label in (("sys_hostname", "hosts"), ("sys_platform", "platforms")):
         if column(name) is not None:
             items.append((label, counted(column(name))))

@@ -3,6 +3,7 @@ and a real two-node cluster joined with --address."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -124,6 +125,40 @@ beta = [1.0, 2.0]
     assert sorted(runs["run_id"]) == sorted(v.run_id for v in suite.variants)
     assert runs["sys_stack"].nunique() == 1 and set(runs["sys_stack_size"]) == {4}
     assert runs["sys_ray_node_id"].notna().all()
+
+
+ON_A_GPU_CLUSTER = """
+import json, sys
+from pathlib import Path
+
+import ray
+
+from bench import store
+from bench.runner import RunOptions, run_suite
+from bench.suite import load_suite
+
+# one logical GPU: Ray schedules GPU shares on it; without CUDA the runs train on the CPU
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
+         log_to_driver=False, object_store_memory=128 * 1024**2)
+suite, sizes = load_suite(Path(sys.argv[1])), {}
+for gpus in (0.0, None):
+    results = Path(sys.argv[2]) / str(gpus)
+    run_suite(suite, RunOptions(results=results, show_progress=False, gpus_per_run=gpus))
+    sizes[str(gpus)] = sorted(int(n) for n in store.load_runs(results)["sys_stack_size"])
+print(json.dumps(sizes))
+"""
+
+
+def test_auto_stacks_on_a_gpu_cluster_only_the_runs_that_get_gpus(tmp_path):
+    # Guards against: --stack auto deciding from the cluster's GPUs rather than the runs'
+    # own share, so `--gpus-per-run 0` on a GPU cluster stacked runs that train on CPUs
+    # (0.93-1.35x there); and a default share that never stacks on a GPU cluster.
+    path = write_suite(tmp_path, TINY.format(name="gpu", epochs=1))
+    done = subprocess.run([sys.executable, "-c", ON_A_GPU_CLUSTER, str(path),
+                           str(tmp_path / "r")], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"0.0": [1, 1], "None": [2, 2]}
 
 
 def test_a_killed_worker_is_retried_from_its_checkpoint(ray_session, tmp_path):

@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         "point for error rates, 5% for throughput; see the catalog) and, with at "
         "least 2 seeds on each side, a Welch t-test (p < 0.05); with fewer seeds the threshold "
         "alone decides and the table says so. Throughput and memory are only compared between "
-        "runs on the same device that executed alike (compiled or eager, solo or stacked). "
+        "runs on the same device that executed alike (compiled or eager, solo or stacked), "
+        "and a throughput only from runs timed over at least 1 s on average. "
         "Exit status: 1 if anything regressed, 0 otherwise, 2 on bad input.",
     )
     compare.add_argument("baseline", type=Path, help="results directory or .parquet file")

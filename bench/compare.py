@@ -24,7 +24,9 @@ How a verdict is reached, per (suite, variant) and metric:
 * Metrics that measure the machine (throughput, memory) need the same single setup on both
   sides: the device (`sys_device_name`) and the execution (`provenance.execution`: the
   step and the estimate compiled or eager, solo or in a stack of N); otherwise `not
-  comparable` with note "different setups: X vs Y".
+  comparable` with note "different setups: X vs Y". A rate (throughput) needs at least
+  MIN_TIMED_SECONDS of its wall time (the catalog's `timed_by`) on average on each side;
+  otherwise `not comparable`, "timed over T s: too short to judge a speed".
 * d = candidate mean - baseline mean, oriented so that positive is better. |d| below the
   threshold (absolute, or a fraction of |baseline mean| for relative metrics) is `unchanged`.
   Otherwise, with >= 2 values on each side, Welch's t-test decides: p < alpha gives
@@ -60,6 +62,9 @@ REGRESSED = "regressed"
 MISSING = "missing"
 NOT_COMPARABLE = "not comparable"
 VERDICTS = (REGRESSED, IMPROVED, UNCHANGED, MISSING, NOT_COMPARABLE)
+# a rate measured over less wall time than this (mean per side) is not judged: a smoke run's
+# 10 ms of training gave "regressed" and "unchanged" on two reruns of the same code
+MIN_TIMED_SECONDS = 1.0
 
 WELCH = "welch t-test"
 THRESHOLD_ONLY = "threshold only (fewer than 2 seeds)"
@@ -182,6 +187,17 @@ def _setups(rows: pd.DataFrame) -> list[str]:
     return sorted(setups)
 
 
+def _shortest_timing(rule: Metric, *sides: pd.DataFrame) -> float | None:
+    """The shorter of the two sides' mean wall times that `rule`'s rate was measured over
+    (its catalog record's timed_by), or None when it has none or a side lacks the column."""
+    if rule.timed_by is None:
+        return None
+    means = [_summary(rows[f"metric_{rule.timed_by}"])[1]
+             for rows in sides if f"metric_{rule.timed_by}" in rows.columns]
+    means = [m for m in means if math.isfinite(m)]
+    return min(means) if len(means) == len(sides) else None
+
+
 def _judge(rule: Metric, base: np.ndarray, cand: np.ndarray, alpha: float
            ) -> tuple[str, float | None, str, str]:
     """(verdict, p value, test, note) for two non-empty arrays of finite values."""
@@ -280,6 +296,14 @@ def compare(
                         note=f"different setups: {', '.join(b_setup)} vs "
                              f"{', '.join(c_setup)}"))
                     continue
+            shortest = _shortest_timing(rule, base.rows, cand.rows)
+            if shortest is not None and shortest < MIN_TIMED_SECONDS:
+                verdicts.append(Verdict(
+                    **common, **stats_, verdict=NOT_COMPARABLE, p_value=None,
+                    test="none (machine-bound)",
+                    note=f"timed over {shortest:.2g} s: too short to judge a speed "
+                         f"(at least {MIN_TIMED_SECONDS:g} s)"))
+                continue
             verdict, p, test, note = _judge(rule, b_vals, c_vals, alpha)
             verdicts.append(Verdict(**common, **stats_, verdict=verdict, p_value=p, test=test,
                                     note=note))

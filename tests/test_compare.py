@@ -184,6 +184,21 @@ def test_rows_older_than_the_execution_columns_ran_eager_and_solo(tmp_path):
     assert cmp._setups(cmp.load_side(tmp_path / "mixed")) == ["cpu (eager)"]
 
 
+@pytest.mark.parametrize("seconds, verdict", [(0.01, "not comparable"), (2.0, "regressed")])
+def test_a_rate_timed_too_briefly_is_not_judged(seconds, verdict):
+    # Guards against: `make regress SUITE=smoke` failing on a throughput timed over 10 ms of
+    # training (two reruns of the same code gave "regressed" and "unchanged"), and the
+    # floor switching off the gate of runs timed for seconds.
+    base = [row(VAE, s, test_ll=-90.0, train_samples_per_s=1000.0 + 10 * s,
+                train_seconds=seconds) for s in range(3)]
+    cand = [row(VAE, s, test_ll=-90.0, train_samples_per_s=800.0 + 10 * s,
+                train_seconds=seconds * 1.25) for s in range(3)]
+    (tp,) = by_metric(cmp.compare(frame(base), frame(cand)), "metric_train_samples_per_s")
+    assert tp.verdict == verdict
+    if verdict == "not comparable":
+        assert tp.note == "timed over 0.01 s: too short to judge a speed (at least 1 s)"
+
+
 def test_throughput_same_device_20_percent_slower_regresses():
     base = [row(VAE, s, test_ll=-90.0, train_samples_per_s=1000.0 + 10 * s) for s in range(3)]
     cand = [row(VAE, s, test_ll=-90.0, train_samples_per_s=800.0 + 10 * s) for s in range(3)]

@@ -43,6 +43,9 @@ class Metric:
     thousands: bool = False  # thousands separators (throughputs, memory)
     scale: float = 1.0  # shown value = stored value * scale (bytes -> MB)
     pattern: str | None = None  # regex of the bare names this record stands for
+    # a rate's wall time (bare name): `compare` judges the rate only from runs timed long
+    # enough (bench.compare.MIN_TIMED_SECONDS); a smoke run's 10 ms rate is noise
+    timed_by: str | None = None
 
     @property
     def judged(self) -> bool:
@@ -102,11 +105,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("flops_per_example", "training FLOPs per example", "FLOPs", digits=0,
            thousands=True),
     _machine("train_samples_per_s", "train ex/s", "ex/s", HIGHER, threshold=0.05, digits=0,
-             thousands=True),
+             thousands=True, timed_by="train_seconds"),
     _machine("eval_samples_per_s", "eval ex/s", "ex/s", HIGHER, threshold=0.05, digits=0,
-             thousands=True),
+             thousands=True, timed_by="eval_seconds"),
     _machine("train_flops_per_s", "GFLOP/s", "FLOP/s", HIGHER, threshold=0.05,
-             scale=1e-9),
+             scale=1e-9, timed_by="train_seconds"),
     _machine("peak_memory_bytes", "peak memory (MB)", "bytes", LOWER, threshold=0.1, digits=0,
              thousands=True, scale=1e-6),
     # wall times: recorded, not judged (the throughputs are the speed verdicts)

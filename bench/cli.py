@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -134,8 +135,8 @@ COMPILE_HELP = (
     "torch.compile each run's training step (models lvm, m2, cvae and conditional_nn; not "
     "part of a run's identity, recorded as sys_compiled): auto compiles on CUDA and from "
     "50,000 optimiser steps on a CPU, where compiling pays, and the test-set estimate on "
-    "CUDA and from 10^7 test examples x k_eval on a CPU (sys_eval_compiled); on compiles "
-    "both (default: auto)")
+    "CUDA and from 10^7 test examples x k_eval on a CPU (sys_eval_compiled; lvm only); on "
+    "compiles both (default: auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPUs reserved per run; also torch's thread count in it (default: 1)")
     run.add_argument("--gpus-per-run", type=float, default=None,
                      help=f"GPU fraction per run (default: {DEFAULT_GPU_FRACTION} when the "
-                     "cluster has GPUs, else 0)")
+                     "cluster has GPUs, else 0; 0 or at least 0.0001, Ray's finest share; "
+                     "above 0 on a cluster without GPUs is an error)")
     run.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                      help="only runs whose config has KEY=VALUE (repeatable; KEY may be 'name')")
     run.add_argument("--force", action="store_true",
@@ -207,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train variants that differ only in seed, beta or gamma (model lvm) "
                      "as one stacked model, one task per stack of up to 16; each still lands "
                      "as its own row and run_id, with sys_stack naming its stack: auto stacks "
-                     "where runs get GPUs (--gpus-per-run above 0; on a CPU a stack ran at "
-                     "0.93-1.35x the speed of its runs one after another), on forces it "
+                     "where runs get GPUs (--gpus-per-run above 0; on a CPU a stack, one task on "
+                     "one task's CPUs, ran at 0.93-1.35x the speed of its runs one after "
+                     "another, while solo runs fill every CPU slot), on forces it "
                      "(default: auto)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line")
     _add_skip_corrupt_flag(run)
@@ -390,7 +393,7 @@ def _add_skip_corrupt_flag(parser: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import store
     from bench.report import summary_text
-    from bench.runner import RunOptions, explain, plan, run_suite
+    from bench.runner import MIN_GPU_SHARE, RunOptions, explain, plan, run_suite
     from bench.suite import load_suite, resolve_suite_path
 
     for flag, value, low in (("--cpus-per-run", args.cpus_per_run, 1),
@@ -398,8 +401,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                              ("--checkpoint-every", args.checkpoint_every, 1)):
         if value < low:
             raise BenchError(f"{flag} must be >= {low}, got {value}")
-    if args.gpus_per_run is not None and args.gpus_per_run < 0:
-        raise BenchError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run}")
+    gpus = args.gpus_per_run
+    if gpus is not None and not (gpus == 0 or (math.isfinite(gpus) and gpus >= MIN_GPU_SHARE)):
+        raise BenchError(f"--gpus-per-run must be 0 or a finite share >= {MIN_GPU_SHARE:g} "
+                         f"(Ray's finest), got {gpus}")
     suite = load_suite(resolve_suite_path(args.suite), budget=args.budget)
     results = store.results_dir(args.results)
     if results.exists() and not results.is_dir():

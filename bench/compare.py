@@ -54,7 +54,7 @@ from bench.config import LATER_FIELDS
 from bench.errors import BenchError
 from bench.metrics import catalog
 from bench.metrics.catalog import Metric
-from bench.provenance import execution
+from bench.provenance import executions
 
 IMPROVED = "improved"
 UNCHANGED = "unchanged"
@@ -175,16 +175,9 @@ def _setups(rows: pd.DataFrame) -> list[str]:
     """The distinct machines and executions of rows, "device name (execution)": the
     execution (provenance.execution) says whether the step and the estimate ran compiled
     and whether the run trained in a stack."""
-    def column(name: str) -> Iterable[Any]:
-        return rows[name] if name in rows.columns else [None] * len(rows)
-
-    setups = set()
-    for name, step, estimate, size in zip(
-            column("sys_device_name"), column("sys_compiled"), column("sys_eval_compiled"),
-            column("sys_stack_size"), strict=True):
-        device = "unknown" if _plain(name) is None else str(name)
-        setups.add(f"{device} ({execution(_plain(step), _plain(estimate), _plain(size))})")
-    return sorted(setups)
+    names = rows["sys_device_name"] if "sys_device_name" in rows.columns else [None] * len(rows)
+    return sorted({f"{'unknown' if _plain(name) is None else name} ({how})"
+                   for name, how in zip(names, executions(rows), strict=True)})
 
 
 def _shortest_timing(rule: Metric, *sides: pd.DataFrame) -> float | None:
@@ -290,11 +283,11 @@ def compare(
             if rule.machine:
                 b_setup, c_setup = _setups(base.rows), _setups(cand.rows)
                 if b_setup != c_setup or len(b_setup) > 1:
+                    kind = "different" if b_setup != c_setup else "mixed"
                     verdicts.append(Verdict(
                         **common, **stats_, verdict=NOT_COMPARABLE, p_value=None,
                         test="none (machine-bound)",
-                        note=f"different setups: {', '.join(b_setup)} vs "
-                             f"{', '.join(c_setup)}"))
+                        note=f"{kind} setups: {', '.join(b_setup)} vs {', '.join(c_setup)}"))
                     continue
             shortest = _shortest_timing(rule, base.rows, cand.rows)
             if shortest is not None and shortest < MIN_TIMED_SECONDS:
@@ -390,7 +383,10 @@ def load_side(path: str | Path, *, skip_corrupt: bool = False) -> pd.DataFrame:
     path = Path(path).expanduser()
     if not path.exists():
         raise BenchError(f"no results at {path} (a results directory or a .parquet file)")
-    return store.load_runs(path, skip_corrupt=skip_corrupt)
+    runs = store.load_runs(path, skip_corrupt=skip_corrupt)
+    if runs.empty:  # a mistyped directory would compare as "all missing" and pass
+        raise BenchError(f"no runs in {path}: nothing to compare")
+    return runs
 
 
 def select_rules(metrics: Sequence[str] | None) -> tuple[Metric, ...] | None:

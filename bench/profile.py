@@ -68,6 +68,7 @@ class ProfileResult:
     eval_seconds_per_1000: float = 0.0
     eval_floor_ratio: float = 0.0
     eval_samples: int = 0  # its min(k_eval, EVAL_SAMPLES)
+    eval_examples: int = 0  # its min(test examples, EVAL_EXAMPLES)
 
 
 def sync_device(device: torch.device | str) -> None:
@@ -236,6 +237,7 @@ def profile_variant(
         matmul_peak_flops_per_s=peak, peak_fraction=fraction, label=label or cfg.label,
         eval_seconds_per_1000=eval_seconds, eval_floor_ratio=eval_floor,
         eval_samples=min(cfg.k_eval, EVAL_SAMPLES),
+        eval_examples=min(dataset.test.shape[0], EVAL_EXAMPLES),
     )
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
     summary.update(
@@ -322,7 +324,7 @@ def format_profile(result: ProfileResult, top: int = 8) -> str:
         f"= {result.peak_fraction * 100:.1f}% of peak",
         f"  evaluation    {result.eval_seconds_per_1000 * 1e3:.2f} ms per test example per "
         f"1000 samples = {result.eval_floor_ratio:.2f}x its matmul floor (eager, "
-        f"{EVAL_EXAMPLES} examples x {result.eval_samples} samples)",
+        f"{result.eval_examples} examples x {result.eval_samples} samples)",
         f"  files         {result.trace_path}, {result.table_path}, {result.summary_path}",
     ]
     return "\n".join(lines)

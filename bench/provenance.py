@@ -4,6 +4,7 @@ the runner import it without training anything)."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
@@ -91,3 +92,17 @@ def execution(compiled: bool | None, eval_compiled: bool | None,
     if stack_size is not None and stack_size > 1:
         text += f", stack of {int(stack_size)}"
     return text
+
+
+def executions(runs) -> list[str]:
+    """`execution` of each row of a DataFrame of stored runs (bench.store.load_runs); a
+    column it lacks, or a null in it (NaN beside newer rows), reads as None."""
+    def column(name: str) -> list:
+        if name not in runs.columns:
+            return [None] * len(runs)
+        return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                for v in runs[name]]
+
+    return [execution(*values) for values in zip(
+        column("sys_compiled"), column("sys_eval_compiled"), column("sys_stack_size"),
+        strict=True)]

@@ -3,7 +3,8 @@
     plan        which runs are cached (a finished row exists) and which must run
     explain     why: one line per run (the finished row it reuses, or what differs from the
                 stored rows of its variant and seed: the protocol, a config key, a status)
-    make_tasks  one task per run, or per stack of compatible variants (--stack: where CUDA is)
+    make_tasks  one task per run, or per stack of compatible variants (--stack: where runs
+                get GPUs)
     execute     one task, inside whatever process runs it: train, then a row per run (never
                 raises)
     run_suite   the driver: submit, collect as they finish, write each row at once
@@ -28,11 +29,13 @@ from pathlib import Path
 
 from bench import config as bench_config
 from bench import provenance, store
+from bench.errors import BenchError
 from bench.families.registry import FAMILIES
 from bench.suite import Suite, Variant, filter_variants
 
 OBJECT_STORE_BYTES = 256 * 1024**2  # embedded Ray: rows are tiny, no need for 30% of RAM
 DEFAULT_GPU_FRACTION = 0.25  # several small MLP runs share one GPU
+MIN_GPU_SHARE = 1e-4  # the finest fraction of a resource Ray schedules
 
 
 @dataclass(frozen=True)
@@ -81,14 +84,15 @@ STACK_MODES = ("auto", "on", "off")
 
 
 def make_tasks(suite: Suite, variants: Sequence[Variant], options: RunOptions, *,
-               cuda: bool) -> list[RunTask | StackTask]:
-    """One task per run, except that with stacking (options.stack "on", or "auto" where
-    `cuda`: on a CPU a stack ran at 0.93-1.35x the speed of its runs one after another)
-    compatible VAE-family variants (bench.families.stack.group) become one StackTask each."""
+               on_gpus: bool) -> list[RunTask | StackTask]:
+    """One task per run, except that with stacking (options.stack "on", or "auto" where the
+    runs train `on_gpus`) compatible VAE-family variants (bench.families.stack.group) become
+    one StackTask each. Not on CPUs: a stack trains on one task's CPUs at 0.93-1.35x the
+    speed of its runs one after another, while solo runs fill every CPU slot at once."""
     if options.stack not in STACK_MODES:
         raise ValueError(f"unknown stack mode '{options.stack}' (known: {', '.join(STACK_MODES)})")
     common = (options.results, options.cpus_per_run, options.checkpoint_every, options.compile)
-    if options.stack == "off" or (options.stack == "auto" and not cuda):
+    if options.stack == "off" or (options.stack == "auto" and not on_gpus):
         return [RunTask(suite.name, suite.budget, v, *common) for v in variants]
     from bench.families.stack import group
 
@@ -329,7 +333,9 @@ def _execute_stack(task: StackTask, device: str, where: dict) -> list[Landed]:
         outcomes = [_Outcome.failure(err)] * len(cfgs)
     for log, outcome in zip(logs, outcomes, strict=True):
         log.close(outcome, checkpoint)
-    if any(outcome.status != "failed" for outcome in outcomes):  # the training finished
+    # A rerun trains the failed variants only: with any variant landed that is another stack
+    # (another checkpoint), so this one goes; with all failed it is this stack, which resumes.
+    if any(outcome.status != "failed" for outcome in outcomes):
         checkpoint.unlink(missing_ok=True)
     prov = {**where, "stack": name, "stack_size": len(cfgs)}
     return [_landed(task, variant, outcome, device, prov, started, wall_start)
@@ -373,7 +379,8 @@ def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) ->
             if options.executor == "local":
                 import torch
 
-                for task in make_tasks(suite, to_run, options, cuda=torch.cuda.is_available()):
+                for task in make_tasks(suite, to_run, options,
+                                       on_gpus=torch.cuda.is_available()):
                     progress.running = len(_variants(task))
                     progress.refresh()
                     for landed in execute(task, device=None):
@@ -407,6 +414,9 @@ def _run_on_ray(suite: Suite, variants: Sequence[Variant], options: RunOptions,
         gpus = options.gpus_per_run
         if gpus is None:
             gpus = DEFAULT_GPU_FRACTION if has_gpus else 0
+        if gpus > 0 and not has_gpus:  # Ray would wait forever for a GPU, silently
+            raise BenchError(f"--gpus-per-run {gpus:g}: the Ray cluster has no GPUs "
+                             "(give 0, or join a cluster with GPUs with --address)")
         slots = max(1, int(resources.get("CPU", 1) // options.cpus_per_run))
         remote = ray.remote(_execute_on_worker)
 
@@ -418,7 +428,7 @@ def _run_on_ray(suite: Suite, variants: Sequence[Variant], options: RunOptions,
                                   retry_exceptions=False).remote(task)
 
         # stacks pay only on a GPU: the runs' own (--gpus-per-run 0 keeps them on CPUs)
-        tasks = make_tasks(suite, variants, options, cuda=gpus > 0)
+        tasks = make_tasks(suite, variants, options, on_gpus=gpus > 0)
         pending = {submit(task): task for task in tasks}
         try:
             while pending:

@@ -1,7 +1,8 @@
 """The microbenchmarks' side-by-side ratios (compiled / eager, ours / plain, the estimate's
 multiple of its floor, stacked / sequential) as a section at the end of `make microbench`'s
 output: pytest captures a passing test's prints, and pytest-benchmark's tables show each
-function's own times, not the ratios measured by alternating two of them in one process."""
+function's own times, not the ratios of two of them measured in one process (alternating
+blocks of each, or medians of back-to-back runs for the estimate)."""
 
 from __future__ import annotations
 

@@ -143,7 +143,8 @@ def test_throughput_on_different_devices_is_not_comparable():
     mixed = [row(VAE, s, test_ll=-90.0, train_samples_per_s=1000.0, device=d)
              for s, d in enumerate(("cpu-a", "cpu-b", "cpu-a"))]
     (tp,) = by_metric(cmp.compare(frame(mixed), frame(mixed)), "metric_train_samples_per_s")
-    assert tp.verdict == "not comparable"
+    assert (tp.verdict, tp.note) == ("not comparable", "mixed setups: cpu-a (eager), "
+                                     "cpu-b (eager) vs cpu-a (eager), cpu-b (eager)")
 
 
 EAGER = {"compiled": False, "eval_compiled": False, "stack_size": 1}
@@ -282,6 +283,11 @@ def test_metrics_filter_and_unknown_metric(tmp_path):
         cmp.run_compare(tmp_path / "base", tmp_path / "cand", metrics=["rate"])
     with pytest.raises(BenchError, match="no results"):
         cmp.run_compare(tmp_path / "nowhere", tmp_path / "cand")
+    # a mistyped but existing directory compared as "all missing" and exited 0 (make
+    # regress passing against nothing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BenchError, match="no runs in .*empty: nothing to compare"):
+        cmp.run_compare(tmp_path / "empty", tmp_path / "cand")
 
 
 def test_single_parquet_file_as_a_side(tmp_path):

@@ -72,8 +72,9 @@ def test_families_that_run_eagerly_refuse_compile_on():
 
 
 def test_m2s_pre_drawn_noise_is_the_noise_its_loss_would_draw():
-    # Guards against: M2's compiled step drawing the labelled batch's noise before the
-    # unlabelled one's, or in another shape (a compiled M2 would follow another stream).
+    # Guards against: M2's step (eager and compiled draw beforehand) drawing the labelled
+    # batch's noise before the unlabelled one's, or in another shape: another stream than
+    # the loss's own draws, which M2's runs followed before compiling existed.
     from bench.families.m2 import build_m2, draw_loss_noise, semi_supervised_loss
 
     model = build_m2(RunConfig(**{**TINY, "model": "m2", "labelled": 20}), 64)
@@ -82,7 +83,7 @@ def test_m2s_pre_drawn_noise_is_the_noise_its_loss_would_draw():
     kwargs = dict(n_total=100, n_labelled=20, alpha=0.1, k=2)
     drawn = semi_supervised_loss(model, x_u, x_l, y_l, generator=torch.Generator().manual_seed(1),
                                  **kwargs)
-    noise = draw_loss_noise(model, x_u, y_l, 2, torch.Generator().manual_seed(1))
+    noise = draw_loss_noise(model, x_u, x_l, y_l, 2, torch.Generator().manual_seed(1))
     given = semi_supervised_loss(model, x_u, x_l, y_l, noise=noise, **kwargs)
     assert torch.equal(drawn.loss, given.loss)
 

@@ -76,7 +76,7 @@ def test_the_check_names_each_kind_of_violation():
     assert gate.check({"a": {"x": 0.9, "y": 2.0}}, {"a": pins["a"]}) == []
 
 
-def test_gate_spread_refuses_a_setting_without_a_finite_value(tmp_path):
+def test_gate_spread_refuses_a_setting_without_a_finite_value(tmp_path, monkeypatch):
     # Guards against: a metric missing from (or NaN in) one setting's run entering max()
     # as NaN, which max() drops or keeps depending on order: --write would then pin a
     # threshold from the other settings alone, too tight. Also a missing --load file.
@@ -103,3 +103,18 @@ def test_gate_spread_refuses_a_setting_without_a_finite_value(tmp_path):
         gate_spread.thresholds([1, 2])
     with pytest.raises(SystemExit, match="cannot read measurements"):
         gate_spread.main(["--load", str(tmp_path / "missing.json")])
+    # hand-edited --load files: a value that is a string, a variant or its metrics not an
+    # object (TypeError and AttributeError tracebacks before)
+    with pytest.raises(SystemExit, match="setting avx2 has no finite test_ll for vae"):
+        gate_spread.thresholds({**got, "avx2": {"vae": {"test_ll": "-24"}}})
+    with pytest.raises(SystemExit, match="setting avx2 has no finite test_ll for vae"):
+        gate_spread.thresholds({**got, "avx2": {"vae": [1]}})
+    with pytest.raises(SystemExit, match="must map metric names to values"):
+        gate_spread.thresholds({**got, "reference": {"vae": 5}})
+    # a --json that cannot be written is refused before the 8 gate runs, not after them
+    monkeypatch.setattr(gate_spread, "measure", lambda python: pytest.fail("measured"))
+    with pytest.raises(SystemExit, match="not a file in an existing directory; nothing "
+                                         "measured"):
+        gate_spread.main(["--json", str(tmp_path / "no-such-dir" / "m.json")])
+    with pytest.raises(SystemExit, match="not a file in an existing directory"):
+        gate_spread.main(["--json", str(tmp_path)])

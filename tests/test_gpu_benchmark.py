@@ -60,8 +60,9 @@ def test_it_measures_every_setting_end_to_end_on_the_cpu(tmp_path):
 
 
 def test_its_compiled_settings_and_the_estimate_run_on_the_cpu(tmp_path):
-    # Guards against: the compiled stacked step (torch.compile's options, vmap under
-    # compile) or the eager and compiled estimates crashing only in the GPU session.
+    # Guards against: the compiled stacked step (vmap under compile, with the CPU's
+    # options; the CUDA ones only run on a GPU) or the eager and compiled estimates
+    # crashing only in the GPU session.
     out = tmp_path / "gpu.json"
     assert _module().main(["--device", "cpu", "--batches", "20", "--ks", "1", "--n", "2",
                            "--modes", "compiled", "--seconds", "0.05", "--no-two-layer",
@@ -79,26 +80,31 @@ def test_the_projection_is_steps_times_step_time_plus_the_estimates():
     # Guards against: seeds counted once where they run one after another (or N times where
     # they run at once), the schedule's 3280 epochs or the 3000 steps per epoch lost, the
     # estimate left out or the eager one used for compiled modes, another setting's or
-    # mode's step time used, a stack of another size taken for the seeds. Step times differ
-    # per setting and mode; the estimate takes 2 ms (eager) or 1 ms (compiled) per example
-    # per 1000 samples: 10,000 examples x 5 x 2 ms = 100 s per run (compiled: 50 s).
+    # mode's or case's step time used, a stack of another size taken for the seeds. Step
+    # times differ per setting and mode, and scale with the case (x layers x 1, 2 or 10 for
+    # k 1, 5, 50: the 12 cells, VAE and IWAE at each, weigh 2 x 3 x 13 = 78 base steps); the
+    # estimate takes 2 ms (eager) or 1 ms (compiled) per example per 1000 samples: 10,000
+    # examples x 5 x 2 ms = 100 s per run (compiled: 50 s).
     gt = _module()
     step_ms = {("alone", "eager"): 1.0, ("alone", "graphed"): 0.5,
                ("processes", "eager"): 2.0, ("processes", "graphed"): 1.5,
                ("stacked", "eager"): 3.0, ("stacked", "compiled"): 2.5,
                ("stacked", "graphed"): 0.25}
+    weight = {1: 1, 5: 2, 50: 10}
     measures = [gt.Measure(gt.Case(layers, 20, k).name, setting, mode,
-                           1 if setting == "alone" else 3, 1.0, ms)
+                           1 if setting == "alone" else 3, 1.0, ms * layers * weight[k])
                 for layers in (1, 2) for k in (1, 5, 50)
                 for (setting, mode), ms in step_ms.items()]
     evaluation = {"eager_s_per_example_per_1000": 2e-3,
                   "compiled_s_per_example_per_1000": 1e-3}
     hours = gt.project(gt.Report("test", "x", measures, evaluation=evaluation))
     steps = 3280 * 3000  # per run: the burda schedule at batch 20 on 60,000 images
-    runs, cells = 36, 12
+    runs, cells = 36, 78  # 3 seeds x 12 cells; the cells' summed weights
     assert set(hours) == {f"{s}/{m}" for s, m in step_ms}
-    assert hours["alone/eager"] == pytest.approx((runs * steps * 1e-3 + runs * 100) / 3600)
-    assert hours["alone/graphed"] == pytest.approx((runs * steps * 0.5e-3 + runs * 50) / 3600)
+    assert hours["alone/eager"] == pytest.approx((3 * cells * steps * 1e-3 + runs * 100)
+                                                 / 3600)
+    assert hours["alone/graphed"] == pytest.approx((3 * cells * steps * 0.5e-3 + runs * 50)
+                                                   / 3600)
     # processes and stacks: a cell's seeds train at once, at the measured step time
     assert hours["processes/eager"] == pytest.approx((cells * steps * 2e-3 + runs * 100)
                                                      / 3600)

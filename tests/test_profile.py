@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -49,6 +50,11 @@ def test_top_ops_and_rates(cpu_profile):
     assert 0 < cpu_profile.peak_fraction < 1.5
     text = format_profile(cpu_profile)
     assert "GFLOP/s" in text and "% of peak" in text and ops[0]["name"][:20] in text
+    assert "(eager, 32 examples x 20 samples)" in text  # smoke: 100 test images, k_eval 20
+    # a test set smaller than the 32 timed examples is timed, and printed, whole (the line
+    # said 32 whatever was timed)
+    few = format_profile(dataclasses.replace(cpu_profile, eval_examples=10))
+    assert "(eager, 10 examples x 20 samples)" in few
 
 
 def test_matmul_peak_small():

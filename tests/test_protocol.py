@@ -196,9 +196,9 @@ def test_cvae_and_m2_decoders_start_at_their_pixel_logits():
 # ------------------------------------------------------------------------ identity
 def test_run_ids_of_both_protocols_are_pinned(monkeypatch):
     # Protocol 1 hashed no version: its ids (those of the stores and baselines written before
-    # issue 13) are unchanged; protocol 2 changes every id.
-    assert RunConfig().run_id == "3246fd5efdf7b467"
-    assert '"protocol":2' in RunConfig().canonical_json()
+    # issue 13) are unchanged; every later protocol changes every id (2 was 3246fd5efdf7b467).
+    assert RunConfig().run_id == "a9aa99b6761ad534"
+    assert '"protocol":3' in RunConfig().canonical_json()
     monkeypatch.setattr(bench_config, "PROTOCOL", 1)
     assert RunConfig().run_id == "a22183d31700ebeb"
     assert "protocol" not in RunConfig().canonical_json()
@@ -231,11 +231,11 @@ def test_a_row_of_the_previous_protocol_is_not_served_as_cached(tmp_path, monkey
     to_run, cached = plan(_suite(cfg), tmp_path)
     assert [v.run_id for v in to_run] == [cfg.run_id] and cached == []
     why = explain(_suite(cfg), tmp_path, to_run)[cfg.run_id]
-    assert why.startswith(f"{old_id} is a result of protocol 1, this code is protocol 2")
+    assert why.startswith(f"{old_id} is a result of protocol 1, this code is protocol 3")
     _write(tmp_path, cfg)
     assert plan(_suite(cfg), tmp_path)[1] == [_suite(cfg).variants[0]]
     assert explain(_suite(cfg), tmp_path, _suite(cfg).variants)[cfg.run_id] == (
-        "finished row, protocol 2")
+        "finished row, protocol 3")
 
 
 def test_explain_names_a_changed_key_and_a_failed_row(tmp_path):

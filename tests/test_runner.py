@@ -270,6 +270,33 @@ def test_cli_run_dry_run_and_bad_suite(tmp_path, capsys):
     assert "smoke" in capsys.readouterr().err  # the error lists what exists
 
 
+@pytest.mark.parametrize("share", ["nan", "inf", "0.00001", "-1"])
+def test_cli_refuses_a_gpu_share_ray_cannot_schedule(tmp_path, capsys, share):
+    # Guards against: nan and 1e-5 reaching Ray's option checks (a ValueError traceback)
+    from bench.cli import main
+
+    assert main(["run", "smoke", "--budget", "smoke", "--gpus-per-run", share,
+                 "--results", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vaebench: error: --gpus-per-run must be 0 or a finite share >= 0.0001 (Ray's "
+        f"finest), got {float(share)}")
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_a_gpu_share_on_a_cluster_without_gpus_is_an_error_not_a_hang(tmp_path):
+    # Guards against: Ray waiting forever, silently (its warning is not logged to the
+    # driver), for a GPU that a cluster without GPUs never offers (a subprocess, so that the
+    # bug fails the test at its timeout instead of hanging the session)
+    done = subprocess.run([*VAEBENCH, "run", "smoke", "--budget", "smoke", "--gpus-per-run",
+                           "0.25", "--results", str(tmp_path / "r"), "--no-progress"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "vaebench: error: --gpus-per-run 0.25: the Ray cluster has no GPUs (give 0, or join "
+        "a cluster with GPUs with --address)")
+    assert store.load_runs(tmp_path / "r").empty
+
+
 def test_cli_reports_a_truncated_results_file_by_name(tmp_path, capsys):
     from bench.cli import main
 

@@ -133,7 +133,8 @@ def test_auto_stacks_only_with_cuda_and_on_forces_it(tmp_path):
     suite = _suite([RunConfig(**TINY), RunConfig(**{**TINY, "seed": 1})])
     for mode, cuda, kinds in [("auto", False, [RunTask, RunTask]), ("auto", True, [StackTask]),
                               ("on", False, [StackTask]), ("off", True, [RunTask, RunTask])]:
-        tasks = make_tasks(suite, suite.variants, RunOptions(tmp_path, stack=mode), cuda=cuda)
+        tasks = make_tasks(suite, suite.variants, RunOptions(tmp_path, stack=mode),
+                           on_gpus=cuda)
         assert [type(t) for t in tasks] == kinds, (mode, cuda)
 
 

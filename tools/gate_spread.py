@@ -107,6 +107,9 @@ def thresholds(got: dict) -> list[dict]:
         raise SystemExit("gate_spread: the measurements are not an object with a "
                          "'reference' setting; nothing written")
     ref = got["reference"]
+    if not all(isinstance(metrics, dict) for metrics in ref.values()):
+        raise SystemExit("gate_spread: each variant of the 'reference' setting must map "
+                         "metric names to values; nothing written")
     machines = [n for n, _, _, s in SETTINGS if s == 0 and n != "reference"]
     seeds = [n for n, _, _, s in SETTINGS if s != 0]
     rows = []
@@ -129,8 +132,10 @@ def _value(got: dict, setting: str, variant: str, metric: str) -> float:
     """The metric of one setting's run; exits naming it when absent or not finite (a NaN
     would make max() order-dependent and --write pin a threshold too tight)."""
     runs = got.get(setting)
-    value = runs.get(variant, {}).get(metric) if isinstance(runs, dict) else None
-    if value is None or not math.isfinite(value):
+    metrics = runs.get(variant) if isinstance(runs, dict) else None
+    value = metrics.get(metric) if isinstance(metrics, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+            or not math.isfinite(value):
         raise SystemExit(f"gate_spread: setting {setting} has no finite {metric} for "
                          f"{variant} ({value}); nothing written")
     return value
@@ -181,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return _child(args)
+    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
+        # checked before measuring: the 8 gate runs are not thrown away at the end
+        raise SystemExit(f"gate_spread: --json {args.json}: not a file in an existing "
+                         "directory; nothing measured")
     if args.load is not None:
         try:
             got = json.loads(args.load.read_text())

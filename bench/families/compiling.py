@@ -27,11 +27,16 @@ COMPILE_MIN_STEPS = 50_000
 #: k_eval samples (and every CUDA run's). Measured on 2 CPU cores, the MNIST model, eager
 #: and compiled side by side: 4.3-4.6 against 3.1-3.3 us per sample at k_eval 1000 (`make
 #: microbench`), 6.2 against 3.9 at k_eval 5000 (1 thread: 8.9 against 6.5), so compiling
-#: saves 1.2-2.4 us per sample; its graphs (two to four, one per slice shape) cost 15-30 s
-#: cold, which pays from 0.6-2.5 x 10^7 samples: the paper's 10,000 x 5000 compiles, the
+#: saves 1.0-2.4 us per sample; its graphs (two to four, one per slice shape) cost 15-30 s
+#: cold, which pays from 0.6-3 x 10^7 samples: the paper's 10,000 x 5000 compiles, the
 #: cpu budget's 1000 x 1000 does not.
 EVAL_COMPILE_MIN_SAMPLES = 10_000_000
 COMPILE_MODES = ("auto", "on", "off")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise BenchError(f"unknown compile mode '{mode}' (known: {', '.join(COMPILE_MODES)})")
 
 
 def should_compile(cfg: RunConfig, n_train: int, device: torch.device | str,
@@ -39,8 +44,7 @@ def should_compile(cfg: RunConfig, n_train: int, device: torch.device | str,
     """Whether a trainer compiles its step under compile `mode` (auto, on, off): auto on CUDA,
     and on a CPU from COMPILE_MIN_STEPS optimiser steps. Controlled capacity keeps Python
     state per step (its C), so it always runs eagerly and refuses "on"."""
-    if mode not in COMPILE_MODES:
-        raise BenchError(f"unknown compile mode '{mode}' (known: {', '.join(COMPILE_MODES)})")
+    _check_mode(mode)
     if mode == "off":
         return False
     if cfg.capacity_max > 0:
@@ -57,8 +61,7 @@ def should_compile_eval(samples: int, device: torch.device | str, mode: str) -> 
     """Whether the test-set estimate of `samples` test examples x k_eval runs compiled
     (bench.metrics.likelihood.evaluate) under compile `mode`: on CUDA under auto; on a CPU
     from EVAL_COMPILE_MIN_SAMPLES (and always under "on")."""
-    if mode not in COMPILE_MODES:
-        raise BenchError(f"unknown compile mode '{mode}' (known: {', '.join(COMPILE_MODES)})")
+    _check_mode(mode)
     if mode != "auto":
         return mode == "on"
     return torch.device(device).type == "cuda" or samples >= EVAL_COMPILE_MIN_SAMPLES

@@ -235,7 +235,7 @@ def semi_supervised_loss(model: M2, x_u: torch.Tensor, x_l: torch.Tensor, y_l: t
     """The minibatch estimate of J^alpha / N (module docstring) for an unlabelled batch x_u
     from the N = n_total training images and a labelled batch (x_l, y_l) from the n_labelled
     labelled ones. The noise of the unlabelled batch is drawn first, then the labelled one's;
-    `noise` (`draw_loss_noise`'s) replaces those draws (a compiled step)."""
+    `noise` (`draw_loss_noise`'s, as the trainer's step passes it) replaces those draws."""
     eps_u, eps_l = (None, None) if noise is None else noise
     unlabelled = -model.unlabelled_bound(x_u, k=k, generator=generator, eps=eps_u).mean()
     labelled = -model.labelled_bound(x_l, y_l, k=k, generator=generator, eps=eps_l).mean()
@@ -245,12 +245,13 @@ def semi_supervised_loss(model: M2, x_u: torch.Tensor, x_l: torch.Tensor, y_l: t
 
 
 # --------------------------------------------------------------------------- data
-def draw_loss_noise(model: M2, x_u: torch.Tensor, y_l: torch.Tensor, k: int,
-                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_loss_noise(model: M2, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor,
+                    k: int, generator: torch.Generator | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The noise `semi_supervised_loss` would draw from `generator`, drawn now in its order:
     the unlabelled batch's (k, classes, B_u, latent), then the labelled one's (k, B_l, latent)."""
     eps_u = model.noise((model.n_classes, x_u.shape[0]), k, generator, x_u)
-    return eps_u, model.noise(tuple(y_l.shape), k, generator, x_u)
+    return eps_u, model.noise(tuple(y_l.shape), k, generator, x_l)
 
 
 def balanced_labelled_subset(labels: torch.Tensor, n: int,
@@ -376,8 +377,9 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
     error on the labelled subset, and the analogy images. Model "classifier": the
     supervised-only baseline instead (`run_classifier`). `checkpointing` is accepted and
     unused: these runs are short and restart when retried. `compile` (auto, on, off;
-    bench.families.compiling): the loss and its backward as one torch.compile'd graph, the
-    noise drawn beforehand in the eager order (`draw_loss_noise`), Adam fused."""
+    bench.families.compiling): the loss and its backward as one torch.compile'd graph, Adam
+    fused; eager or compiled, the step draws its noise beforehand, in the order the loss
+    would draw it (`draw_loss_noise`)."""
     if cfg.model == "classifier":
         return run_classifier(cfg, dataset, device=device, on_epoch=on_epoch)
     _check(cfg)
@@ -396,12 +398,12 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
     start = time.perf_counter()
     steps = 0
 
-    def loss_of(x_u, x_l, y_l, noise=None) -> torch.Tensor:
+    def loss_of(x_u, x_l, y_l, noise) -> torch.Tensor:
         return semi_supervised_loss(model, x_u, x_l, y_l, n_total=n, n_labelled=n_lab,
-                                    alpha=cfg.alpha, k=cfg.k, generator=generator,
-                                    noise=noise).loss
+                                    alpha=cfg.alpha, noise=noise).loss  # k: the noise's axis 0
 
-    compiled_loss = compile_fresh(loss_of, compile_options(device)) if compiled else None
+    if compiled:
+        loss_of = compile_fresh(loss_of, compile_options(device))
 
     def step(rows: torch.Tensor) -> torch.Tensor:
         nonlocal steps
@@ -410,13 +412,10 @@ def run(cfg: RunConfig, dataset: Dataset, *, device: torch.device | str = "cpu",
         x_l, y_l = x_lab[pick], y_lab[pick]
         if dataset.binarized:
             x_u, x_l = binarize_dynamic(x_u, generator), binarize_dynamic(x_l, generator)
-        if compiled_loss is None:
-            loss = loss_of(x_u, x_l, y_l)
-        else:
-            if device.type == "cuda":  # a new iteration of the CUDA graph
-                torch.compiler.cudagraph_mark_step_begin()
-            loss = compiled_loss(x_u, x_l, y_l, draw_loss_noise(model, x_u, y_l, cfg.k,
-                                                                generator))
+        noise = draw_loss_noise(model, x_u, x_l, y_l, cfg.k, generator)  # the eager order
+        if compiled and device.type == "cuda":  # a new iteration of the CUDA graph
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = loss_of(x_u, x_l, y_l, noise)
         optimizer.zero_grad(set_to_none=True)
         (loss * loss_scale(cfg, rows.shape[0])).backward()
         optimizer.step()

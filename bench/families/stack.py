@@ -5,8 +5,9 @@ have parameters of the same shapes, so N of them train as one model whose every 
 has a leading variant axis (`torch.func.stack_module_state`), run through the model's own
 forward under `vmap(functional_call)`: one batched matmul per layer instead of N small ones,
 one Python loop, one optimiser step. On a GPU that is what keeps the device busy at batch 20;
-on a CPU it ran at 0.93-1.35x the speed of the variants one after another, so the runner
-stacks only where CUDA is present (`--stack auto`).
+on a CPU it ran at 0.93-1.35x the speed of the variants one after another, on one task's
+CPUs where solo runs would fill every CPU slot, so the runner stacks only where runs get
+GPUs (`--stack auto`).
 
 Each variant stays exactly its solo run, within float tolerance (batched matmuls sum in
 another order):

@@ -34,7 +34,8 @@ DEFAULT_ROWS_PER_CHUNK = 32768
 #: per 1000 samples with one 32768-row pass, 4.0-4.7 ms with 2048-row slices (1024: 5.0;
 #: 4096: 7.6 until glibc's allocator raises its mmap threshold, 4.5 after); compiled
 #: (`compiled_passes`), 3.1-3.3 ms at 2048. The estimate is the same to float rounding
-#: (summed in another order), the noise being the same.
+#: (summed in another order), the noise being the same; the last bits depend on this size,
+#: so changing it bumps bench.config.PROTOCOL (3 brought in these slices).
 ROWS_PER_PASS = 2048
 
 
@@ -108,9 +109,10 @@ def evaluate(
 ) -> TestMetrics:
     """Evaluate `model` on the test examples `x` (N, D) with k_eval importance samples each.
     The noise is drawn chunk by chunk (`rows_per_chunk` samples x examples, which fixes the
-    estimate) and goes through the model in slices of `rows_per_pass` (only the speed
-    depends on it), each by `passes` (default: eagerly; `compiled_passes()`: one
-    torch.compile'd graph per slice, the same noise, the estimate equal to float rounding)."""
+    estimate) and goes through the model in slices of `rows_per_pass` (the speed depends
+    on it, and the estimate's last bits: the order of the sum), each by `passes` (default:
+    eagerly; `compiled_passes()`: one torch.compile'd graph per slice, the same noise, the
+    estimate equal to float rounding)."""
     if k_eval < 1:
         raise ValueError(f"k_eval must be >= 1, got {k_eval}")
     was_training = model.training

@@ -9,13 +9,15 @@ with exp, sigmoid and log, which inductor's CPU code vectorises far more cheaply
     log Bernoulli(x; s(l))   = min(l, 0) - log(1 + exp(-|l|)) - (1 - x) l
 
 where the sum over pixels of log(1 + exp(-|l|)) is the log of products of 16 of its
-factors (each in (1, 2]), so one log per 16 pixels, and the gradient is written out,
+factors (each in (1, 2]), so one log per 16 pixels (8 or 4 where the pixel count is not a
+multiple of 16, as for the CVAE's hidden quadrants), and the gradient is written out,
 x - sigmoid(l) (autograd through the formula recomputes exp and divides).
 
 Measured on 2 CPU cores, the MNIST decoder on 2048 samples (its matmuls 4.7 ms at the
 matmul peak): compiled 7.6 ms with tanh and log1p, 5.7 ms with these formulas, 5.3 ms with
-the products. Each differs from torch's kernel by float rounding (the sum of 784
-log-probabilities by at most 2.5e-4 nats, as compiled against eager with torch's own).
+the products. Each differs from torch's kernel by float rounding: a few float32 ulps of the
+sum of 784 log-probabilities (1.2e-4 nats for unit-scale logits, 3.7e-4 for logits x 4 and
+sums near 1370 nats; torch's own kernels compiled differ from eager by as much, 4.9e-4).
 Imports torch only.
 """
 from __future__ import annotations

@@ -27,7 +27,7 @@ from bench.config import LATER_FIELDS
 from bench.errors import BenchError
 from bench.families.registry import FAMILIES, Family
 from bench.metrics import catalog
-from bench.provenance import execution
+from bench.provenance import executions
 from bench.report.values import _key, _mean_std, _missing, _num, _numeric, _py
 from bench.suite import Suite, load_suite, resolve_suite_path
 
@@ -445,12 +445,7 @@ def provenance_items(runs: pd.DataFrame) -> list[tuple[str, str]]:
                      if s is not None and not _missing(s.iloc[i])]
             labels.append(": ".join(parts) if parts else "unknown")
         items.append(("devices", counted(labels)))
-    step, estimate, size = (column(name) for name in (
-        "sys_compiled", "sys_eval_compiled", "sys_stack_size"))
-    items.append(("execution", counted(
-        execution(*(None if values is None else _py(values.iloc[i])
-                    for values in (step, estimate, size)))
-        for i in range(n))))
+    items.append(("execution", counted(executions(runs))))
     for name, label in (("sys_hostname", "hosts"), ("sys_platform", "platforms")):
         if column(name) is not None:
             items.append((label, counted(column(name))))

@@ -41,6 +41,11 @@ File format (every table but [suite] is optional)::
                                  # per string ("not checked: <what>" where unknown)
     code = ["..."]               # required, non-empty: differences from the authors' code (or
                                  # one entry saying that no code was published)
+                                 # Every entry says where its facts come from: "(read: Sec. 5,
+                                 # footnote 2)", "(read: examples/cvae/cvae.py, Encoder)" (a
+                                 # section, table, figure, footnote, equation, appendix or a
+                                 # file name.ext), "(measured: <how>)" for a number of ours, or
+                                 # "not checked: <what>"; a line with none of them is refused.
     source_code = "github owner/repo: files read"   # optional: what `code` was checked against
 
 Expansion: runs = (named variants, or one unnamed variant when there are none) x grid points
@@ -59,7 +64,10 @@ value, so a typo in `[budget.paper]` fails a `--budget smoke` run too. Each erro
 expansion resolving to the same run_id (a grid that collapses) are an error as well, as is a
 [[reference]] that matches no run at its budget. Protocol cards are checked the same way: a
 [[reference]] without `card` or naming an unknown card, a card with an empty or non-string
-`paper` or `code` list, and a card no [[reference]] uses are each a one-line error; a suite
+`paper` or `code` list, a card line that names no source (no "(read: <place>)", no
+"(measured: <how>)", no "not checked: <what>"; a "(read: ...)" must name a section, table,
+figure, footnote, equation, appendix or file), and a card no [[reference]] uses are each a
+one-line error; a suite
 without references needs no card. Reports show each reference's card under its row, so no
 published number appears without its list of known differences.
 
@@ -93,6 +101,15 @@ _SUITE_KEYS = ("name", "description", "default_budget", "seeds")
 _REFERENCE_KEYS = ("metric", "value", "source", "budget", "match", "note", "card")
 _CARD_KEYS = ("paper", "code", "source_code")
 _SLUG = re.compile(r"[a-z0-9_-]+")
+# What makes a card line sourced (issue 23): a "(read: <where>)" naming a place in a paper or
+# its code, a "(measured: <how>)" for a number we measured, or a "not checked: <what>".
+_NOT_CHECKED = re.compile(r"\bnot checked: *\w", re.IGNORECASE)
+# a place one can open: a section, table, figure, footnote, equation, appendix, algorithm,
+# page or abstract of a paper, or a file (name.ext) of its code or documentation
+_PLACE = re.compile(
+    r"\b(Sec\.|Section|Table|Fig\.|Figure|footnote|Eq\.|Eqn\.|Equation|Appendix|"
+    r"Algorithm|abstract|p\. ?\d)|\w\.(py|md|ipynb|rst|txt|toml|cfg|gin|json|yaml|lua)\b",
+    re.IGNORECASE)
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _MARK = "\x00where\x00"  # placeholder `where`, replaced once the culprit table is known
 
@@ -495,9 +512,45 @@ def _card(cname: str, entry: Any, where: str) -> Card:
                     f"{where}: {table} key '{key}' entry #{j} must be a non-empty string, "
                     f"got {_one_line(repr(item))}"
                 )
+            unsourced = _unsourced(item)
+            if unsourced:
+                raise BenchError(f"{where}: {table} key '{key}' entry #{j} {unsourced}")
         lists[key] = tuple(" ".join(item.split()) for item in items)
     source_code = _string(entry, "source_code", where, table) or ""
     return Card(cname, lists["paper"], lists["code"], source_code)
+
+
+def _unsourced(line: str) -> str:
+    """Why a card line does not say where its facts were read ("" when it does): every line
+    must cite "(read: <section, table, footnote, ... or file>)", report "(measured: <how>)" or
+    say "not checked: <what>" (issue 23: memory and silence are not sources)."""
+    places = _cited(line, "read")
+    vague = [p for p in places if not _PLACE.search(p)]
+    if vague:
+        return (f"cites (read: {vague[0]}) without a place: name the section, table, figure, "
+                f"footnote, equation or appendix, or the file (name.ext) it was read in")
+    if places or any(_cited(line, "measured")) or _NOT_CHECKED.search(line):
+        return ""
+    return ("names no source: cite where it was read as (read: <section, table, footnote or "
+            "file>), a number of ours as (measured: <how>), or write \"not checked: <what>\"; "
+            f"got {_one_line(line)[:80]!r}")
+
+
+def _cited(line: str, tag: str) -> list[str]:
+    """The texts of every "(<tag>: ...)" in `line`, parentheses inside them balanced (a
+    citation may name a call: "(read: datasets.py, binarized_mnist(n_validation=400))"); an
+    unclosed one runs to the end of the line."""
+    texts, start = [], line.find(f"({tag}:")
+    while start >= 0:
+        depth, end = 0, len(line)
+        for j in range(start, len(line)):
+            depth += {"(": 1, ")": -1}.get(line[j], 0)
+            if depth == 0:
+                end = j
+                break
+        texts.append(line[start + len(tag) + 2:end].strip())
+        start = line.find(f"({tag}:", end)
+    return texts
 
 
 def _reference(

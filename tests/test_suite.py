@@ -279,7 +279,7 @@ def test_shipped_run_ids_are_pinned_to_their_configs():
         ('[[reference]]\nmetric = "m"\nvalue = 1.0\nsource = "s"\nurl = "u"\n',
          ["unknown key 'url' in [[reference]] #1"]),
         ('[[reference]]\nmetric = "m"\nvalue = 1.0\nsource = "s"\nmatch = { k = 7 }\n'
-         'card = "c"\n[card.c]\npaper = ["p"]\ncode = ["c"]\n',
+         'card = "c"\n[card.c]\npaper = ["not checked: p"]\ncode = ["not checked: c"]\n',
          ["[[reference]] #1", "matches no run"]),
     ],
 )

@@ -57,9 +57,12 @@ quadrants, the output y the missing pixels; the given quadrants are Pyro's:
     Samples (10 test images each): "input (given quadrants)" with the hidden area at 0.5 grey,
     "prediction" (cvae: the decoder mean at one z from the prior network; conditional_nn: its
     probabilities; given pixels composited in), "truth".
-    Architecture differences from Pyro: its networks read 784-pixel images with the hidden
-    pixels set to -1 and emit 784 outputs of which the hidden ones are used; ours read and
-    emit only the pixels that carry information (the constant -1 inputs only shift biases).
+    Architecture differences from Pyro: its baseline reads the 784-pixel image with the
+    hidden pixels set to -1, and its baseline and generation network emit 784 outputs of
+    which the hidden ones are used; ours read and emit only the pixels that carry
+    information (the constant -1 inputs only shift biases). Pyro's prior and recognition
+    networks read all 784 pixels with the hidden ones filled by the baseline's guess or the
+    target (examples/cvae/cvae.py, Encoder.forward): the same values ours read, concatenated.
     Pyro's generation network reads z alone; ours reads (x, z) as in Sohn et al.'s p(y|x,z).
     Pyro's Gaussian heads emit log sigma; ours emit log sigma^2 (the same family).
 

@@ -55,7 +55,7 @@ mutants: install  ## run the mutation check (not in make test; ~10 min on 2 core
 	$(PY) tools/mutants.py $(ARGS)
 
 lint: install  ## ruff
-	$(VENV)/bin/ruff check bench tests benchmarks tools
+	$(VENV)/bin/ruff check bench tests benchmarks tools examples
 
 data: install  ## fetch and verify MNIST, generate the shapes grids, into $$VAEBENCH_DATA (default ~/.cache/vaebench)
 	$(VENV)/bin/vaebench data fetch mnist

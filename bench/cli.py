@@ -14,18 +14,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import plugins
+from bench.components import OBJECTIVES, POSTERIORS
 from bench.config import (
     IMAGE_DATASETS,
     LIKELIHOODS,
-    OBJECTIVES,
-    POSTERIORS,
     SCHEDULES,
     RunConfig,
     config_from_dict,
 )
 from bench.errors import BenchError, make_directory
 from bench.families.registry import FAMILIES
-from bench.runner import DEFAULT_GPU_FRACTION
+from bench.runner import DEFAULT_GPU_FRACTION, check_plugin_objectives
 
 # Help for every RunConfig field; the train command gets one flag per field.
 FIELD_HELP = {
@@ -37,9 +37,10 @@ FIELD_HELP = {
     "'200,200' or '200,200 100,100' (IWAE 2-layer)",
     "latent": "latent size per stochastic layer, bottom first, e.g. '50' or '100 50'",
     "likelihood": f"p(x|z): {', '.join(LIKELIHOODS)} (gaussian = N(f(z), I), no binarisation)",
-    "posterior": f"q(z|x) family: {', '.join(POSTERIORS)} (flows: planar, radial, IAF)",
-    "objective": f"{', '.join(OBJECTIVES)}: vae = mean of k ELBO terms (beta-weighted KL), "
-    "iwae = importance weighted bound",
+    "posterior": f"q(z|x) family: {', '.join(POSTERIORS.names())} (flows: planar, radial, "
+    "IAF; a plugin's posteriors too)",
+    "objective": f"{', '.join(OBJECTIVES.names())}: vae = mean of k ELBO terms (beta-weighted "
+    "KL), iwae = importance weighted bound (a plugin's objectives too)",
     "k": "samples per example in the training objective (>= 1)",
     "beta": "weight on the KL term for objective vae (>= 0; 0 = autoencoder, >1 = beta-VAE)",
     "analytic_kl": "closed-form Gaussian KL where it exists (else Monte Carlo)",
@@ -99,6 +100,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("variant (every field of the run config; defaults shown)")
     defaults = RunConfig()
     for f in dataclasses.fields(RunConfig):
+        if f.name == "params":
+            group.add_argument("--param", dest="params", action="append", default=[],
+                               metavar="KEY=VALUE", type=_param,
+                               help="a param of the objective, posterior or model (a "
+                               "plugin's hyperparameter), VALUE read as TOML (0.5, -inf, "
+                               "true, 'text'); repeatable; each is validated by the "
+                               "component that declares it")
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = f"{FIELD_HELP[f.name]} (default: {_show(default)})"
@@ -114,6 +123,25 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             kind = {int: int, float: float, str: str}.get(type(default), int)
             group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+
+def _param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. alpha=0.5, got {text!r}")
+    from bench.suite import parse_value
+
+    return key.strip(), parse_value(value.strip())
+
+
+PLUGIN_HELP = ("load a plugin: a module name or a path to a .py file with a register(api) "
+               "function (repeatable; installed plugins, entry-point group vaebench.plugins, "
+               "are always loaded)")
+
+
+def _add_plugin_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help=PLUGIN_HELP)
 
 
 def _int_list(text: str) -> list[int]:
@@ -155,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with k_eval importance samples. Metrics are in nats per example.",
     )
     _add_config_flags(train)
+    _add_plugin_flag(train)
     execution = train.add_argument_group("execution (not part of the variant's identity)")
     _add_device_flag(execution)
     execution.add_argument("--threads", type=int, default=None,
@@ -214,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "another, while solo runs fill every CPU slot), on forces it "
                      "(default: auto)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line")
+    _add_plugin_flag(run)
     _add_skip_corrupt_flag(run)
 
     report = commands.add_parser(
@@ -229,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="suite(s) to report (repeatable; default: every suite stored)")
     report.add_argument("--out", type=Path, default=None,
                         help="output directory (default: RESULTS/report)")
+    _add_plugin_flag(report)
     _add_skip_corrupt_flag(report)
 
     compare = commands.add_parser(
@@ -255,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "direction in bench.metrics.catalog), e.g. test_ll test_error")
     compare.add_argument("--format", choices=["md", "json"], default="md",
                          help="output format (default: md)")
+    _add_plugin_flag(compare)
     _add_skip_corrupt_flag(compare)
 
     baseline = commands.add_parser(
@@ -285,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--steps", type=int, default=20, help="profiled steps (default: 20)")
     profile.add_argument("--out", type=Path, default=Path("results/profile"),
                          help="output directory (default: results/profile)")
+    _add_plugin_flag(profile)
     _add_device_flag(profile)
 
     toy = commands.add_parser(
@@ -331,7 +364,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bench.loop import load_data
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    keys = [key for key, _ in args.params]
+    if len(set(keys)) != len(keys):
+        twice = next(key for key in keys if keys.count(key) > 1)
+        raise BenchError(f"--param {twice} is given twice")
+    values["params"] = dict(args.params)
     cfg = config_from_dict({k: v for k, v in values.items() if v is not None}, where="train")
+    check_plugin_objectives([cfg])
     device = _resolve_device(args.device)
     if args.threads is not None:
         if args.threads < 1:
@@ -526,6 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "compare": cmd_compare, "baseline": cmd_baseline, "profile": cmd_profile,
                 "toy": cmd_toy, "data": cmd_data_fetch}
     try:
+        # installed plugins and --plugin ones, before anything reads a registry
+        plugins.load(getattr(args, "plugin", []))
         return handlers[args.command](args)
     except BenchError as err:
         print(f"vaebench: error: {err}", file=sys.stderr)

@@ -74,7 +74,7 @@ def rules_for(columns: Iterable[str], *, machine: bool = True) -> tuple[Metric, 
     """The catalog records of the judged metrics among `columns` (stored `metric_*` columns,
     patterns instantiated), in catalog order; `machine=False` leaves out the metrics that
     measure the machine. Columns without a record are not judged."""
-    order = {m.name: i for i, m in enumerate(catalog.METRICS)}
+    order = {m.name: i for i, m in enumerate(catalog.CATALOG)}
     found = []
     for column in columns:
         if not str(column).startswith("metric_") or (record := catalog.find(column)) is None:

@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bench.components import BUILT_IN, OBJECTIVES, POSTERIORS, params_of
 from bench.errors import BenchError
 from bench.families.registry import FAMILIES
+from bench.plugins import plugin_identity
 
-OBJECTIVES = ("vae", "iwae")
 LIKELIHOODS = ("bernoulli", "gaussian")
-POSTERIORS = ("gaussian", "planar", "radial", "iaf")
 KL_DIRECTIONS = ("reverse", "forward")
 SCHEDULES = ("constant", "burda")
 ARCHITECTURES = ("mlp", "conv")
@@ -44,7 +44,9 @@ PROTOCOL = 3
 CONDITIONS = ("none", "label", "quadrants")
 IMAGE_DATASETS = ("digits", "mnist", "shapes", "shapes_small")  # loaded by bench.data
 # model families (`model`) and toys (`dataset`, experiments with known answers) are the
-# records of bench.families.registry.FAMILIES: FAMILIES.models(), FAMILIES.toys()
+# records of bench.families.registry.FAMILIES: FAMILIES.models(), FAMILIES.toys();
+# objectives and posteriors those of bench.components.OBJECTIVES and POSTERIORS. Each may
+# declare settings of its own (bench.components.Param): the config's `params` table.
 
 
 @dataclass(frozen=True)
@@ -141,27 +143,66 @@ class RunConfig:
     dci_train: int = 0
     dci_test: int = 0
 
+    # --- settings the config's objective, posterior or family declares for itself (a
+    # plugin's hyperparameters): (name, value) pairs sorted by name, every declared default
+    # applied. Given as a table (`params = { alpha = 0.5 }`, or `params.alpha` keys)
+    params: tuple[tuple[str, Any], ...] = ()
+
     def __post_init__(self) -> None:
         if self.schedule == "burda":  # the schedule fixes the epoch count; resolve it here
             object.__setattr__(self, "epochs", sum(e for e, _ in self.lr_stages()))
         _validate(self)
+        # the plugin code loaded now is part of the config's identity (a plugin file edited
+        # later makes new configs, never changes the run_id of this one)
+        object.__setattr__(self, "_plugin_code",
+                           {name: plugin_identity(name) for name in self.plugins()})
+
+    def param(self, name: str) -> Any:
+        """The value of one of the config's params (KeyError if it has none of that name)."""
+        return dict(self.params)[name]
+
+    def records(self) -> dict[str, Any]:
+        """What the config names, as registry records: {"objective 'vae'": ..., "posterior
+        'gaussian'": ..., "model 'lvm'": ...}; its params and plugins come from these."""
+        family = FAMILIES.of(self)
+        return {f"objective '{self.objective}'": OBJECTIVES.get(self.objective),
+                f"posterior '{self.posterior}'": POSTERIORS.get(self.posterior),
+                f"{'toy' if family.toy else 'model'} '{family.name}'": family}
+
+    def plugins(self) -> tuple[str, ...]:
+        """The plugins whose code this config runs (sorted names; none for vaebench's own)."""
+        return tuple(sorted({c.plugin for c in self.records().values()} - {BUILT_IN}))
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict[str, Any]:
-        """The resolved config as plain JSON-able values (lists for tuples)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The resolved config as plain JSON-able values (lists for tuples, a dict of
+        params)."""
+        values = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        values["params"] = dict(self.params)
+        return values
+
+    def flat_dict(self) -> dict[str, Any]:
+        """to_dict with each param as its own key "params.<name>" (the stored cfg_ columns,
+        suite axes and filters use this form)."""
+        values = self.to_dict()
+        return {**{k: v for k, v in values.items() if k != "params"},
+                **{f"{PARAMS_PREFIX}{k}": v for k, v in values["params"].items()}}
 
     def canonical_json(self) -> str:
-        """Sorted, compact JSON of what defines the experiment: the fields and the code's
-        `PROTOCOL` version. Fields added after the first release (`LATER_FIELDS`) are left out
-        while at their default, so adding a field that changes nothing keeps every run_id;
-        a change that moves results bumps `PROTOCOL`, which changes every run_id."""
+        """Sorted, compact JSON of what defines the experiment: the fields, the code's
+        `PROTOCOL` version and the identity (version, source digest) of every plugin whose
+        code the config runs, as loaded when the config was made. Fields added after the
+        first release (`LATER_FIELDS`) are left out while at their default, so adding a field
+        that changes nothing keeps every run_id; a change that moves results bumps
+        `PROTOCOL`, which changes every run_id."""
         values = self.to_dict()
         for name, default in LATER_FIELDS.items():
             if values[name] == default:
                 del values[name]
         if PROTOCOL > 1:  # protocol 1 hashed no version: its run_ids stay what they were
             values["protocol"] = PROTOCOL
+        if self._plugin_code:  # type: ignore[attr-defined]  # part of what the run computes
+            values["plugins"] = self._plugin_code  # type: ignore[attr-defined]
         return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -197,6 +238,8 @@ class RunConfig:
             parts.append(f"{self.init}init")
         if self.optimizer != "adam":
             parts.append(self.optimizer.replace("_", ""))
+        parts.extend(f"{name}{value:g}" if isinstance(value, float) else f"{name}{value}"
+                     for name, value in self.params)
         if self.model == "mixture":
             return f"mixture-K{self.components}"
         if self.model in ("cvae", "conditional_nn"):
@@ -221,8 +264,13 @@ class RunConfig:
         return config_from_dict({**self.to_dict(), **changes})
 
 
+PARAMS_PREFIX = "params."
+
+
 def config_from_dict(values: Mapping[str, Any], *, where: str = "config") -> RunConfig:
-    """Build a validated `RunConfig`; `where` prefixes error messages (e.g. a suite file name)."""
+    """Build a validated `RunConfig`; `where` prefixes error messages (e.g. a suite file name).
+    Params come as a `params` mapping, as "params.<name>" keys, or both (the keys win)."""
+    values = _gather_params(values, where)
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -250,7 +298,7 @@ LATER_FIELDS: dict[str, Any] = {
     "labelled": 0, "alpha": 0.1, "input_dropout": 0.0, "eval_inpainting": False,
     "architecture": "mlp", "capacity_max": 0.0, "capacity_steps": 0, "gamma": 1000.0,
     "optimizer": "adam", "init": "authors", "binarize": True, "validation_size": 0,
-    "patience": 0, "dci_estimator": "forest", "dci_train": 0, "dci_test": 0,
+    "patience": 0, "dci_estimator": "forest", "dci_train": 0, "dci_test": 0, "params": {},
 }
 
 
@@ -265,9 +313,7 @@ _FLOAT_FIELDS = {"beta", "lr", "adam_beta1", "adam_beta2", "adam_eps", "alpha", 
 _BOOL_FIELDS = {"analytic_kl", "eval_inpainting", "binarize"}
 _CHOICES = {
     "likelihood": LIKELIHOODS,
-    "posterior": POSTERIORS,
     "kl_direction": KL_DIRECTIONS,
-    "objective": OBJECTIVES,
     "schedule": SCHEDULES,
     "condition": CONDITIONS,
     "architecture": ARCHITECTURES,
@@ -299,7 +345,13 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise fail("true or false")
         return value
-    if key in _CHOICES or key in ("dataset", "model"):
+    if key == "params":
+        if isinstance(value, tuple):  # RunConfig.params itself (replace, pickles)
+            value = dict(value)
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise fail("a table of the params its objective, posterior or model declares")
+        return dict(value)
+    if key in _CHOICES or key in ("dataset", "model", "objective", "posterior"):
         if not isinstance(value, str):
             raise fail("a string")
         return value
@@ -320,13 +372,49 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _gather_params(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """`values` with its "params.<name>" keys folded into one `params` mapping."""
+    flat = {k[len(PARAMS_PREFIX):]: v for k, v in values.items()
+            if isinstance(k, str) and k.startswith(PARAMS_PREFIX)}
+    if not flat:
+        return dict(values)
+    out = {k: v for k, v in values.items() if not str(k).startswith(PARAMS_PREFIX)}
+    nested = _coerce("params", out.get("params", {}), where)
+    out["params"] = {**nested, **flat}
+    return out
+
+
+def _resolve_params(cfg: RunConfig) -> None:
+    """cfg.params checked against what its objective, posterior and family declare, each
+    value coerced, every declared default filled in; sorted (name, value) pairs."""
+    given = dict(cfg.params)
+    declared = params_of(cfg.records())
+    for name in sorted(given):
+        if name not in declared:
+            owners = [f"{kind} '{c.name}'" for kind, registry in (
+                ("objective", OBJECTIVES), ("posterior", POSTERIORS), ("model", FAMILIES))
+                for c in registry if any(p.name == name for p in c.params)]
+            mine = ", ".join(f"{owner} ({len(c.params)})" for owner, c in
+                             cfg.records().items() if c.params) or "none"
+            raise BenchError(
+                f"unknown param '{name}': "
+                + (f"it belongs to {' and '.join(owners)}, which this config does not use"
+                   if owners else "no objective, posterior or model declares it")
+                + f" (this config's components with params: {mine})")
+    resolved = {name: param.coerce(given.get(name, param.default), f"of {owner}")
+                for name, (owner, param) in declared.items()}
+    object.__setattr__(cfg, "params", tuple(sorted(resolved.items())))
+
+
 def _validate(cfg: RunConfig) -> None:
     choices = {**_CHOICES, "dataset": IMAGE_DATASETS + FAMILIES.toys(),
-               "model": FAMILIES.models()}
+               "model": FAMILIES.models(), "objective": OBJECTIVES.names(),
+               "posterior": POSTERIORS.names()}
     for key, known in choices.items():
         value = getattr(cfg, key)
         if value not in known:
             raise BenchError(f"unknown {key} '{value}' (known: {', '.join(known)})")
+    _resolve_params(cfg)
     positive = ("k", "epochs", "batch_size", "k_eval", "burda_stages")
     for key in positive:
         if getattr(cfg, key) < 1:
@@ -345,17 +433,20 @@ def _validate(cfg: RunConfig) -> None:
     if not 0.0 <= cfg.input_dropout < 1.0:
         raise BenchError(f"key 'input_dropout' must be in [0, 1), got {cfg.input_dropout:g}")
     FAMILIES.check(cfg)  # which family owns which key, and each family's own rules
-    if cfg.posterior == "gaussian" and cfg.flow_steps != 0:
-        raise BenchError("key 'flow_steps' needs a flow posterior (posterior 'gaussian' has none)")
-    if cfg.posterior != "gaussian" and cfg.flow_steps < 1:
+    if not POSTERIORS.get(cfg.posterior).flow and cfg.flow_steps != 0:
+        raise BenchError(f"key 'flow_steps' needs a flow posterior (posterior "
+                         f"'{cfg.posterior}' has none)")
+    if POSTERIORS.get(cfg.posterior).flow and cfg.flow_steps < 1:
         raise BenchError(f"key 'flow_steps' must be >= 1 for posterior '{cfg.posterior}'")
     if cfg.kl_direction == "forward" and (cfg.objective != "iwae" or cfg.posterior != "gaussian"):
         raise BenchError(
             "key 'kl_direction' = 'forward' needs objective 'iwae' (the decoder trains on the "
             "IWAE bound) and posterior 'gaussian' (log q at a fixed sample)"
         )
-    if cfg.objective == "iwae" and cfg.beta != 1.0:
-        raise BenchError("key 'beta' applies to objective 'vae' only (iwae needs beta = 1)")
+    if not OBJECTIVES.get(cfg.objective).uses_beta and cfg.beta != 1.0:
+        users = [f"'{o.name}'" for o in OBJECTIVES if o.uses_beta]
+        raise BenchError(f"key 'beta' applies to objective {' and '.join(users)} only "
+                         f"({cfg.objective} needs beta = 1)")
     if cfg.lr <= 0 or cfg.adam_eps <= 0:
         raise BenchError("keys 'lr' and 'adam_eps' must be > 0")
     if not (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1):

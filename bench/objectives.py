@@ -22,7 +22,9 @@ from collections.abc import Callable
 
 import torch
 
+from bench.components import BUILT_IN, OBJECTIVES
 from bench.config import RunConfig
+from bench.errors import BenchError
 from bench.models.lvm import ModelSample
 
 
@@ -101,18 +103,66 @@ def forward_kl_iwae_bound(sample: ModelSample) -> torch.Tensor:
     return decoder_bound + (wake_phi - wake_phi.detach())
 
 
+def make_vae(cfg: RunConfig, beta: float | torch.Tensor | None = None) -> Objective:
+    """The "vae" objective of the registry (bench.components.OBJECTIVES)."""
+    beta = cfg.beta if beta is None else beta
+    return lambda sample: vae_bound(sample, beta, cfg.analytic_kl)
+
+
+def make_iwae(cfg: RunConfig) -> Objective:
+    """The "iwae" objective of the registry (bench.components.OBJECTIVES)."""
+    return iwae_bound
+
+
 def objective_for(cfg: RunConfig, beta: float | torch.Tensor | None = None) -> Objective:
     """The per-example bound to maximise for this config. `beta`, if given, replaces
-    cfg.beta: a stack of variants (bench.families.stack) passes each variant's beta as a
-    tensor under vmap."""
-    beta = cfg.beta if beta is None else beta
+    cfg.beta (only objectives that use beta take it; the others have beta = 1)."""
+    return objective_builder(cfg)(beta)
+
+
+def objective_builder(cfg: RunConfig) -> Callable[[float | torch.Tensor | None], Objective]:
+    """beta -> the config's objective, its implementation resolved (imported) now: a stack
+    of variants (bench.families.stack) builds each variant's objective inside vmap and a
+    compiled graph, with its beta as a tensor, where nothing may import."""
     if cfg.kl_direction == "forward":
-        return forward_kl_iwae_bound
+        return lambda beta: forward_kl_iwae_bound
     if cfg.capacity_max > 0:
-        return ControlledCapacity(cfg.capacity_max, cfg.capacity_steps, cfg.gamma,
-                                  cfg.analytic_kl)
-    builders: dict[str, Callable[[], Objective]] = {
-        "vae": lambda: lambda s: vae_bound(s, beta, cfg.analytic_kl),
-        "iwae": lambda: iwae_bound,
-    }
-    return builders[cfg.objective]()
+        return lambda beta: ControlledCapacity(cfg.capacity_max, cfg.capacity_steps, cfg.gamma,
+                                               cfg.analytic_kl)
+    component = OBJECTIVES.get(cfg.objective)
+    make = component.load()
+    if component.uses_beta:
+        return lambda beta: make(cfg) if beta is None else make(cfg, beta=beta)
+    return lambda beta: make(cfg)
+
+
+def check_objective(cfg: RunConfig) -> None:
+    """Before any run starts: a plugin's objective, built for `cfg` and applied to a small
+    synthetic sample (k = cfg.k samples of 3 examples), must return one differentiable value
+    per example, a (3,) floating tensor. A BenchError names the plugin and what it returned.
+    (Its values may be anything: a bound that goes NaN in training is a diverged row.)"""
+    component = OBJECTIVES.get(cfg.objective)
+    if component.plugin == BUILT_IN or cfg.kl_direction == "forward" or cfg.capacity_max > 0:
+        return
+    who = f"plugin {component.plugin}: objective '{cfg.objective}'"
+    generator = torch.Generator().manual_seed(0)
+    parts = [torch.randn(cfg.k, 3, generator=generator, requires_grad=True) for _ in range(3)]
+    sample = ModelSample(log_px_given_z=parts[0] - 50.0, log_pz=parts[1] - 10.0,
+                         log_qz=parts[2] - 5.0, kl_analytic=None,
+                         z=[torch.randn(cfg.k, 3, 2, generator=generator)],
+                         z_means=[torch.zeros(1, 3, 2)])
+    try:
+        bound = objective_for(cfg)(sample)
+    except Exception as err:  # the plugin's own code: anything may go wrong
+        raise BenchError(f"{who} raised {type(err).__name__} on a sample of k = {cfg.k} "
+                         f"samples of 3 examples: {' '.join(str(err).split())}") from None
+    if not isinstance(bound, torch.Tensor):
+        raise BenchError(f"{who} returned {type(bound).__name__}, not a tensor: it must return "
+                         f"one value per example, shape (B,)")
+    if tuple(bound.shape) != (3,) or not bound.is_floating_point():
+        raise BenchError(
+            f"{who} returned a bound of shape {tuple(bound.shape)} ({bound.dtype}) for k = "
+            f"{cfg.k} samples of 3 examples: it must be (3,), one value per example")
+    if not bound.requires_grad:
+        raise BenchError(f"{who} returned a bound with no gradient (detached from the sample's "
+                         "log-densities): nothing would train")

@@ -19,6 +19,7 @@ reports.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 import time
@@ -28,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import config as bench_config
-from bench import provenance, store
+from bench import plugins, provenance, store
 from bench.errors import BenchError
 from bench.families.registry import FAMILIES
+from bench.plugins import Plugin
 from bench.suite import Suite, Variant, filter_variants
 
 OBJECT_STORE_BYTES = 256 * 1024**2  # embedded Ray: rows are tiny, no need for 30% of RAM
@@ -65,6 +67,7 @@ class RunTask:
     threads: int
     checkpoint_every: int
     compile: str = "auto"
+    plugins: tuple[Plugin, ...] = ()  # the plugins its run uses, with their source files
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class StackTask:
     threads: int
     checkpoint_every: int
     compile: str = "auto"
+    plugins: tuple[Plugin, ...] = ()
 
 
 STACK_MODES = ("auto", "on", "off")
@@ -92,17 +96,23 @@ def make_tasks(suite: Suite, variants: Sequence[Variant], options: RunOptions, *
     if options.stack not in STACK_MODES:
         raise ValueError(f"unknown stack mode '{options.stack}' (known: {', '.join(STACK_MODES)})")
     common = (options.results, options.cpus_per_run, options.checkpoint_every, options.compile)
+
+    def shipped(members: Sequence[Variant]) -> tuple[Plugin, ...]:
+        return plugins.shipment(name for v in members for name in v.config.plugins())
+
     if options.stack == "off" or (options.stack == "auto" and not on_gpus):
-        return [RunTask(suite.name, suite.budget, v, *common) for v in variants]
+        return [RunTask(suite.name, suite.budget, v, *common, shipped([v])) for v in variants]
     from bench.families.stack import group
 
     tasks: list[RunTask | StackTask] = []
     for members in group([v.config for v in variants]):
+        chosen = [variants[i] for i in members]
         if len(members) == 1:
-            tasks.append(RunTask(suite.name, suite.budget, variants[members[0]], *common))
+            tasks.append(RunTask(suite.name, suite.budget, chosen[0], *common,
+                                 shipped(chosen)))
         else:
-            tasks.append(StackTask(suite.name, suite.budget,
-                                   tuple(variants[i] for i in members), *common))
+            tasks.append(StackTask(suite.name, suite.budget, tuple(chosen), *common,
+                                   shipped(chosen)))
     return tasks
 
 
@@ -181,10 +191,33 @@ def _difference(row: dict, variant: Variant) -> str:
         return (f"{old} is a result of protocol {stored}, this code is protocol "
                 f"{bench_config.PROTOCOL} "
                 "(see bench.config.PROTOCOL): older code's results are not reused")
+    changed_plugins = _plugin_changes(row, variant)
+    if changed_plugins:
+        return (f"{old} is a result of other plugin code: {'; '.join(changed_plugins)}: "
+                "results of other code are not reused")
     changed = [f"{key} {_show(row.get(f'cfg_{key}'))} -> {_show(value)}"
-               for key, value in variant.config.to_dict().items()
+               for key, value in variant.config.flat_dict().items()
                if _show(row.get(f"cfg_{key}")) != _show(value)]
     return f"{old} has another config: {', '.join(changed) or 'a key this code adds'}"
+
+
+def _plugin_changes(row: dict, variant: Variant) -> list[str]:
+    """"plugin X changed (version 0.1.0 -> 0.2.0, code a1b2c3d4e5f6 -> ...)" for each plugin
+    whose stored identity (sys_plugins) is not the one this run would use."""
+    text = row.get("sys_plugins")
+    stored = json.loads(text) if isinstance(text, str) and text else {}
+    out = []
+    for name in variant.config.plugins():
+        now, then = plugins.plugin_identity(name), stored.get(name)
+        if then is None:
+            out.append(f"plugin {name} was not used")
+        elif then != now:
+            parts = [f"version {then['version'] or '-'} -> {now['version'] or '-'}"
+                     if then["version"] != now["version"] else "",
+                     f"code {then['digest'][:12]} -> {now['digest'][:12]}"
+                     if then["digest"] != now["digest"] else ""]
+            out.append(f"plugin {name} changed ({', '.join(p for p in parts if p)})")
+    return out
 
 
 def _show(value) -> str:
@@ -362,6 +395,7 @@ def _landed(task, variant: Variant, outcome: _Outcome, device: str, extra: dict,
 def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) -> RunSummary:
     """Run every selected, not yet finished run of `suite`; each result is stored as it lands."""
     to_run, cached = plan(suite, options.results, filters, options.force, options.skip_corrupt)
+    check_plugin_objectives([v.config for v in to_run])
     summary = RunSummary(total=len(to_run) + len(cached), cached=len(cached))
     progress = Progress(summary, enabled=options.show_progress)
     by_run_id = {v.run_id: v for v in to_run}
@@ -390,6 +424,19 @@ def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) ->
         except KeyboardInterrupt:
             summary.interrupted = True
     return summary
+
+
+def check_plugin_objectives(configs: Sequence[bench_config.RunConfig]) -> None:
+    """Each plugin objective the configs use, tried on a synthetic sample before any run
+    starts (bench.objectives.check_objective): a bound of the wrong shape is one line."""
+    tried: set[tuple] = set()
+    for cfg in configs:
+        key = (cfg.objective, cfg.params, cfg.k, cfg.kl_direction, cfg.capacity_max)
+        if cfg.plugins() and key not in tried:
+            from bench.objectives import check_objective
+
+            check_objective(cfg)
+            tried.add(key)
 
 
 def _variants(task: RunTask | StackTask) -> tuple[Variant, ...]:
@@ -443,6 +490,9 @@ def _run_on_ray(suite: Suite, variants: Sequence[Variant], options: RunOptions,
                     except ray.exceptions.RayError as err:  # worker died more than `retries` times
                         landed = [Landed(_lost_worker_row(task, v, err), [], [])
                                   for v in _variants(task)]
+                    if isinstance(landed, PluginFailure):
+                        landed = [Landed(_plugin_failure_row(task, v, landed), [], [])
+                                  for v in _variants(task)]
                     for one in landed:
                         land(one)
         except KeyboardInterrupt:
@@ -454,14 +504,36 @@ def _run_on_ray(suite: Suite, variants: Sequence[Variant], options: RunOptions,
             ray.shutdown()
 
 
-def _execute_on_worker(task: RunTask | StackTask) -> list[Landed]:
+@dataclass(frozen=True)
+class PluginFailure:
+    """What a worker returns when it cannot load a plugin its task uses (the driver, which
+    has the plugin, writes the failed rows)."""
+
+    message: str
+    node: str
+
+
+def _execute_on_worker(task: RunTask | StackTask) -> list[Landed] | PluginFailure:
     import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    try:
+        plugins.ensure(task.plugins)  # a worker process has only what the task brings
+    except BenchError as err:
+        return PluginFailure(str(err), node)
     import torch
 
     gpu_ids = ray.get_gpu_ids()
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
-    node = ray.get_runtime_context().get_node_id()
     return execute(task, device=device, where={"ray_node_id": node})
+
+
+def _plugin_failure_row(task: RunTask | StackTask, variant: Variant,
+                        failure: PluginFailure) -> dict:
+    return store.run_row(
+        suite=task.suite, variant=variant.name, config=variant.config, status="failed",
+        metrics={}, provenance={**provenance.code_version(), "ray_node_id": failure.node},
+        error=f"worker could not load a plugin: {failure.message}", budget=task.budget)
 
 
 def _lost_worker_row(task: RunTask | StackTask, variant: Variant, err: Exception) -> dict:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import re
@@ -47,6 +48,7 @@ import pyarrow.parquet as pq
 from bench import config as _config
 from bench.config import RunConfig
 from bench.errors import BenchError, make_directory
+from bench.plugins import plugin_identity
 
 try:  # POSIX; without it (Windows) writes stay atomic but the finished-row check is not locked
     import fcntl
@@ -155,9 +157,12 @@ def run_row(
         "schema_version": SCHEMA_VERSION,
         "protocol": _config.PROTOCOL,  # part of the run_id; rows before protocol 2 lack it
     }
-    row.update({f"cfg_{key}": value for key, value in config.to_dict().items()})
+    row.update({f"cfg_{key}": value for key, value in config.flat_dict().items()})
     row.update({f"metric_{key}": _plain(value) for key, value in metrics.items()})
     row.update({f"sys_{key}": _plain(value) for key, value in provenance.items()})
+    if config.plugins():  # the plugins whose code the run ran: name -> version, digest
+        row["sys_plugins"] = json.dumps(
+            {name: plugin_identity(name) for name in config.plugins()}, sort_keys=True)
     return row
 
 

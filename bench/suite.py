@@ -82,22 +82,26 @@ import itertools
 import math
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig, config_from_dict
+from bench import plugins
+from bench.components import OBJECTIVES, POSTERIORS
+from bench.config import PARAMS_PREFIX, RunConfig, config_from_dict
 from bench.errors import BenchError
 from bench.families.registry import FAMILIES, Family
 
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
-#: keys a suite may set in [base], [grid], [[variant]], [budget.*] (the seed comes from `seeds`)
+_DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
+#: keys a suite may set in [base], [grid], [[variant]], [budget.*] (the seed comes from
+#: `seeds`); besides these, "params.<name>" for the params a component declares
 SETTABLE_KEYS: tuple[str, ...] = tuple(k for k in CONFIG_KEYS if k != "seed")
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 
 _TOP_TABLES = ("suite", "base", "grid", "variant", "budget", "reference", "card")
-_SUITE_KEYS = ("name", "description", "default_budget", "seeds")
+_SUITE_KEYS = ("name", "description", "default_budget", "seeds", "plugins", "extends")
 _REFERENCE_KEYS = ("metric", "value", "source", "budget", "match", "note", "card")
 _CARD_KEYS = ("paper", "code", "source_code")
 _SLUG = re.compile(r"[a-z0-9_-]+")
@@ -173,7 +177,7 @@ class Reference:
     card: Card | None = None
 
     def matches(self, config: RunConfig) -> bool:
-        values = config.to_dict()
+        values = config.flat_dict()
         return all(
             key in values and _same(values[key], want) for key, want in self.match.items()
         )
@@ -214,7 +218,7 @@ def load_suite(path: str | Path, budget: str | None = None) -> Suite:
     """Parse, validate (every budget) and expand a suite file at `budget` (or its default)."""
     path = Path(path)
     where = str(path)
-    raw = _read_toml(path)
+    raw = _extended(_read_toml(path), path, where, seen=(path.resolve(),))
     spec = _parse(raw, where)
 
     if budget is None:
@@ -256,6 +260,83 @@ def load_suite(path: str | Path, budget: str | None = None) -> Suite:
     )
 
 
+def _extended(raw: dict[str, Any], path: Path, where: str, seen: tuple[Path, ...]
+              ) -> dict[str, Any]:
+    """The suite file's tables on top of those of the suite it `extends` (a name or a .toml
+    path relative to it), its own plugins and its parent's loaded. Later wins key by key in
+    [suite], [base], each [budget.*] and [card.*]; a [grid] axis replaces the parent's axis;
+    [[variant]]s replace the parent's if the file has any; [[reference]]s add to them."""
+    suite = raw.get("suite") if isinstance(raw.get("suite"), dict) else {}
+    _load_plugins(raw, path, where)
+    parent_name = suite.get("extends")
+    if parent_name is None:
+        return raw
+    if not isinstance(parent_name, str) or not parent_name.strip():
+        raise BenchError(f"{where}: [suite] key 'extends' must be a suite name or a .toml path, "
+                         f"got {_fmt(parent_name)}")
+    if "name" not in suite:
+        raise BenchError(f"{where}: [suite] extends '{parent_name}' but has no 'name' of its "
+                         "own (its runs are stored under it)")
+    relative = path.parent / parent_name
+    parent_path = relative if parent_name.endswith(".toml") and relative.is_file() else None
+    try:
+        parent_path = parent_path or resolve_suite_path(parent_name)
+    except BenchError as err:
+        raise BenchError(f"{where}: [suite] key 'extends': {err}") from None
+    if parent_path.resolve() in seen:
+        raise BenchError(f"{where}: [suite] key 'extends': {parent_name} extends this suite "
+                         "again (a cycle)")
+    parent = _extended(_read_toml(parent_path), parent_path, str(parent_path),
+                       seen + (parent_path.resolve(),))
+    merged = dict(parent)
+    for key, value in raw.items():
+        if key in ("suite", "base", "grid", "card") and isinstance(value, dict):
+            merged[key] = {**merged.get(key, {}), **value}
+        elif key == "budget" and isinstance(value, dict):
+            budgets = dict(merged.get("budget", {}))
+            for name, table in value.items():
+                ours = budgets.get(name, {})
+                budgets[name] = ({**ours, **table} if isinstance(table, dict)
+                                 and isinstance(ours, dict) else table)
+            merged["budget"] = budgets
+        elif key == "reference" and isinstance(value, list):
+            merged["reference"] = [*merged.get("reference", []), *value]
+        else:  # [[variant]] (replaces the parent's), anything unknown (refused later)
+            merged[key] = value
+    merged["suite"] = {k: v for k, v in merged["suite"].items() if k != "extends"}
+    merged["suite"].pop("plugins", None)  # loaded above, each relative to its own file
+    return merged
+
+
+def _load_plugins(raw: Mapping[str, Any], path: Path, where: str) -> None:
+    """The plugins `[suite] plugins = [...]` lists (module names, or .py paths relative to
+    the suite file), loaded before anything else is validated: they define what it names."""
+    suite = raw.get("suite")
+    specs = suite.get("plugins", []) if isinstance(suite, dict) else []
+    if not isinstance(specs, list) or not all(isinstance(x, str) and x.strip() for x in specs):
+        raise BenchError(f"{where}: [suite] key 'plugins' must be a list of module names or "
+                         f".py paths, got {_fmt(specs)}")
+    try:
+        plugins.load(specs, entry_points=False, base=path.parent)
+    except BenchError as err:
+        raise BenchError(f"{where}: [suite] key 'plugins': {err}") from None
+
+
+def _flatten_params(values: Mapping[str, Any], where: str, table: str) -> dict[str, Any]:
+    """A table's `params = { alpha = 0.5 }` (or TOML's dotted `params.alpha = 0.5`, the
+    same) as one key per param, "params.alpha", so layers, grid axes and matches merge and
+    name them one by one."""
+    if "params" not in values:
+        return dict(values)
+    nested = values["params"]
+    if not isinstance(nested, dict):
+        raise BenchError(f"{where}: {table} key 'params' must be a table of the params its "
+                         f"objective, posterior or model declares, got {_fmt(nested)}")
+    out = {k: v for k, v in values.items() if k != "params"}
+    out.update({f"{PARAMS_PREFIX}{k}": v for k, v in nested.items()})
+    return out
+
+
 def filter_variants(variants: Sequence[Variant], filters: Sequence[str]) -> list[Variant]:
     """The variants for which every "KEY=VALUE" filter holds.
 
@@ -269,16 +350,18 @@ def filter_variants(variants: Sequence[Variant], filters: Sequence[str]) -> list
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
             raise BenchError(f"filter {text!r}: expected KEY=VALUE, e.g. k=5 or objective=iwae")
-        if key != "name" and key not in CONFIG_KEYS:
+        if key != "name" and key not in CONFIG_KEYS and not key.startswith(PARAMS_PREFIX):
             raise BenchError(
-                f"filter {text!r}: unknown key '{key}' (known: name, {', '.join(CONFIG_KEYS)})"
+                f"filter {text!r}: unknown key '{key}' (known: name, {', '.join(CONFIG_KEYS)}, "
+                f"{PARAMS_PREFIX}<name>)"
             )
-        tests.append((key, value if key == "name" else _parse_value(value)))
+        tests.append((key, value if key == "name" else parse_value(value)))
     selected = []
     for variant in variants:
-        values = variant.config.to_dict()
+        values = variant.config.flat_dict()
         if all(
-            (variant.name == want) if key == "name" else _same(values[key], want)
+            (variant.name == want) if key == "name"
+            else key in values and _same(values[key], want)
             for key, want in tests
         ):
             selected.append(variant)
@@ -286,24 +369,30 @@ def filter_variants(variants: Sequence[Variant], filters: Sequence[str]) -> list
 
 
 def resolve_suite_path(name_or_path: str) -> Path:
-    """A path to a .toml file, or a bare suite name looked up in ./suites then next to bench."""
+    """A path to a .toml file, or a bare suite name looked up in ./suites, next to bench, then
+    in the suite folders of the loaded plugins."""
     text = str(name_or_path)
     candidate = Path(text)
     if text.endswith(".toml") or "/" in text or "\\" in text:
         if candidate.is_file():
             return candidate
         raise BenchError(f"suite file not found: {text}{_available()}")
-    for folder in (Path("suites"), SUITES_DIR):
+    for folder in _suite_folders():
         found = folder / f"{text}.toml"
         if found.is_file():
             return found
     raise BenchError(f"unknown suite '{text}'{_available()}")
 
 
+def _suite_folders() -> tuple[Path, ...]:
+    return (Path("suites"), SUITES_DIR, *plugins.suite_folders())
+
+
 def available_suites() -> list[str]:
-    """Suite names found in ./suites and in the suites/ folder shipped next to bench."""
+    """Suite names found in ./suites, in the suites/ folder shipped next to bench and in the
+    loaded plugins' suite folders."""
     names: set[str] = set()
-    for folder in (Path("suites"), SUITES_DIR):
+    for folder in _suite_folders():
         if folder.is_dir():
             names.update(p.stem for p in folder.glob("*.toml"))
     return sorted(names)
@@ -395,12 +484,12 @@ def _parse(raw: dict[str, Any], where: str) -> _Spec:
     seeds = _seeds(suite.get("seeds", [0]), where, "[suite]")
 
     # [base]
-    base = _table(raw, "base", where)
+    base = _flatten_params(_table(raw, "base", where), where, "[base]")
     _check_config_keys(base, where, "[base]")
     _check_values(base, where, "[base]")
 
     # [grid]
-    grid_raw = _table(raw, "grid", where)
+    grid_raw = _flatten_params(_table(raw, "grid", where), where, "[grid]")
     _check_config_keys(grid_raw, where, "[grid]")
     grid: dict[str, list[Any]] = {}
     for axis, values in grid_raw.items():
@@ -427,8 +516,8 @@ def _parse(raw: dict[str, Any], where: str) -> _Spec:
             )
         if any(v.name == vname for v in variants):
             raise BenchError(f"{where}: [[variant]] #{i}: duplicate name '{vname}'")
-        values = {k: v for k, v in entry.items() if k != "name"}
         table = f"[[variant]] '{vname}'"
+        values = _flatten_params({k: v for k, v in entry.items() if k != "name"}, where, table)
         _check_config_keys(values, where, table)
         _check_values(values, where, table)
         variants.append(_NamedVariant(vname, values))
@@ -446,7 +535,7 @@ def _parse(raw: dict[str, Any], where: str) -> _Spec:
             )
         if not _SLUG.fullmatch(bname):
             raise BenchError(f"{where}: {table}: budget names must match [a-z0-9_-]+")
-        values = {k: v for k, v in entry.items() if k != "seeds"}
+        values = _flatten_params({k: v for k, v in entry.items() if k != "seeds"}, where, table)
         _check_config_keys(values, where, table, extra=("seeds",))
         _check_values(values, where, table)
         if "seeds" in entry:
@@ -575,8 +664,9 @@ def _reference(
     match = entry.get("match", {})
     if not isinstance(match, dict):
         raise BenchError(f"{where}: {table} key 'match' must be a table, got {match!r}")
+    match = _flatten_params(match, where, f"{table} match")
     for key in match:
-        if key not in CONFIG_KEYS:
+        if key not in CONFIG_KEYS and not key.startswith(PARAMS_PREFIX):
             raise BenchError(
                 f"{where}: unknown key '{key}' in {table} match "
                 f"(known: {', '.join(CONFIG_KEYS)})"
@@ -640,6 +730,8 @@ def _resolve(
     for _, values in layers:
         merged.update(values)
     merged["seed"] = seed
+    for key in _params_of_other_components(merged):
+        del merged[key]  # `params = {t = 2}` in [base] is for the runs whose component has t
     try:
         return config_from_dict(merged, where=_MARK)
     except BenchError as err:
@@ -647,6 +739,25 @@ def _resolve(
         if message.startswith(_MARK + ": "):
             message = message[len(_MARK) + 2:]
         raise BenchError(f"{where}: {_culprit(message, layers)}{context}: {message}") from None
+
+
+def _params_of_other_components(values: Mapping[str, Any]) -> list[str]:
+    """The "params.<name>" keys of `values` that its own objective, posterior and family do
+    not declare but another registered component does: a suite's layer sets them for the
+    runs they apply to. A name nobody declares stays, to be refused as a typo."""
+    own = {"objective": values.get("objective", _DEFAULTS["objective"]),
+           "posterior": values.get("posterior", _DEFAULTS["posterior"])}
+    records = [registry.get(own[kind]) for kind, registry in
+               (("objective", OBJECTIVES), ("posterior", POSTERIORS)) if own[kind] in registry]
+    dataset, model = (values.get("dataset", _DEFAULTS["dataset"]),
+                      values.get("model", _DEFAULTS["model"]))
+    family = dataset if dataset in FAMILIES.toys() else model
+    records += [FAMILIES.get(family)] if family in FAMILIES else []
+    mine = {p.name for r in records for p in r.params}
+    known = {p.name for registry in (OBJECTIVES, POSTERIORS, FAMILIES) for r in registry
+             for p in r.params}
+    return [k for k in values if k.startswith(PARAMS_PREFIX)
+            and k[len(PARAMS_PREFIX):] in known - mine]
 
 
 def _culprit(message: str, layers: list[tuple[str, Mapping[str, Any]]]) -> str:
@@ -667,6 +778,22 @@ def _culprit(message: str, layers: list[tuple[str, Mapping[str, Any]]]) -> str:
 def _check_values(values: Mapping[str, Any], where: str, table: str) -> None:
     for key, value in values.items():
         _check_value(key, value, where, table)
+
+
+def _owner_of_param(key: str) -> dict[str, Any]:
+    """What makes a lone "params.<name>" valid: the objective, posterior or family that
+    declares it (the first registered), with that family's companions; {} if none does."""
+    name = key[len(PARAMS_PREFIX):]
+    for record in OBJECTIVES:
+        if any(p.name == name for p in record.params):
+            return {"objective": record.name}
+    for record in POSTERIORS:
+        if any(p.name == name for p in record.params):
+            return {"posterior": record.name, "flow_steps": 1 if record.flow else 0}
+    for family in FAMILIES:
+        if any(p.name == name for p in family.params):
+            return {**family.companions, ("dataset" if family.toy else "model"): family.name}
+    return {}
 
 
 # the least each model family needs beside it for a lone `model = ...` to be a valid config
@@ -690,6 +817,8 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
     layers are merged; this catches a bad value even where a later layer overrides it.
     """
     values: dict[str, Any] = {key: value}
+    if key.startswith(PARAMS_PREFIX):
+        values.update(_owner_of_param(key))
     # the family a lone value belongs to, with the values that make it a valid config
     family = _family_of_lone_value(key, value)
     if family is not None:
@@ -730,10 +859,11 @@ def _check_config_keys(
                 f"{where}: key 'seed' in {table}: seeds are set by 'seeds' in [suite] "
                 f"or [budget.<name>]"
             )
-    _check_keys(values, SETTABLE_KEYS + extra, where, table)
+    _check_keys([k for k in values if not k.startswith(PARAMS_PREFIX)], SETTABLE_KEYS + extra,
+                where, table)
 
 
-def _check_keys(values: Mapping[str, Any], known: Sequence[str], where: str, table: str) -> None:
+def _check_keys(values: Iterable[str], known: Sequence[str], where: str, table: str) -> None:
     for key in values:
         if key not in known:
             raise BenchError(
@@ -787,8 +917,8 @@ def _seeds(value: Any, where: str, table: str) -> list[int]:
     return list(value)
 
 
-def _parse_value(text: str) -> Any:
-    """A filter value: a TOML value where it parses as one, else the text itself."""
+def parse_value(text: str) -> Any:
+    """A filter's or --param's value: a TOML value where it parses as one, else the text itself."""
     try:
         return _toml().loads(f"v = {text}")["v"]
     except Exception:

@@ -14,3 +14,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _plugins_stay_in_their_test():
+    """Plugins a test loads (directly, or through the CLI's entry-point loading) are unloaded
+    after it: registries are per process, and other tests count the built-in records."""
+    from bench import plugins
+
+    before = {p.name for p in plugins.loaded()}
+    yield
+    for plugin in plugins.loaded():
+        if plugin.name not in before:
+            plugins.unload(plugin.name)
+            plugins.forget_module(plugin.module)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import POSTERIORS, RunConfig
+from bench.components import POSTERIORS
+from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.families import train_model
 from bench.families.compiling import (
@@ -30,9 +31,9 @@ TINY = dict(dataset="digits", train_size=100, test_size=20, hidden=((8,),), late
 
 
 @pytest.mark.parametrize("extra", [
-    *({"posterior": p, "flow_steps": 0 if p == "gaussian" else 2} for p in POSTERIORS),
+    *({"posterior": p, "flow_steps": 0 if p == "gaussian" else 2} for p in POSTERIORS.names()),
     {"hidden": ((8,), (8,)), "latent": (3, 2)},
-], ids=[*POSTERIORS, "2-layer"])
+], ids=[*POSTERIORS.names(), "2-layer"])
 def test_pre_drawn_noise_is_the_noise_the_model_would_draw(extra):
     # Guards against: the compiled step's noise drawn in another shape or order than the
     # eager step's (the compiled run would follow another random stream), or ignored.

@@ -105,7 +105,8 @@ def test_a_key_moved_from_its_default_must_belong_to_the_runs_family():
 
 
 def test_registering_a_name_twice_is_refused_and_registered_cleans_up():
-    with pytest.raises(BenchError, match="a family named 'mixture' is already registered"):
+    with pytest.raises(BenchError,
+                       match=r"family 'mixture' already exists \(registered by vaebench\)"):
         FAMILIES.register(Family("mixture", "again", coin_train))
     with FAMILIES.registered(COIN):
         assert "coin" in FAMILIES.toys()

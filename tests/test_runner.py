@@ -248,6 +248,30 @@ def test_run_joins_a_two_node_cluster_with_address(tmp_path):
         runs = store.load_runs(results, suite="smoke")
         assert (runs["status"] == "finished").all() and len(runs) == 4
         assert runs["sys_ray_node_id"].nunique() == 2, "all runs landed on one node"
+
+        # a .py plugin given only to the driver (--plugin): each task carries its source, so
+        # its runs train on both nodes (issue 24; Ray's workers never see the driver's file)
+        driver_only = tmp_path / "driver-only"
+        driver_only.mkdir()
+        (driver_only / "twin.py").write_text((REPO / "tests" / "plugins" / "twin.py").read_text())
+        suite = write_suite(tmp_path, TINY.format(name="twin", epochs=1) + """
+objective = "twin"
+k = 3
+
+[grid]
+lr = [1e-3, 2e-3]
+""", name="twin")
+        out = subprocess.run(
+            [*VAEBENCH, "run", str(suite), "--address", address, "--results", str(results),
+             "--no-progress", "--plugin", str(driver_only / "twin.py")],
+            capture_output=True, text=True, timeout=300, cwd=REPO,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs = store.load_runs(results, suite="twin")
+        assert (runs["status"] == "finished").all() and len(runs) == 4, runs["error"].tolist()
+        assert runs["sys_ray_node_id"].nunique() == 2, "the plugin's runs landed on one node"
+        (stored,) = set(runs["sys_plugins"])
+        assert list(json.loads(stored)) == ["twin"]
     finally:
         for node in (worker, head):
             if node is not None:

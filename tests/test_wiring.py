@@ -16,7 +16,8 @@ import math
 import pytest
 import torch
 
-from bench.config import OBJECTIVES, POSTERIORS, RunConfig
+from bench.components import OBJECTIVES, POSTERIORS
+from bench.config import RunConfig
 from bench.families import cvae as cvae_family
 from bench.families import m2 as m2_family
 from bench.families.lvm import train
@@ -48,7 +49,7 @@ def test_every_registered_model_is_wired_here():
     # Guards against: a family added to the registry that none of the parametrised
     # tests below trains (mixture is fitted by EM: no optimiser, no k, no binarisation).
     assert set(FAMILIES) | {"mixture"} == set(REGISTRY.models())
-    assert set(HAND_LOSSES) == set(OBJECTIVES)
+    assert set(HAND_LOSSES) == set(OBJECTIVES.names())
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +301,7 @@ def test_input_dropout_zeroes_the_encoders_pixels_at_its_rate(p, fifty, monkeypa
         seen, lambda m, xb, k, g: vae_loss_by_hand(m, xb, k, g, x_in=x_in)))
 
 
-@pytest.mark.parametrize("posterior", POSTERIORS)
+@pytest.mark.parametrize("posterior", POSTERIORS.names())
 def test_every_posterior_is_the_one_trained_and_all_its_weights_learn(posterior, fifty,
                                                                     monkeypatch):
     # Guards against: build_model ignoring cfg.posterior (a "flow" row that is a Gaussian),

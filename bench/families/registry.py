@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bench import components
+from bench.components import BUILT_IN, Param
 from bench.errors import BenchError
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class Family:
     metrics: tuple[str, ...] = ()
     # whether its trainer takes `compile` (auto, on, off) and can run its step compiled
     compiles: bool = False
+    # settings of its own, in the config's `params` table (bench.components.Param)
+    params: tuple[Param, ...] = ()
+    plugin: str = BUILT_IN  # who registered it (a plugin's name)
 
     def trainer(self) -> Callable:
         """The train function (importing its module, and torch, now)."""
@@ -210,50 +214,31 @@ BUILT_IN: tuple[Family, ...] = (
 )
 
 
-class Registry:
-    """Families by name, in registration order."""
+class Registry(components.Registry[Family]):
+    """Families and toys by name, in registration order (`register` is the only way in)."""
 
     def __init__(self, families: tuple[Family, ...] = ()) -> None:
-        self._families: dict[str, Family] = {}
+        super().__init__("family")
         for family in families:
             self.register(family)
 
-    def register(self, family: Family) -> Family:
-        if family.name in self._families:
-            raise BenchError(f"a family named '{family.name}' is already registered")
-        self._families[family.name] = family
-        return family
-
-    def unregister(self, name: str) -> None:
-        self._families.pop(name)
-
     def models(self) -> tuple[str, ...]:
         """The valid `model` values."""
-        return tuple(n for n, f in self._families.items() if not f.toy)
+        return tuple(n for n, f in self._records.items() if not f.toy)
 
     def toys(self) -> tuple[str, ...]:
         """The `dataset` values that are toys."""
-        return tuple(n for n, f in self._families.items() if f.toy)
-
-    def get(self, name: str) -> Family:
-        return self._families[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._families
-
-    def __iter__(self) -> Iterator[Family]:
-        """The families and toys, in registration order."""
-        return iter(list(self._families.values()))
+        return tuple(n for n, f in self._records.items() if f.toy)
 
     def owned_keys(self) -> frozenset[str]:
         """Every config key some family owns."""
-        return frozenset().union(*(f.owns for f in self._families.values()))
+        return frozenset().union(*(f.owns for f in self._records.values()))
 
     def of(self, cfg: RunConfig) -> Family:
         """The family a config runs in: its toy, else its model."""
         if cfg.dataset in self.toys():
-            return self._families[cfg.dataset]
-        return self._families[cfg.model]
+            return self._records[cfg.dataset]
+        return self._records[cfg.model]
 
     def check(self, cfg: RunConfig) -> None:
         """Key ownership (a key only its owners may move from its default), then the
@@ -267,15 +252,6 @@ class Registry:
             raise BenchError(f"key '{key}' applies to {_describe(owners)} only")
         if family.check is not None:
             family.check(cfg)
-
-    @contextmanager
-    def registered(self, family: Family) -> Iterator[Family]:
-        """`family` registered for the duration of a `with` block (tests, plugins)."""
-        self.register(family)
-        try:
-            yield family
-        finally:
-            self.unregister(family.name)
 
 
 def _describe(families: list[Family]) -> str:

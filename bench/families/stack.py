@@ -58,7 +58,7 @@ from bench.loop import (
 )
 from bench.metrics.cost import PeakMemory
 from bench.models import LatentVariableModel, build_model
-from bench.objectives import objective_for
+from bench.objectives import objective_builder, objective_for
 from bench.optim import load_optimizer_state, loss_scale, make_optimizer
 
 #: the config keys variants of one stack may differ in; every other key is shared
@@ -245,6 +245,7 @@ def stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
     betas = torch.tensor([c.beta for c in cfgs], device=device)
     gammas = torch.tensor([c.gamma for c in cfgs], device=device)
     capacity = objective_for(cfg) if cfg.capacity_max > 0 else None  # a ControlledCapacity
+    objective = objective_builder(cfg)  # resolved here: nothing imports inside the graph
     detach = cfg.kl_direction == "forward"
     if capacity is not None:
         capacity.steps_done = steps_done
@@ -254,7 +255,7 @@ def stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
                                  {"detach_samples": detach, "x_in": x_in, "noise": noise})
         if capacity is not None:
             return -capacity.bound(sample, target, gamma).mean()
-        return -objective_for(cfg, beta=beta)(sample).mean()
+        return -objective(beta)(sample).mean()
 
     dims = (0, 0, 0, 0 if cfg.input_dropout else None, 0, 0, 0, None)
     losses_of = vmap(variant_loss, in_dims=dims)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from bench.components import Registry
 from bench.errors import BenchError
 
 HIGHER = "higher"
@@ -160,20 +161,66 @@ METRICS: tuple[Metric, ...] = (
            threshold=0.5, pattern=_INPAINT + "_error"),
 )
 
-_EXACT = {m.name: m for m in METRICS}  # exact names, and the patterns' own names
-_PATTERNS = tuple((re.compile(m.pattern), m) for m in METRICS if m.pattern is not None)
+_NAME = re.compile(r"[a-z0-9_]*(<[A-Za-z]+>[a-z0-9_]*)*")  # a pattern's name: "kl_unit_<j>"
+
+
+class Catalog(Registry[Metric]):
+    """The metric records by name, patterns matched in registration order; vaebench's and
+    every plugin's records enter by `register`."""
+
+    def __init__(self, metrics: tuple[Metric, ...] = ()) -> None:
+        super().__init__("metric")
+        self._patterns: list[tuple[re.Pattern, Metric]] = []
+        for metric in metrics:
+            self.register(metric)
+
+    def check_name(self, name: object) -> None:
+        if not isinstance(name, str) or not name or not _NAME.fullmatch(name):
+            raise BenchError(f"metric name {name!r} must be lower-case letters, digits, '_' "
+                             "(a pattern's own name may hold <placeholders>)")
+
+    def register(self, metric: Metric) -> Metric:
+        if not isinstance(metric, Metric):
+            raise BenchError(f"a metric record must be a bench.plugins.Metric, got {metric!r}")
+        if metric.better not in (HIGHER, LOWER, NONE):
+            raise BenchError(f"metric '{metric.name}': better must be 'higher', 'lower' or "
+                             f"'none', got {metric.better!r}")
+        pattern = None
+        if metric.pattern is not None:
+            try:
+                pattern = re.compile(metric.pattern)
+            except re.error as err:
+                raise BenchError(f"metric '{metric.name}': pattern {metric.pattern!r} is not a "
+                                 f"regular expression ({err})") from None
+        super().register(metric)
+        if pattern is not None:
+            self._patterns.append((pattern, metric))
+        return metric
+
+    def unregister(self, name: str) -> None:
+        super().unregister(name)
+        self._patterns = [(r, m) for r, m in self._patterns if m.name != name]
+
+    def find(self, name: str) -> Metric | None:
+        """The record of a bare metric name or a `metric_` column (or of a pattern's own
+        name, such as "kl_unit_<j>"); None if there is none."""
+        name = name.removeprefix("metric_")
+        if name in self._records:
+            return self._records[name]
+        for regex, metric in self._patterns:
+            if regex.fullmatch(name):
+                return metric
+        return None
+
+
+#: every metric's record: vaebench's, then those plugins register
+CATALOG = Catalog(METRICS)
 
 
 def find(name: str) -> Metric | None:
     """The record of a bare metric name or a `metric_` column (or of a pattern's own name,
     such as "kl_unit_<j>"); None if there is none."""
-    name = name.removeprefix("metric_")
-    if name in _EXACT:
-        return _EXACT[name]
-    for regex, metric in _PATTERNS:
-        if regex.fullmatch(name):
-            return metric
-    return None
+    return CATALOG.find(name)
 
 
 def lookup(name: str) -> Metric:
@@ -189,5 +236,5 @@ def lookup(name: str) -> Metric:
     return metric if metric.name == bare else replace(metric, name=bare, pattern=None)
 
 
-#: the bare names of the machine metrics with exact names (reproducibility checks strip them)
+#: vaebench's own metrics that measure the machine (a plugin's are its records' `machine`)
 MACHINE_METRICS: frozenset[str] = frozenset(m.name for m in METRICS if m.machine)

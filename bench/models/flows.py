@@ -3,7 +3,7 @@
     z_0 = mu(h) + sigma(h) * eps,   z_k = f_k(z_{k-1}),
     log q(z_K | h) = log q0(z_0 | h) - sum_k log |det df_k / dz_{k-1}|
 
-Three families, each registered in `bench.models.registry.POSTERIORS`:
+Three families, each registered in `bench.components.POSTERIORS`:
 
     planar  f(z) = z + u_hat tanh(w^T z + b)                 (Rezende & Mohamed 2015, 4.1, A.1)
     radial  f(z) = z + beta h(alpha, r) (z - z_ref)          (Rezende & Mohamed 2015, 4.1)

@@ -11,12 +11,14 @@ and returns the three log-densities every objective is built from. Imports torch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from bench.components import POSTERIORS
 from bench.models.conv import FEATURES, ConvDecoderNet, ConvEncoderNet
 from bench.models.fastmath import bernoulli_log_prob
 from bench.models.posteriors import (
@@ -26,7 +28,6 @@ from bench.models.posteriors import (
     mlp,
     standard_normal_log_prob,
 )
-from bench.models.registry import POSTERIORS
 
 
 @dataclass
@@ -95,6 +96,7 @@ class LatentVariableModel(nn.Module):
         flow_steps: int = 0,
         architecture: str = "mlp",
         image_shape: tuple[int, int] | None = None,
+        posterior_params: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if architecture == "conv":
@@ -105,9 +107,11 @@ class LatentVariableModel(nn.Module):
         inputs = (n_data, *latent[:-1])  # what each inference layer conditions on
         # q(z_1 | x) uses the chosen posterior family; upper layers are conditional Gaussians.
         # Flow families (every one but "gaussian") also take their number of steps K.
-        extra = {} if posterior == "gaussian" else {"steps": flow_steps}
+        component = POSTERIORS.get(posterior)
+        extra = {"steps": flow_steps} if component.flow else {}
+        extra.update(posterior_params or {})
         self.encoders = nn.ModuleList(
-            [POSTERIORS[posterior](inputs[0], hidden[0], latent[0], **extra)]
+            [component.load()(inputs[0], hidden[0], latent[0], **extra)]
             + [GaussianPosterior(inputs[i], hidden[i], latent[i]) for i in range(1, len(latent))]
         )
         # p(z_l | z_{l+1}) mirrors q(z_{l+1} | z_l): hidden sizes reversed.

@@ -4,7 +4,7 @@ A posterior maps its input h (the data x, or the sample of the layer below) to a
 distribution over z and returns reparameterised samples together with log q(z|h).
 The objectives only ever see those two tensors, so a richer family (a normalizing flow on
 top of the Gaussian) plugs in by adding a class (here or in flows.py) and an entry to
-`bench.models.registry.POSTERIORS`.
+`bench.components.POSTERIORS`.
 Imports torch only.
 """
 

@@ -13,6 +13,7 @@ preparation of its tables.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -183,6 +184,7 @@ def summarize_variants(runs: pd.DataFrame, axes: Sequence[str] = (),
         for column in group.columns:
             if column.startswith("cfg_"):
                 row[column] = _py(first[column])
+        row["plugin"] = plugin_label(first.get("sys_plugins"))
         latent = row.get("cfg_latent")
         row["layers"] = len(latent) if isinstance(latent, list) else 1
         for spec in ALL_METRICS:
@@ -400,6 +402,16 @@ def failure_rows(runs: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def plugin_label(stored: Any) -> str:
+    """A row's plugins (its sys_plugins JSON) as "vaebench-vr 0.1.0 (code 1a2b3c4d5e6f)";
+    "" for vaebench's own code."""
+    if not isinstance(stored, str) or not stored:
+        return ""
+    return ", ".join(f"{name} {identity['version']} (code {identity['digest'][:12]})"
+                     if identity["version"] else f"{name} (code {identity['digest'][:12]})"
+                     for name, identity in json.loads(stored).items())
+
+
 def provenance_items(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """(label, text) pairs: commits, versions, devices, executions (compiled, stacked),
     hosts, resources, time range."""
@@ -446,6 +458,10 @@ def provenance_items(runs: pd.DataFrame) -> list[tuple[str, str]]:
             labels.append(": ".join(parts) if parts else "unknown")
         items.append(("devices", counted(labels)))
     items.append(("execution", counted(executions(runs))))
+    plugins = column("sys_plugins")
+    if plugins is not None and plugins.notna().any():
+        items.append(("plugins", counted(plugin_label(v) or "none (vaebench's own code)"
+                                         for v in plugins)))
     for name, label in (("sys_hostname", "hosts"), ("sys_platform", "platforms")):
         if column(name) is not None:
             items.append((label, counted(column(name))))

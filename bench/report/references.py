@@ -11,9 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench.config import RunConfig, config_from_dict
+from bench.config import PARAMS_PREFIX, RunConfig, config_from_dict
 from bench.errors import BenchError
-from bench.report.values import _key, _mean_std, _numeric, _py
+from bench.report.values import _key, _mean_std, _missing, _numeric, _py
 from bench.suite import Reference
 
 
@@ -32,6 +32,8 @@ def run_config(row: Mapping[str, Any]) -> RunConfig | None:
     known = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
     values: dict[str, Any] = {}
     for column, value in row.items():
+        if str(column).startswith(f"cfg_{PARAMS_PREFIX}") and not _missing(_py(value)):
+            values[column[4:]] = _py(value)  # "params.<name>": config_from_dict folds them
         if not str(column).startswith("cfg_") or column[4:] not in known:
             continue
         key, value = column[4:], _py(value)

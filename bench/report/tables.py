@@ -82,14 +82,16 @@ def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, T
     """(quality table, cost table or None) of a `summarize_variants` frame."""
     quality = present_metrics(summary, QUALITY_METRICS)
     cost = present_metrics(summary, COST_METRICS)
-    headers = ["variant", *axes, "runs", *metric_headings(summary, quality)]
-    numeric = [False] * (1 + len(axes)) + [True] * (1 + len(quality))
+    # rows of a plugin's code say whose (name, version, code hash) beside the variant
+    plugins = ["plugin"] if "plugin" in summary.columns and summary["plugin"].any() else []
+    headers = ["variant", *plugins, *axes, "runs", *metric_headings(summary, quality)]
+    numeric = [False] * (1 + len(plugins) + len(axes)) + [True] * (1 + len(quality))
     rows = []
     for _, row in summary.iterrows():
         unused = _unused(_family(row))
         if not _num(row.get("cfg_capacity_max")) > 0:  # gamma etc. mean nothing without it
             unused = unused | {"gamma", "capacity_steps"}
-        cells = [str(row["variant"]),
+        cells = [str(row["variant"]), *(row[p] or "-" for p in plugins),
                  *("-" if a in unused else _fmt_value(row[a]) for a in axes),
                  runs_cell(row)]
         cells += [format_mean_std(row[f"{s.column}_mean"], row[f"{s.column}_std"], s)

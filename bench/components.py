@@ -1,0 +1,202 @@
+"""What a config names besides its family: the objectives (`objective`) and the q(z|x)
+families (`posterior`), each a registry of records, and the `Param` declarations with which a
+component (objective, posterior or model family) adds settings of its own to the config's
+`params` table.
+
+A record names its implementation as "module:attribute" (imported when a run trains) or holds
+it, so this module imports no torch. Built-in and plugin components are registered the same
+way, by `Registry.register`: the built-ins below, a plugin's through `bench.plugins.API`
+(which tags them with the plugin's name). Implementations:
+
+    objective   make(cfg) -> bound, where bound(sample: ModelSample) -> (B,) tensor, the
+                per-example objective the trainer maximises (bench.objectives). A component
+                with uses_beta also takes `beta=` (a stack passes each variant's beta).
+    posterior   an nn.Module class called as cls(n_in, hidden, n_latent, **kw), kw = {steps:
+                flow_steps} for a flow (`flow=True`) plus the config's params it declares;
+                the interface of bench.models.posteriors.GaussianPosterior.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from bench.errors import BenchError
+
+BUILT_IN = "vaebench"  # the `plugin` of everything vaebench itself registers
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One setting a component adds to the config's `params` table: its name, type, default
+    and allowed values; validated, shown in reports and hashed into the run_id like every
+    other config key."""
+
+    name: str
+    type: type = float  # int, float, str or bool
+    default: Any = None
+    minimum: float | None = None  # inclusive bounds for numbers (None: unbounded)
+    maximum: float | None = None
+    exclude: tuple[Any, ...] = ()  # values in range that are still refused
+    choices: tuple[Any, ...] = ()  # the allowed values, for strings
+    help: str = ""
+
+    def check_declaration(self) -> None:
+        """A malformed declaration is a BenchError naming what is wrong."""
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise BenchError(f"param name {self.name!r} must be an identifier")
+        if self.type not in _KINDS:
+            raise BenchError(f"param '{self.name}': type must be int, float, str or bool, "
+                             f"got {self.type!r}")
+        if self.default is None:
+            raise BenchError(f"param '{self.name}' has no default")
+        self.coerce(self.default, "its default")
+
+    def coerce(self, value: Any, where: str = "") -> Any:
+        """`value` as this param's type, or a BenchError naming the param and the problem."""
+        what = f"param '{self.name}'" + (f" ({where})" if where else "")
+        kind = _KINDS[self.type]
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise BenchError(f"{what} must be {kind}, got {value!r}")
+        if self.type is float and math.isnan(value):
+            raise BenchError(f"{what} must be a number, got nan")
+        if self.minimum is not None and value < self.minimum:
+            raise BenchError(f"{what} must be >= {self.minimum:g}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise BenchError(f"{what} must be <= {self.maximum:g}, got {value!r}")
+        if value in self.exclude:
+            raise BenchError(f"{what} may not be {value!r}")
+        if self.choices and value not in self.choices:
+            raise BenchError(f"{what} must be one of {', '.join(map(str, self.choices))}, "
+                             f"got {value!r}")
+        return value
+
+
+def check_params(params: tuple[Param, ...], owner: str) -> None:
+    """Every declaration well-formed and no name twice, or a BenchError naming `owner`."""
+    seen: set[str] = set()
+    for param in params:
+        if not isinstance(param, Param):
+            raise BenchError(f"{owner}: params must be bench.plugins.Param records, got "
+                             f"{param!r}")
+        try:
+            param.check_declaration()
+        except BenchError as err:
+            raise BenchError(f"{owner}: {err}") from None
+        if param.name in seen:
+            raise BenchError(f"{owner}: param '{param.name}' is declared twice")
+        seen.add(param.name)
+
+
+@dataclass(frozen=True)
+class Component:
+    """An objective or a posterior."""
+
+    name: str
+    impl: str | Callable  # "module:attribute", or the object itself
+    params: tuple[Param, ...] = ()
+    help: str = ""
+    plugin: str = BUILT_IN  # who registered it (a plugin's name)
+    uses_beta: bool = False  # objectives: weighs the KL by `beta` (only then may beta != 1)
+    flow: bool = False  # posteriors: takes `steps` = flow_steps >= 1
+
+    def load(self) -> Any:
+        """The implementation (importing its module, and torch, now)."""
+        if not isinstance(self.impl, str):
+            return self.impl
+        module, _, attribute = self.impl.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Records of one kind by name, in registration order. `register` is the only way in:
+    vaebench's built-ins and every plugin's records take it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._records: dict[str, T] = {}
+
+    def register(self, record: T) -> T:
+        name = record.name  # type: ignore[attr-defined]
+        self.check_name(name)
+        if name in self._records:
+            owner = getattr(self._records[name], "plugin", BUILT_IN)
+            raise BenchError(f"{self.kind} '{name}' already exists (registered by {owner})")
+        check_params(getattr(record, "params", ()), f"{self.kind} '{name}'")
+        self._records[name] = record
+        return record
+
+    def check_name(self, name: Any) -> None:
+        if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
+            raise BenchError(f"{self.kind} name {name!r} must be letters, digits and '_'")
+
+    def unregister(self, name: str) -> None:
+        self._records.pop(name)
+
+    def get(self, name: str) -> T:
+        if name not in self._records:
+            raise BenchError(f"unknown {self.kind} '{name}' (known: {', '.join(self.names())})")
+        return self._records[name]
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._records)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._records
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(list(self._records.values()))
+
+    @contextmanager
+    def registered(self, record: T) -> Iterator[T]:
+        """`record` registered for the duration of a `with` block (tests)."""
+        self.register(record)
+        try:
+            yield record
+        finally:
+            self.unregister(record.name)  # type: ignore[attr-defined]
+
+
+def params_of(records: Mapping[str, Any]) -> dict[str, tuple[str, Param]]:
+    """param name -> (owner description, declaration) over the given named records
+    ({"objective 'vr'": component, ...}); used by the config to resolve its params table."""
+    out: dict[str, tuple[str, Param]] = {}
+    for owner, record in records.items():
+        for param in getattr(record, "params", ()):
+            out[param.name] = (owner, param)
+    return out
+
+
+#: objectives by name (the config's `objective`)
+OBJECTIVES: Registry[Component] = Registry("objective")
+#: q(z|x) families by name (the config's `posterior`)
+POSTERIORS: Registry[Component] = Registry("posterior")
+
+for _component in (
+    Component("vae", "bench.objectives:make_vae", uses_beta=True,
+              help="mean of k ELBO terms with weight beta on the KL (k = 1: the ELBO)"),
+    Component("iwae", "bench.objectives:make_iwae",
+              help="log-mean-exp of k importance weights (Burda et al. 2015)"),
+):
+    OBJECTIVES.register(_component)
+for _component in (
+    Component("gaussian", "bench.models.posteriors:GaussianPosterior",
+              help="diagonal Gaussian"),
+    Component("planar", "bench.models.flows:PlanarPosterior", flow=True,
+              help="Gaussian then K planar flows (Rezende & Mohamed 2015)"),
+    Component("radial", "bench.models.flows:RadialPosterior", flow=True,
+              help="Gaussian then K radial flows (Rezende & Mohamed 2015)"),
+    Component("iaf", "bench.models.flows:IAFPosterior", flow=True,
+              help="Gaussian then K inverse autoregressive flows (Kingma et al. 2016)"),
+):
+    POSTERIORS.register(_component)

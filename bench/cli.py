@@ -394,14 +394,27 @@ def cmd_train(args: argparse.Namespace) -> int:
                          on_epoch=None if args.quiet else progress, compile=args.compile)
     metrics = result.metrics()
     if args.json:
-        print(json.dumps({"run_id": cfg.run_id, "label": cfg.label, "config": cfg.to_dict(),
-                          "device": str(device), "metrics": metrics}, indent=2))
+        print(json.dumps(_finite({"run_id": cfg.run_id, "label": cfg.label,
+                                  "config": cfg.to_dict(), "device": str(device),
+                                  "metrics": metrics}), indent=2, allow_nan=False))
     else:
         width = max(len(key) for key in metrics)
         for key, value in metrics.items():
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             print(f"{key:<{width}}  {shown}")
     return 0 if result.status == "finished" else 1
+
+
+def _finite(value: object) -> object:
+    """JSON has no inf or NaN: they print as the strings "inf", "-inf", "nan" (VR-max's
+    alpha = -inf, a diverged run's metrics)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def _resolve_device(name: str) -> str:

@@ -157,6 +157,20 @@ class RunConfig:
         object.__setattr__(self, "_plugin_code",
                            {name: plugin_identity(name) for name in self.plugins()})
 
+    def __eq__(self, other: object) -> bool:  # the same run: fields and plugin code alike
+        if not isinstance(other, RunConfig):
+            return NotImplemented
+        return self.canonical_json() == other.canonical_json()
+
+    def __hash__(self) -> int:
+        return hash(self.canonical_json())
+
+    def plugin_code(self) -> dict[str, dict[str, str]]:
+        """{plugin: {"version", "digest"}} of the plugin code this config runs, as loaded
+        when it was made: what its run_id hashes and its row records."""
+        code = self._plugin_code  # type: ignore[attr-defined]
+        return {name: dict(identity) for name, identity in code.items()}
+
     def param(self, name: str) -> Any:
         """The value of one of the config's params (KeyError if it has none of that name)."""
         return dict(self.params)[name]
@@ -224,8 +238,8 @@ class RunConfig:
             parts.append(f"beta{self.beta:g}")
         if len(self.latent) > 1:
             parts.append(f"{len(self.latent)}layer")
-        if self.posterior != "gaussian":
-            parts.append(f"{self.posterior}{self.flow_steps}")
+        if self.posterior != "gaussian":  # a flow with its length
+            parts.append(f"{self.posterior}{self.flow_steps or ''}")
         if self.kl_direction != "reverse":
             parts.append(f"{self.kl_direction}kl")
         if self.input_dropout:
@@ -261,7 +275,13 @@ class RunConfig:
         return [lr for epochs, lr in self.lr_stages() for _ in range(epochs)]
 
     def replace(self, **changes: Any) -> RunConfig:
-        return config_from_dict({**self.to_dict(), **changes})
+        """A config with `changes`; the params the changed objective, posterior or family no
+        longer declares are left behind (unless `changes` gives params)."""
+        values = {**self.to_dict(), **changes}
+        if "params" not in changes:
+            mine = declared_params(values)
+            values["params"] = {k: v for k, v in values["params"].items() if k in mine}
+        return config_from_dict(values)
 
 
 PARAMS_PREFIX = "params."
@@ -384,11 +404,32 @@ def _gather_params(values: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def declared_params(values: Mapping[str, Any]) -> set[str]:
+    """The param names that the objective, posterior and family of a config's `values` (a
+    mapping, defaults for what it lacks) declare; unknown component names declare none."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+    def value(key: str) -> Any:
+        return values.get(key, defaults[key])
+
+    family = value("dataset") if value("dataset") in FAMILIES.toys() else value("model")
+    records = [registry.get(name) for registry, name in (
+        (OBJECTIVES, value("objective")), (POSTERIORS, value("posterior")), (FAMILIES, family))
+        if isinstance(name, str) and name in registry]
+    return {p.name for record in records for p in record.params}
+
+
 def _resolve_params(cfg: RunConfig) -> None:
     """cfg.params checked against what its objective, posterior and family declare, each
     value coerced, every declared default filled in; sorted (name, value) pairs."""
     given = dict(cfg.params)
     declared = params_of(cfg.records())
+    for name in declared:
+        claim = [o for o, r in cfg.records().items()
+                 if any(p.name == name for p in getattr(r, "params", ()))]
+        if len(claim) > 1:
+            raise BenchError(f"param '{name}' is declared by both {claim[0]} and {claim[1]}: "
+                             "a config cannot tell which it sets")
     for name in sorted(given):
         if name not in declared:
             owners = [f"{kind} '{c.name}'" for kind, registry in (

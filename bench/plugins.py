@@ -68,13 +68,14 @@ class Plugin:
     digest: str  # SHA-256 (hex) of its source files
     origin: str  # "entry point", "module" or "file"
     module: str  # the module it is imported as
+    register: str = "register"  # the function of `module` (or "module:attr") to call
     # its source files, (path relative to the folder it is imported from, bytes)
     files: tuple[tuple[str, bytes], ...] = field(repr=False, default=())
 
     @property
     def label(self) -> str:
-        """How reports name it: "vaebench-vr 0.1.0", or "myplugin (a1b2c3d4e5f6)"."""
-        return f"{self.name} {self.version}" if self.version else f"{self.name} ({self.short})"
+        """How errors and reports name it: "vaebench-vr 0.1.0 (code a1b2c3d4e5f6)"."""
+        return describe(self.name, self.identity())
 
     @property
     def short(self) -> str:
@@ -89,6 +90,13 @@ class Plugin:
 _LOADED: dict[str, Plugin] = {}
 _RECORDS: dict[str, list[tuple[Any, str]]] = {}  # plugin name -> (registry, record name)
 _SUITE_FOLDERS: dict[str, list[Path]] = {}
+
+
+def describe(name: str, identity: dict[str, str]) -> str:
+    """A plugin as reports and messages name it, from its identity (a run's sys_plugins):
+    "vaebench-vr 0.1.0 (code a1b2c3d4e5f6)", "myplugin (code a1b2c3d4e5f6)"."""
+    version = f" {identity['version']}" if identity.get("version") else ""
+    return f"{name}{version} (code {identity['digest'][:12]})"
 
 
 def loaded() -> tuple[Plugin, ...]:
@@ -145,6 +153,11 @@ class API:
         if not isinstance(family, Family):
             raise PluginError(f"plugin {self.plugin}: api.family takes a bench.plugins.Family, "
                               f"got {family!r}")
+        shared = sorted(set(family.owns) - FAMILIES.owned_keys())
+        if shared:  # owning `k` would refuse k != 1 in every other family's runs
+            raise PluginError(
+                f"plugin {self.plugin}: family '{family.name}' owns key '{shared[0]}', which "
+                "every family uses: declare the family's own settings as params instead")
         self._add(FAMILIES, replace(family, plugin=self.plugin))
 
     def metric(self, metric: Metric) -> None:
@@ -173,27 +186,28 @@ def load(specs: Sequence[str] = (), *, entry_points: bool = True,
     paths, relative to `base` if given); each only once per process. Returns the plugins of
     `specs`. Any failure is a PluginError naming the plugin."""
     if entry_points:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            _load_entry_point(ep)
+        found = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        per_dist: dict[str, int] = {}
+        for ep in found:
+            per_dist[_dist_name(ep)] = per_dist.get(_dist_name(ep), 0) + 1
+        for ep in found:  # a distribution's name, or with several: "dist:entry point"
+            dist = _dist_name(ep)
+            _load_entry_point(ep, dist if per_dist[dist] == 1 else f"{dist}:{ep.name}")
     return tuple(_load_spec(spec, base) for spec in specs)
 
 
-def _load_entry_point(ep: importlib.metadata.EntryPoint) -> Plugin:
-    dist = ep.dist
-    name = dist.name if dist is not None else ep.name
-    module_name = ep.value.partition(":")[0].strip()
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else ep.name
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint, name: str) -> Plugin:
+    module_name, _, attribute = (part.strip() for part in ep.value.partition(":"))
     if name in _LOADED:
         return _LOADED[name]
     what = f"plugin {name} (entry point {ep.name} = {ep.value!r})"
     module = _import(module_name, what)
-    register = getattr(module, "register", None)
-    if ":" in ep.value:
-        try:
-            register = ep.load()
-        except (Exception, SystemExit) as err:
-            raise PluginError(f"{what}: cannot load it: {_describe(err)}") from None
-    version = dist.version if dist is not None else ""
-    return _register(what, name, version, "entry point", module, register)
+    version = ep.dist.version if ep.dist is not None else ""
+    return _register(what, name, version, "entry point", module, attribute or "register")
 
 
 def _load_spec(spec: str, base: Path | None) -> Plugin:
@@ -207,8 +221,9 @@ def _load_spec(spec: str, base: Path | None) -> Plugin:
             return plugin
     what = f"plugin {spec}"
     module = _import(spec, what)
-    name, version = _distribution_of(spec) or (spec, "")
-    return _register(what, name, version, "module", module, getattr(module, "register", None))
+    dist, version = _distribution_of(spec) or (spec, "")
+    name = dist if "." not in spec else f"{dist}:{spec}"  # one plugin per module
+    return _register(what, name, version, "module", module, "register")
 
 
 def _load_file(path: Path) -> Plugin:
@@ -223,7 +238,7 @@ def _load_file(path: Path) -> Plugin:
             unload(plugin.name)  # the file was edited (or another file of that name): reload
             forget_module(module_name)
     module = _exec_file(module_name, path, what)
-    return _register(what, path.stem, "", "file", module, getattr(module, "register", None))
+    return _register(what, path.stem, "", "file", module, "register")
 
 
 def _import(module_name: str, what: str) -> Any:
@@ -248,14 +263,19 @@ def _exec_file(module_name: str, path: Path, what: str) -> Any:
 
 
 def _register(what: str, name: str, version: str, origin: str, module: Any,
-              register: Any) -> Plugin:
+              attribute: str) -> Plugin:
+    """Call `module`'s register function (`attribute`, dotted) with an API in the name of
+    the plugin, whose records it tags; anything it raises unloads it again."""
+    register: Any = module
+    for part in attribute.split("."):
+        register = getattr(register, part, None)
     if not callable(register):
-        raise PluginError(f"{what}: defines no register(api) function")
+        raise PluginError(f"{what}: defines no {attribute}(api) function")
     if name in _LOADED:
         raise PluginError(f"{what}: a plugin named {name} is already loaded (from "
                           f"{_LOADED[name].origin} {_LOADED[name].module})")
     files = _source_files(module)
-    plugin = Plugin(name, version, _digest(files), origin, module.__name__, files)
+    plugin = Plugin(name, version, _digest(files), origin, module.__name__, attribute, files)
     _LOADED[name] = plugin
     try:
         register(API(name))
@@ -331,9 +351,8 @@ def ensure(plugins: Sequence[Plugin]) -> None:
             module = _import(plugin.module, what)
         else:
             module = _materialise(plugin, what)
-        register = getattr(module, "register", None)
         loaded_here = _register(what, plugin.name, plugin.version, plugin.origin, module,
-                                register)
+                                plugin.register)
         if loaded_here.digest != plugin.digest:  # shipped files changed in transit
             unload(plugin.name)
             raise PluginError(f"{what}: its code here has digest {loaded_here.short}, the "

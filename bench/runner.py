@@ -207,8 +207,8 @@ def _plugin_changes(row: dict, variant: Variant) -> list[str]:
     text = row.get("sys_plugins")
     stored = json.loads(text) if isinstance(text, str) and text else {}
     out = []
-    for name in variant.config.plugins():
-        now, then = plugins.plugin_identity(name), stored.get(name)
+    for name, now in variant.config.plugin_code().items():
+        then = stored.get(name)
         if then is None:
             out.append(f"plugin {name} was not used")
         elif then != now:
@@ -227,6 +227,8 @@ def _show(value) -> str:
         value = list(value)
     if value is None or value != value:  # NaN: a column older rows lack
         return "unset"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a stored column with NaN holds its ints as floats
     return str(value)
 
 

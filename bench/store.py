@@ -48,7 +48,6 @@ import pyarrow.parquet as pq
 from bench import config as _config
 from bench.config import RunConfig
 from bench.errors import BenchError, make_directory
-from bench.plugins import plugin_identity
 
 try:  # POSIX; without it (Windows) writes stay atomic but the finished-row check is not locked
     import fcntl
@@ -160,9 +159,8 @@ def run_row(
     row.update({f"cfg_{key}": value for key, value in config.flat_dict().items()})
     row.update({f"metric_{key}": _plain(value) for key, value in metrics.items()})
     row.update({f"sys_{key}": _plain(value) for key, value in provenance.items()})
-    if config.plugins():  # the plugins whose code the run ran: name -> version, digest
-        row["sys_plugins"] = json.dumps(
-            {name: plugin_identity(name) for name in config.plugins()}, sort_keys=True)
+    if config.plugins():  # the plugin code the run ran (its run_id's): name -> version, digest
+        row["sys_plugins"] = json.dumps(config.plugin_code(), sort_keys=True)
     return row
 
 

@@ -89,12 +89,11 @@ from typing import Any
 
 from bench import plugins
 from bench.components import OBJECTIVES, POSTERIORS
-from bench.config import PARAMS_PREFIX, RunConfig, config_from_dict
+from bench.config import PARAMS_PREFIX, RunConfig, config_from_dict, declared_params
 from bench.errors import BenchError
 from bench.families.registry import FAMILIES, Family
 
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
-_DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
 #: keys a suite may set in [base], [grid], [[variant]], [budget.*] (the seed comes from
 #: `seeds`); besides these, "params.<name>" for the params a component declares
 SETTABLE_KEYS: tuple[str, ...] = tuple(k for k in CONFIG_KEYS if k != "seed")
@@ -289,16 +288,27 @@ def _extended(raw: dict[str, Any], path: Path, where: str, seen: tuple[Path, ...
     parent = _extended(_read_toml(parent_path), parent_path, str(parent_path),
                        seen + (parent_path.resolve(),))
     merged = dict(parent)
+
+    def flat(table: Any, name: str) -> Any:  # params one key each: overridden one by one
+        return _flatten_params(table, where, name) if isinstance(table, dict) else table
+
+    def over(ours: Any, theirs: Any) -> Any:
+        return {**ours, **theirs} if isinstance(ours, dict) and isinstance(theirs, dict) \
+            else theirs
+
     for key, value in raw.items():
-        if key in ("suite", "base", "grid", "card") and isinstance(value, dict):
-            merged[key] = {**merged.get(key, {}), **value}
-        elif key == "budget" and isinstance(value, dict):
-            budgets = dict(merged.get("budget", {}))
+        if key in ("suite", "base", "grid") and isinstance(value, dict):
+            merged[key] = over(flat(merged.get(key, {}), f"[{key}]"), flat(value, f"[{key}]"))
+        elif key == "budget" and isinstance(value, dict):  # per budget, per key
+            tables = dict(merged.get(key, {}))
             for name, table in value.items():
-                ours = budgets.get(name, {})
-                budgets[name] = ({**ours, **table} if isinstance(table, dict)
-                                 and isinstance(ours, dict) else table)
-            merged["budget"] = budgets
+                where_ = f"[budget.{name}]"
+                tables[name] = over(flat(tables.get(name, {}), where_), flat(table, where_))
+            merged[key] = tables
+        elif key == "card" and isinstance(value, dict):  # per card, per key
+            merged[key] = {**merged.get(key, {}), **{
+                name: over(merged.get(key, {}).get(name, {}), table)
+                for name, table in value.items()}}
         elif key == "reference" and isinstance(value, list):
             merged["reference"] = [*merged.get("reference", []), *value]
         else:  # [[variant]] (replaces the parent's), anything unknown (refused later)
@@ -350,10 +360,14 @@ def filter_variants(variants: Sequence[Variant], filters: Sequence[str]) -> list
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
             raise BenchError(f"filter {text!r}: expected KEY=VALUE, e.g. k=5 or objective=iwae")
-        if key != "name" and key not in CONFIG_KEYS and not key.startswith(PARAMS_PREFIX):
+        known_param = key.startswith(PARAMS_PREFIX) and key[len(PARAMS_PREFIX):] in {
+            p.name for registry in (OBJECTIVES, POSTERIORS, FAMILIES) for r in registry
+            for p in r.params}
+        if key != "name" and (key not in CONFIG_KEYS or key == "params") and not known_param:
             raise BenchError(
-                f"filter {text!r}: unknown key '{key}' (known: name, {', '.join(CONFIG_KEYS)}, "
-                f"{PARAMS_PREFIX}<name>)"
+                f"filter {text!r}: unknown key '{key}' (known: name, "
+                f"{', '.join(k for k in CONFIG_KEYS if k != 'params')}, or {PARAMS_PREFIX}<name> "
+                "of a param some component declares)"
             )
         tests.append((key, value if key == "name" else parse_value(value)))
     selected = []
@@ -730,7 +744,7 @@ def _resolve(
     for _, values in layers:
         merged.update(values)
     merged["seed"] = seed
-    for key in _params_of_other_components(merged):
+    for key in _params_of_other_components(layers, merged):
         del merged[key]  # `params = {t = 2}` in [base] is for the runs whose component has t
     try:
         return config_from_dict(merged, where=_MARK)
@@ -741,23 +755,23 @@ def _resolve(
         raise BenchError(f"{where}: {_culprit(message, layers)}{context}: {message}") from None
 
 
-def _params_of_other_components(values: Mapping[str, Any]) -> list[str]:
-    """The "params.<name>" keys of `values` that its own objective, posterior and family do
-    not declare but another registered component does: a suite's layer sets them for the
-    runs they apply to. A name nobody declares stays, to be refused as a typo."""
-    own = {"objective": values.get("objective", _DEFAULTS["objective"]),
-           "posterior": values.get("posterior", _DEFAULTS["posterior"])}
-    records = [registry.get(own[kind]) for kind, registry in
-               (("objective", OBJECTIVES), ("posterior", POSTERIORS)) if own[kind] in registry]
-    dataset, model = (values.get("dataset", _DEFAULTS["dataset"]),
-                      values.get("model", _DEFAULTS["model"]))
-    family = dataset if dataset in FAMILIES.toys() else model
-    records += [FAMILIES.get(family)] if family in FAMILIES else []
-    mine = {p.name for r in records for p in r.params}
+def _params_of_other_components(layers: list[tuple[str, Mapping[str, Any]]],
+                                 values: Mapping[str, Any]) -> list[str]:
+    """The "params.<name>" keys of the merged `values` that its own objective, posterior and
+    family do not declare but another registered component does, and that a shared layer
+    ([base], [budget.*]) set: such a layer sets them for the runs they apply to. Set by the
+    grid or a variant, or declared by nobody (a typo), they stay, to be refused."""
+    mine = declared_params(values)
     known = {p.name for registry in (OBJECTIVES, POSTERIORS, FAMILIES) for r in registry
              for p in r.params}
-    return [k for k in values if k.startswith(PARAMS_PREFIX)
-            and k[len(PARAMS_PREFIX):] in known - mine]
+    out = []
+    for key in values:
+        if not key.startswith(PARAMS_PREFIX) or key[len(PARAMS_PREFIX):] not in known - mine:
+            continue
+        winner = next(table for table, layer in reversed(layers) if key in layer)
+        if winner == "[base]" or winner.startswith("[budget."):
+            out.append(key)
+    return out
 
 
 def _culprit(message: str, layers: list[tuple[str, Mapping[str, Any]]]) -> str:
@@ -780,20 +794,21 @@ def _check_values(values: Mapping[str, Any], where: str, table: str) -> None:
         _check_value(key, value, where, table)
 
 
-def _owner_of_param(key: str) -> dict[str, Any]:
-    """What makes a lone "params.<name>" valid: the objective, posterior or family that
-    declares it (the first registered), with that family's companions; {} if none does."""
+def _owners_of_param(key: str) -> list[dict[str, Any]]:
+    """What makes a lone "params.<name>" valid: for each objective, posterior or family that
+    declares it, the values that select it (a family's companions with it)."""
     name = key[len(PARAMS_PREFIX):]
+    out: list[dict[str, Any]] = []
     for record in OBJECTIVES:
         if any(p.name == name for p in record.params):
-            return {"objective": record.name}
+            out.append({"objective": record.name})
     for record in POSTERIORS:
         if any(p.name == name for p in record.params):
-            return {"posterior": record.name, "flow_steps": 1 if record.flow else 0}
+            out.append({"posterior": record.name, "flow_steps": 1 if record.flow else 0})
     for family in FAMILIES:
         if any(p.name == name for p in family.params):
-            return {**family.companions, ("dataset" if family.toy else "model"): family.name}
-    return {}
+            out.append({**family.companions, ("dataset" if family.toy else "model"): family.name})
+    return out
 
 
 # the least each model family needs beside it for a lone `model = ...` to be a valid config
@@ -817,8 +832,15 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
     layers are merged; this catches a bad value even where a later layer overrides it.
     """
     values: dict[str, Any] = {key: value}
-    if key.startswith(PARAMS_PREFIX):
-        values.update(_owner_of_param(key))
+    if key.startswith(PARAMS_PREFIX):  # valid if a component that declares it accepts it
+        errors = []
+        for owner in _owners_of_param(key) or [{}]:
+            try:
+                config_from_dict({key: value, **owner}, where=f"{where}: {table}")
+                return
+            except BenchError as err:
+                errors.append(err)
+        raise errors[0]
     # the family a lone value belongs to, with the values that make it a valid config
     family = _family_of_lone_value(key, value)
     if family is not None:

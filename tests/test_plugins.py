@@ -247,7 +247,7 @@ def test_train_takes_params_on_the_command_line(vr, capsys):
             "--epochs", "1", "--k", "3", "--k-eval", "5", "--quiet", "--json"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["config"]["params"] == {"alpha": -math.inf} and out["label"] == "vr-k3-alpha-inf"
+    assert out["config"]["params"] == {"alpha": "-inf"} and out["label"] == "vr-k3-alpha-inf"
     assert main(argv[:3] + ["--param", "alpha=1", "--param", "alpha=2"]) == 2
     assert capsys.readouterr().err.strip() == "vaebench: error: --param alpha is given twice"
 
@@ -442,6 +442,8 @@ def test_compare_and_the_report_judge_a_plugins_metric_by_its_catalog_record(tmp
     assert code == 1
     md = build_report(tmp_path / "cand" / "r", tmp_path / "report").read_text()
     digest = plugins.get("coin").short
+    (header,) = [line for line in md.splitlines() if line.startswith("| variant | plugin")]
+    assert header.rstrip(" |").endswith("| coin error (%)")  # the plugin's metric, by its record
     assert f"coin (code {digest})" in md  # the summary table's plugin column
 
 
@@ -474,7 +476,7 @@ def test_the_readmes_ten_lines_run_a_bound_on_iwae_table1_beside_vae_and_iwae(tm
     check_plugin_objectives([v.config for v in tempered])  # one value per example
 
 
-def test_extends_lays_the_file_over_its_parent(tmp_path):
+def test_extends_lays_the_file_over_its_parent(vr, tmp_path):
     parent = write(tmp_path / "parent.toml", """
         [suite]
         name = "parent"
@@ -526,6 +528,42 @@ def test_extends_lays_the_file_over_its_parent(tmp_path):
     suite = load_suite(child)
     assert suite.name == "child" and suite.seeds == (0, 1)
     assert [r.value for r in suite.references] == [30.0, 29.0]  # the parent's, then its own
+    write(tmp_path / "parent2.toml", """
+        [suite]
+        name = "p2"
+        description = "p"
+
+        [base]
+        objective = "vr"
+        params = { alpha = 0.25 }
+
+        [[reference]]
+        metric = "test_nll"
+        value = 30.0
+        source = "Paper A, Table 1"
+        card = "a"
+
+        [card.a]
+        paper = ["not checked: anything"]
+        code = ["not checked: anything"]
+        """.replace('[suite]', '[suite]\nplugins = ["vaebench_vr"]', 1))
+    write(tmp_path / "child2.toml", """
+        [suite]
+        name = "c2"
+        description = "c"
+        extends = "parent2.toml"
+
+        [base]
+        params = { alpha = -1.0 }
+        k = 2
+
+        [card.a]
+        code = ["Adam (read: train.py)"]
+        """)
+    second = load_suite(tmp_path / "child2.toml")  # params and cards overridden key by key
+    assert second.variants[0].config.param("alpha") == -1.0
+    assert second.cards[0].paper == ("not checked: anything",)
+    assert second.cards[0].code == ("Adam (read: train.py)",)
     assert [(v.config.k, v.config.epochs, v.config.train_size) for v in suite.variants] == [
         (2, 1, 50), (2, 1, 50)]
     write(tmp_path / "loop.toml", '[suite]\nname = "loop"\ndescription = "l"\n'
@@ -555,7 +593,102 @@ def test_an_installed_distribution_is_found_by_its_entry_point(tmp_path, monkeyp
     plugin = plugins.get("epplug")
     assert (plugin.version, plugin.origin, plugin.module) == ("1.2.3", "entry point", "epplug")
     assert OBJECTIVES.get("ep_bound").plugin == "epplug"
-    assert plugin.label == "epplug 1.2.3"
+    assert plugin.label == f"epplug 1.2.3 (code {plugin.short})"
+
+
+def test_an_entry_point_to_a_function_loads_on_a_worker_too(tmp_path, monkeypatch):
+    # Guards against: a worker that calls `register` where the entry point names another
+    # function (module:attr), and a distribution's second entry point skipped silently
+    import pickle
+    import subprocess
+
+    (tmp_path / "twoplug").mkdir()
+    (tmp_path / "twoplug" / "__init__.py").write_text(
+        "def setup(api):\n    api.objective('two_a', 'twoplug:make')\n"
+        "def other(api):\n    api.objective('two_b', 'twoplug:make')\n")
+    info = tmp_path / "twoplug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: twoplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[vaebench.plugins]\na = twoplug:setup\nb = twoplug:other\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins.load()
+    assert {OBJECTIVES.get(n).plugin for n in ("two_a", "two_b")} == {"twoplug:a", "twoplug:b"}
+    shipped = tmp_path / "shipped.pkl"
+    shipped.write_bytes(pickle.dumps(plugins.get("twoplug:a")))
+    code = ("import pickle, sys; from bench import plugins; from bench.components import "
+            "OBJECTIVES; plugins.ensure([pickle.loads(open(sys.argv[1], 'rb').read())]); "
+            "print(OBJECTIVES.get('two_a').plugin)")
+    done = subprocess.run([sys.executable, "-c", code, str(shipped)], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)  # twoplug is not on its path
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "twoplug:a"
+
+
+SCALED = """
+from bench.models.posteriors import GaussianPosterior
+from bench.plugins import Param
+
+
+class Scaled(GaussianPosterior):
+    def __init__(self, n_in, hidden, n_latent, scale):
+        super().__init__(n_in, hidden, n_latent)
+        self.scale = scale
+
+
+def register(api):
+    api.posterior("scaled", Scaled, params=[Param("scale", float, 1.0, minimum=0.0)])
+"""
+
+
+def test_a_plugin_posterior_is_built_with_its_params(tmp_path):
+    # Guards against: params that are validated and hashed but never reach the posterior
+    from bench.models import build_model
+
+    write(tmp_path / "scaled.py", SCALED)
+    plugins.load([str(tmp_path / "scaled.py")], entry_points=False)
+    cfg = config_from_dict({"posterior": "scaled", "params.scale": 3.0, "latent": [2],
+                            "hidden": [[4]]})
+    assert build_model(cfg, 6).encoders[0].scale == 3.0
+    assert cfg.label == "vae-scaled-scale3"
+
+
+@pytest.mark.parametrize("source, fragment", [
+    ("from bench.plugins import Metric, HIGHER\ndef register(api):\n"
+     "    api.metric(Metric('kl_unit_3', 'x', 'nats', HIGHER, threshold=0.1))\n",
+     "metric 'kl_unit_3' is one of the metrics 'kl_unit_<j>' already has a record for"),
+    ("from bench.plugins import Metric, HIGHER\ndef register(api):\n"
+     "    api.metric(Metric('score_<n>', 'x', '', HIGHER, threshold=0.1))\n",
+     "metric 'score_<n>' names a family of metrics: give the pattern"),
+    ("from bench.plugins import Metric, HIGHER\ndef register(api):\n"
+     "    api.metric(Metric('r_<n>', 'x', '', HIGHER, threshold=0.1, pattern=r'ra\\w+'))\n",
+     "pattern 'ra\\\\w+' also matches the metric 'rate'"),
+    ("from bench.plugins import Family\ndef register(api):\n"
+     "    api.family(Family('greedy', 'g', lambda cfg: {}, toy=True, owns=frozenset({'k'})))\n",
+     "family 'greedy' owns key 'k', which every family uses"),
+])
+def test_a_plugin_cannot_take_what_others_have(source, fragment, tmp_path):
+    # Guards against: a plugin's record for kl_unit_3 judging a built-in metric its own way,
+    # and a plugin family owning `k`, which would refuse k != 1 in every built-in suite
+    write(tmp_path / "greedy.py", source)
+    with pytest.raises(BenchError) as info:
+        plugins.load([str(tmp_path / "greedy.py")], entry_points=False)
+    assert str(info.value).startswith("plugin greedy: ") and fragment in str(info.value)
+    assert config_from_dict({"objective": "iwae", "k": 5}).k == 5
+
+
+def test_identity_equality_and_replace_follow_the_plugin(vr, tmp_path):
+    cfg = config_from_dict({"objective": "vr", "params": {"alpha": 0.0}})
+    other = plugins.replace(vr, digest="0" * 64)
+    plugins._LOADED[vr.name] = other
+    try:
+        edited = config_from_dict({"objective": "vr", "params": {"alpha": 0.0}})
+    finally:
+        plugins._LOADED[vr.name] = vr
+    assert edited != cfg and len({cfg, edited}) == 2  # other code, another run
+    assert cfg.plugin_code() == {vr.name: vr.identity()}
+    assert cfg.replace(objective="iwae").params == ()  # alpha is vr's, not iwae's
+    assert cfg.replace(k=3).param("alpha") == 0.0
 
 
 def test_a_worker_that_cannot_load_a_plugin_fails_its_runs_and_the_grid_goes_on(tmp_path):
@@ -585,3 +718,44 @@ def test_a_worker_that_cannot_load_a_plugin_fails_its_runs_and_the_grid_goes_on(
     assert error.startswith("worker could not load a plugin: plugin driver_only (") and \
         error.endswith("importing it raised ImportError: needs a library this node lacks"), error
     assert runs.loc["twin", "sys_ray_node_id"]  # which node could not
+
+
+def test_filters_and_train_json_with_params(vr, capsys):
+    from bench.cli import main
+    from bench.suite import filter_variants
+
+    suite = load_suite(EXAMPLE / "src" / "vaebench_vr" / "suites" / "vr_mnist.toml", "smoke")
+    assert len(filter_variants(suite.variants, ["params.alpha=-inf"])) == 4
+    with pytest.raises(BenchError, match="filter 'params.alhpa=0': unknown key 'params.alhpa'"):
+        filter_variants(suite.variants, ["params.alhpa=0"])  # a typo selects nothing: refused
+    assert main(["train", "--objective", "vr", "--param", "alpha=-inf", "--dataset", "digits",
+                 "--hidden", "8", "--latent", "2", "--train-size", "50", "--test-size", "10",
+                 "--epochs", "1", "--k-eval", "3", "--quiet", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["config"]["params"] == {"alpha": "-inf"}  # valid JSON: no -Infinity
+
+
+def test_a_param_set_for_a_run_that_cannot_use_it_is_refused(vr, tmp_path):
+    # [base] params reach only the runs whose component declares them; a variant or grid
+    # that sets one for a run that does not use it is a mistake, not something to drop
+    path = tiny(tmp_path, "misplaced", """
+        [[variant]]
+        name = "iwae"
+        objective = "iwae"
+        params = { alpha = -0.7 }
+        """, '"vaebench_vr"')
+    with pytest.raises(BenchError, match=r"\[\[variant\]\] 'iwae'.*unknown param 'alpha': it "
+                                         r"belongs to objective 'vr'"):
+        load_suite(path)
+
+
+def test_a_row_records_the_plugin_code_of_its_config(vr):
+    cfg = config_from_dict({"objective": "vr"})
+    plugins._LOADED[vr.name] = plugins.replace(vr, digest="f" * 64)  # edited since
+    try:
+        row = store.run_row(suite="s", variant="v", config=cfg, status="finished",
+                            metrics={}, provenance={})
+    finally:
+        plugins._LOADED[vr.name] = vr
+    assert json.loads(row["sys_plugins"]) == {vr.name: vr.identity()}
+    assert row["run_id"] == cfg.run_id

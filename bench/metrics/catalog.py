@@ -192,6 +192,18 @@ class Catalog(Registry[Metric]):
             except re.error as err:
                 raise BenchError(f"metric '{metric.name}': pattern {metric.pattern!r} is not a "
                                  f"regular expression ({err})") from None
+            covered = [n for n in self._records if "<" not in n and pattern.fullmatch(n)]
+            if covered:
+                raise BenchError(f"metric '{metric.name}': pattern {metric.pattern!r} also "
+                                 f"matches the metric '{covered[0]}', which has its record")
+        elif "<" in metric.name:
+            raise BenchError(f"metric '{metric.name}' names a family of metrics: give the "
+                             "pattern (a regular expression) its stored names match")
+        else:
+            owner = next((m for r, m in self._patterns if r.fullmatch(metric.name)), None)
+            if owner is not None:
+                raise BenchError(f"metric '{metric.name}' is one of the metrics "
+                                 f"'{owner.name}' already has a record for")
         super().register(metric)
         if pattern is not None:
             self._patterns.append((pattern, metric))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bench.components import POSTERIORS
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.models.init import init_authors
@@ -32,6 +33,8 @@ def build_model(cfg: RunConfig, n_data: int, seed: int | None = None,
             flow_steps=cfg.flow_steps,
             architecture=cfg.architecture,
             image_shape=image_shape,
+            posterior_params={p.name: cfg.param(p.name)
+                              for p in POSTERIORS.get(cfg.posterior).params},
         )
         if cfg.init == "authors":
             output = model.decoder.output_layer if cfg.likelihood == "bernoulli" else None

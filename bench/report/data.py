@@ -28,6 +28,7 @@ from bench.config import LATER_FIELDS
 from bench.errors import BenchError
 from bench.families.registry import FAMILIES, Family
 from bench.metrics import catalog
+from bench.plugins import describe
 from bench.provenance import executions
 from bench.report.values import _key, _mean_std, _missing, _num, _numeric, _py
 from bench.suite import Suite, load_suite, resolve_suite_path
@@ -76,6 +77,21 @@ COST_METRICS: tuple[MetricSpec, ...] = tuple(catalog_spec(name) for name in (
     "train_flops_per_s",
 ))
 ALL_METRICS = QUALITY_METRICS + COST_METRICS
+
+
+def plugin_metrics(columns: Iterable[str], *, machine: bool | None = None) -> list[MetricSpec]:
+    """The report columns of the stored metrics (metric_<name>, or a summary's
+    metric_<name>_mean) that plugins registered catalog records for, in column order;
+    `machine` True / False keeps only the cost / quality ones."""
+    out: dict[str, MetricSpec] = {}
+    for column in columns:
+        name = str(column).removeprefix("metric_").removesuffix("_mean")
+        record = catalog.find(name) if str(column).startswith("metric_") else None
+        if record is None or record in catalog.METRICS or name in out:
+            continue
+        if machine is None or record.machine == machine:
+            out[name] = catalog_spec(name)
+    return list(out.values())
 NEW_METRICS = {  # added in later versions of the store: absent from older results
     "metric_sharpness_prior": "sharpness", "metric_sharpness_recon": "sharpness",
     "metric_peak_memory_bytes": "peak memory", "metric_train_flops_per_s": "FLOP/s",
@@ -187,7 +203,7 @@ def summarize_variants(runs: pd.DataFrame, axes: Sequence[str] = (),
         row["plugin"] = plugin_label(first.get("sys_plugins"))
         latent = row.get("cfg_latent")
         row["layers"] = len(latent) if isinstance(latent, list) else 1
-        for spec in ALL_METRICS:
+        for spec in ALL_METRICS + tuple(plugin_metrics(runs.columns)):
             if spec.column not in runs.columns:
                 continue
             (row[f"{spec.column}_mean"], row[f"{spec.column}_std"],
@@ -407,9 +423,7 @@ def plugin_label(stored: Any) -> str:
     "" for vaebench's own code."""
     if not isinstance(stored, str) or not stored:
         return ""
-    return ", ".join(f"{name} {identity['version']} (code {identity['digest'][:12]})"
-                     if identity["version"] else f"{name} (code {identity['digest'][:12]})"
-                     for name, identity in json.loads(stored).items())
+    return ", ".join(describe(name, identity) for name, identity in json.loads(stored).items())
 
 
 def provenance_items(runs: pd.DataFrame) -> list[tuple[str, str]]:

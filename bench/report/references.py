@@ -33,7 +33,10 @@ def run_config(row: Mapping[str, Any]) -> RunConfig | None:
     values: dict[str, Any] = {}
     for column, value in row.items():
         if str(column).startswith(f"cfg_{PARAMS_PREFIX}") and not _missing(_py(value)):
-            values[column[4:]] = _py(value)  # "params.<name>": config_from_dict folds them
+            value = _py(value)  # "params.<name>": config_from_dict folds them into params
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # a column with NaN stores an int param as a float
+            values[column[4:]] = value
         if not str(column).startswith("cfg_") or column[4:] not in known:
             continue
         key, value = column[4:], _py(value)

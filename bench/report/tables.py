@@ -19,6 +19,7 @@ from bench.report.data import (
     MetricSpec,
     _family,
     metric_headings,
+    plugin_metrics,
     present_metrics,
 )
 from bench.report.document import Table
@@ -80,8 +81,10 @@ def family_summary_tables(summary: pd.DataFrame, axes: Sequence[str]
 
 def summary_tables(summary: pd.DataFrame, axes: Sequence[str]) -> tuple[Table, Table | None]:
     """(quality table, cost table or None) of a `summarize_variants` frame."""
-    quality = present_metrics(summary, QUALITY_METRICS)
-    cost = present_metrics(summary, COST_METRICS)
+    quality = present_metrics(summary, QUALITY_METRICS
+                              + tuple(plugin_metrics(summary.columns, machine=False)))
+    cost = present_metrics(summary, COST_METRICS
+                           + tuple(plugin_metrics(summary.columns, machine=True)))
     # rows of a plugin's code say whose (name, version, code hash) beside the variant
     plugins = ["plugin"] if "plugin" in summary.columns and summary["plugin"].any() else []
     headers = ["variant", *plugins, *axes, "runs", *metric_headings(summary, quality)]

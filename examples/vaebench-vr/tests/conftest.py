@@ -24,3 +24,4 @@ def _plugins_stay_in_their_test():
     for plugin in plugins.loaded():
         if plugin.name not in before:
             plugins.unload(plugin.name)
+            plugins.forget_module(plugin.module)

@@ -404,6 +404,8 @@ def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) ->
 
     def land(landed: Landed) -> None:
         row = landed.row
+        if suite.path is not None:  # the report finds a suite run by its path through it
+            row["sys_suite_file"] = str(Path(suite.path).resolve())
         # --force replaces a finished result only with a new finished one, never a failure
         store.write_run(options.results, row, landed.curves, samples=landed.samples,
                         replace_finished=options.force and row["status"] == "finished")

@@ -759,3 +759,29 @@ def test_a_row_records_the_plugin_code_of_its_config(vr):
         plugins._LOADED[vr.name] = vr
     assert json.loads(row["sys_plugins"]) == {vr.name: vr.identity()}
     assert row["run_id"] == cfg.run_id
+
+
+def test_the_report_finds_a_suite_run_from_its_path(tmp_path, monkeypatch):
+    # Guards against: a user's suite (run by its path, outside ./suites) reported without
+    # its description, references and cards because the report looks suites up by name
+    from bench.report import build_report
+
+    write(tmp_path / "twin.py", TWIN)
+    path = tiny(tmp_path, "mine", """
+        objective = "twin"
+
+        [[reference]]
+        metric = "test_nll"
+        value = 25.0
+        source = "Paper A, Table 1"
+        card = "a"
+
+        [card.a]
+        paper = ["not checked: everything"]
+        code = ["not checked: everything"]
+        """, '"twin.py"')
+    monkeypatch.chdir(tmp_path.parent)  # no ./suites/mine.toml here
+    run_suite(load_suite(path), RunOptions(results=tmp_path / "r", executor="local",
+                                           show_progress=False))
+    md = build_report(tmp_path / "r", tmp_path / "report").read_text()
+    assert "Paper A, Table 1" in md and "Protocol card a" in md, md[:2000]

@@ -121,7 +121,9 @@ def load_suite_data(results: str | Path, name: str, *, skip_corrupt: bool = Fals
     curves = store.load_curves(results, suite=name, skip_corrupt=skip_corrupt)
     samples = store.load_samples(results, suite=name, skip_corrupt=skip_corrupt)
     stored_budgets = list(dict.fromkeys(runs["budget"]))
-    suite, note = suite_file(name, stored_budgets)
+    recorded = [str(p) for p in runs.get("sys_suite_file", pd.Series(dtype=object))
+                if isinstance(p, str) and p]
+    suite, note = suite_file(name, stored_budgets, recorded[-1] if recorded else None)
     return SuiteData(name, runs, curves, samples, suite, note,
                      _budget_order(stored_budgets, suite))
 
@@ -132,12 +134,16 @@ def _budget_order(stored: Sequence[str], suite: Suite | None) -> list[str]:
     return [b for b in order if b in stored] + sorted(b for b in stored if b not in order)
 
 
-def suite_file(name: str, budgets: Sequence[str] = ()) -> tuple[Suite | None, str]:
-    """The suite file of `name`, parsed, or None and why not (one line)."""
+def suite_file(name: str, budgets: Sequence[str] = (), recorded: str | None = None
+               ) -> tuple[Suite | None, str]:
+    """The suite file of `name` (looked up by name, else the file its runs were run from,
+    `recorded`), parsed, or None and why not (one line)."""
     try:
         path = resolve_suite_path(name)
     except BenchError:
-        return None, "suite file not found"
+        if recorded is None or not Path(recorded).is_file():
+            return None, "suite file not found"
+        path = Path(recorded)  # a suite of the user's own, run by its path
     error: BenchError | None = None
     for budget in [None, *[b for b in budgets if b != UNSPECIFIED_BUDGET]]:
         try:

@@ -169,10 +169,15 @@ class Registry(Generic[T]):
 
 def params_of(records: Mapping[str, Any]) -> dict[str, tuple[str, Param]]:
     """param name -> (owner description, declaration) over the given named records
-    ({"objective 'vr'": component, ...}); used by the config to resolve its params table."""
+    ({"objective 'vr'": component, ...}); used by the config to resolve its params table.
+    A name two of them declare is a BenchError: a config could not tell which it sets."""
     out: dict[str, tuple[str, Param]] = {}
     for owner, record in records.items():
         for param in getattr(record, "params", ()):
+            if param.name in out:
+                raise BenchError(f"param '{param.name}' is declared by both "
+                                 f"{out[param.name][0]} and {owner}: a config cannot tell "
+                                 "which it sets")
             out[param.name] = (owner, param)
     return out
 

@@ -419,29 +419,33 @@ def declared_params(values: Mapping[str, Any]) -> set[str]:
     return {p.name for record in records for p in record.params}
 
 
+def param_owners(name: str) -> list[tuple[str, Any]]:
+    """Every registered component that declares a param `name`, as (config key that selects
+    it: "objective", "posterior", "model" or "dataset" for a toy, its record)."""
+    out = []
+    for key, registry in (("objective", OBJECTIVES), ("posterior", POSTERIORS),
+                          ("model", FAMILIES)):
+        for record in registry:
+            if any(p.name == name for p in record.params):
+                out.append(("dataset" if getattr(record, "toy", False) else key, record))
+    return out
+
+
 def _resolve_params(cfg: RunConfig) -> None:
     """cfg.params checked against what its objective, posterior and family declare, each
     value coerced, every declared default filled in; sorted (name, value) pairs."""
     given = dict(cfg.params)
-    declared = params_of(cfg.records())
-    for name in declared:
-        claim = [o for o, r in cfg.records().items()
-                 if any(p.name == name for p in getattr(r, "params", ()))]
-        if len(claim) > 1:
-            raise BenchError(f"param '{name}' is declared by both {claim[0]} and {claim[1]}: "
-                             "a config cannot tell which it sets")
-    for name in sorted(given):
-        if name not in declared:
-            owners = [f"{kind} '{c.name}'" for kind, registry in (
-                ("objective", OBJECTIVES), ("posterior", POSTERIORS), ("model", FAMILIES))
-                for c in registry if any(p.name == name for p in c.params)]
-            mine = ", ".join(f"{owner} ({len(c.params)})" for owner, c in
-                             cfg.records().items() if c.params) or "none"
-            raise BenchError(
-                f"unknown param '{name}': "
-                + (f"it belongs to {' and '.join(owners)}, which this config does not use"
-                   if owners else "no objective, posterior or model declares it")
-                + f" (this config's components with params: {mine})")
+    records = cfg.records()
+    declared = params_of(records)
+    for name in sorted(set(given) - set(declared)):
+        owners = [f"{key} '{record.name}'" for key, record in param_owners(name)]
+        mine = ", ".join(f"{owner} ({len(r.params)})" for owner, r in records.items()
+                         if r.params) or "none"
+        raise BenchError(
+            f"unknown param '{name}': "
+            + (f"it belongs to {' and '.join(owners)}, which this config does not use"
+               if owners else "no objective, posterior or model declares it")
+            + f" (this config's components with params: {mine})")
     resolved = {name: param.coerce(given.get(name, param.default), f"of {owner}")
                 for name, (owner, param) in declared.items()}
     object.__setattr__(cfg, "params", tuple(sorted(resolved.items())))

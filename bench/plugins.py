@@ -38,7 +38,8 @@ import importlib.util
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -120,9 +121,32 @@ def suite_folders() -> tuple[Path, ...]:
     return tuple(folder for folders in _SUITE_FOLDERS.values() for folder in folders)
 
 
-def shipment(names: Iterable[str]) -> tuple[Plugin, ...]:
-    """The loaded plugins of these names, with their source files: what a task carries."""
-    return tuple(get(name) for name in sorted(set(names)))
+def shipment(code: Mapping[str, Mapping[str, str]]) -> tuple[Plugin, ...]:
+    """The loaded plugins a task's configs ran with (their `plugin_code()`), with their
+    source files: what the task carries. A plugin reloaded with other code since the configs
+    were made is an error: its workers would run code the run_ids do not name."""
+    out = []
+    for name in sorted(code):
+        plugin = get(name)
+        if plugin.identity() != dict(code[name]):
+            raise PluginError(
+                f"plugin {name} changed since its runs were planned (code "
+                f"{code[name]['digest'][:12]} -> {plugin.short}): load the suite again")
+        out.append(plugin)
+    return tuple(out)
+
+
+@contextmanager
+def scoped() -> Iterator[None]:
+    """Plugins loaded inside the block are unloaded at its end, their modules forgotten
+    (tests: registries are per process, and other tests count the built-in records)."""
+    before = set(_LOADED)
+    try:
+        yield
+    finally:
+        for plugin in [p for p in _LOADED.values() if p.name not in before]:
+            unload(plugin.name)
+            forget_module(plugin.module)
 
 
 # ---------------------------------------------------------------------------- the API
@@ -228,7 +252,7 @@ def _load_spec(spec: str, base: Path | None) -> Plugin:
 
 def _load_file(path: Path) -> Plugin:
     if not path.is_file():
-        raise PluginError(f"plugin {path}: file not found")
+        raise PluginError(f"plugin {path}: no such .py file (a module is given by its name)")
     what = f"plugin {path.stem} ({path})"
     module_name = FILE_MODULE_PREFIX + path.stem
     for plugin in list(_LOADED.values()):

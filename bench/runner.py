@@ -98,7 +98,8 @@ def make_tasks(suite: Suite, variants: Sequence[Variant], options: RunOptions, *
     common = (options.results, options.cpus_per_run, options.checkpoint_every, options.compile)
 
     def shipped(members: Sequence[Variant]) -> tuple[Plugin, ...]:
-        return plugins.shipment(name for v in members for name in v.config.plugins())
+        return plugins.shipment({name: identity for v in members
+                                 for name, identity in v.config.plugin_code().items()})
 
     if options.stack == "off" or (options.stack == "auto" and not on_gpus):
         return [RunTask(suite.name, suite.budget, v, *common, shipped([v])) for v in variants]

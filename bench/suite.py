@@ -88,8 +88,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import plugins
-from bench.components import OBJECTIVES, POSTERIORS
-from bench.config import PARAMS_PREFIX, RunConfig, config_from_dict, declared_params
+from bench.config import (
+    PARAMS_PREFIX,
+    RunConfig,
+    config_from_dict,
+    declared_params,
+    param_owners,
+)
 from bench.errors import BenchError
 from bench.families.registry import FAMILIES, Family
 
@@ -360,9 +365,7 @@ def filter_variants(variants: Sequence[Variant], filters: Sequence[str]) -> list
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
             raise BenchError(f"filter {text!r}: expected KEY=VALUE, e.g. k=5 or objective=iwae")
-        known_param = key.startswith(PARAMS_PREFIX) and key[len(PARAMS_PREFIX):] in {
-            p.name for registry in (OBJECTIVES, POSTERIORS, FAMILIES) for r in registry
-            for p in r.params}
+        known_param = key.startswith(PARAMS_PREFIX) and param_owners(key[len(PARAMS_PREFIX):])
         if key != "name" and (key not in CONFIG_KEYS or key == "params") and not known_param:
             raise BenchError(
                 f"filter {text!r}: unknown key '{key}' (known: name, "
@@ -762,11 +765,10 @@ def _params_of_other_components(layers: list[tuple[str, Mapping[str, Any]]],
     ([base], [budget.*]) set: such a layer sets them for the runs they apply to. Set by the
     grid or a variant, or declared by nobody (a typo), they stay, to be refused."""
     mine = declared_params(values)
-    known = {p.name for registry in (OBJECTIVES, POSTERIORS, FAMILIES) for r in registry
-             for p in r.params}
     out = []
     for key in values:
-        if not key.startswith(PARAMS_PREFIX) or key[len(PARAMS_PREFIX):] not in known - mine:
+        name = key[len(PARAMS_PREFIX):]
+        if not key.startswith(PARAMS_PREFIX) or name in mine or not param_owners(name):
             continue
         winner = next(table for table, layer in reversed(layers) if key in layer)
         if winner == "[base]" or winner.startswith("[budget."):
@@ -796,18 +798,13 @@ def _check_values(values: Mapping[str, Any], where: str, table: str) -> None:
 
 def _owners_of_param(key: str) -> list[dict[str, Any]]:
     """What makes a lone "params.<name>" valid: for each objective, posterior or family that
-    declares it, the values that select it (a family's companions with it)."""
-    name = key[len(PARAMS_PREFIX):]
+    declares it, the values that select it (a flow's length, a family's companions)."""
     out: list[dict[str, Any]] = []
-    for record in OBJECTIVES:
-        if any(p.name == name for p in record.params):
-            out.append({"objective": record.name})
-    for record in POSTERIORS:
-        if any(p.name == name for p in record.params):
-            out.append({"posterior": record.name, "flow_steps": 1 if record.flow else 0})
-    for family in FAMILIES:
-        if any(p.name == name for p in family.params):
-            out.append({**family.companions, ("dataset" if family.toy else "model"): family.name})
+    for selector, record in param_owners(key[len(PARAMS_PREFIX):]):
+        extra = getattr(record, "companions", {})
+        if selector == "posterior":
+            extra = {"flow_steps": 1 if record.flow else 0}
+        out.append({**extra, selector: record.name})
     return out
 
 

@@ -22,9 +22,5 @@ def _plugins_stay_in_their_test():
     after it: registries are per process, and other tests count the built-in records."""
     from bench import plugins
 
-    before = {p.name for p in plugins.loaded()}
-    yield
-    for plugin in plugins.loaded():
-        if plugin.name not in before:
-            plugins.unload(plugin.name)
-            plugins.forget_module(plugin.module)
+    with plugins.scoped():
+        yield

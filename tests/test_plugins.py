@@ -697,9 +697,8 @@ def test_a_worker_that_cannot_load_a_plugin_fails_its_runs_and_the_grid_goes_on(
     # and the error; the built-in run beside it finishes.
     import os
 
-    source = (Path(__file__).parent / "plugins" / "twin.py").read_text()
     write(tmp_path / "driver_only.py", f"import os\nif os.getpid() != {os.getpid()}:\n"
-          "    raise ImportError('needs a library this node lacks')\n" + source)
+          "    raise ImportError('needs a library this node lacks')\n" + TWIN)
     path = tiny(tmp_path, "lost", """
         [[variant]]
         name = "twin"
@@ -785,3 +784,20 @@ def test_the_report_finds_a_suite_run_from_its_path(tmp_path, monkeypatch):
                                            show_progress=False))
     md = build_report(tmp_path / "r", tmp_path / "report").read_text()
     assert "Paper A, Table 1" in md and "Protocol card a" in md, md[:2000]
+
+
+def test_a_task_never_ships_other_code_than_its_run_ids_name(tmp_path):
+    # Guards against: a plugin reloaded with new code after its suite was loaded (a long-lived
+    # session) whose workers run the new code under run_ids that name the old one
+    from bench.runner import make_tasks
+
+    write(tmp_path / "twin.py", TWIN)
+    suite = load_suite(tiny(tmp_path, "stale", 'objective = "twin"\n', '"twin.py"'))
+    options = RunOptions(results=tmp_path / "r", stack="off")
+    (task,) = make_tasks(suite, suite.variants, options, on_gpus=False)
+    assert [p.digest for p in task.plugins] == [plugins.get("twin").digest]
+    write(tmp_path / "twin.py", TWIN + "# edited\n")
+    plugins.load([str(tmp_path / "twin.py")], entry_points=False)  # reloaded: other code
+    with pytest.raises(BenchError, match=r"plugin twin changed since its runs were planned "
+                                         r"\(code \w{12} -> \w{12}\): load the suite again"):
+        make_tasks(suite, suite.variants, options, on_gpus=False)

@@ -205,10 +205,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# One authentication mode for every process of the test cluster. Ray's `ray start --head`
+# turns token auth on when ~/.ray/auth_token exists (an earlier embedded ray.init writes it)
+# while `ray start --address` does not, unless RAY_AUTH_MODE says so; an earlier ray.init in
+# this process sets RAY_AUTH_MODE=token, so the test passed or failed by test order.
+CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # 127.0.0.1 only
+
+
 def _start_node(args: list[str], log: Path) -> subprocess.Popen:
     ray_bin = Path(sys.executable).with_name("ray")
     return subprocess.Popen([str(ray_bin), "start", "--block", *args],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=CLUSTER_ENV,
                             start_new_session=True)  # own process group: stopped as one
 
 
@@ -242,7 +249,7 @@ def test_run_joins_a_two_node_cluster_with_address(tmp_path):
         out = subprocess.run(
             [*VAEBENCH, "run", "smoke", "--address", address, "--results", str(results),
              "--no-progress"],
-            capture_output=True, text=True, timeout=300, cwd=REPO,
+            capture_output=True, text=True, timeout=300, cwd=REPO, env=CLUSTER_ENV,
         )
         assert out.returncode == 0, out.stderr[-2000:]
         runs = store.load_runs(results, suite="smoke")
@@ -264,7 +271,7 @@ lr = [1e-3, 2e-3]
         out = subprocess.run(
             [*VAEBENCH, "run", str(suite), "--address", address, "--results", str(results),
              "--no-progress", "--plugin", str(driver_only / "twin.py")],
-            capture_output=True, text=True, timeout=300, cwd=REPO,
+            capture_output=True, text=True, timeout=300, cwd=REPO, env=CLUSTER_ENV,
         )
         assert out.returncode == 0, out.stderr[-2000:]
         runs = store.load_runs(results, suite="twin")

@@ -106,7 +106,8 @@ class LatentVariableModel(nn.Module):
         self.latent = tuple(latent)
         inputs = (n_data, *latent[:-1])  # what each inference layer conditions on
         # q(z_1 | x) uses the chosen posterior family; upper layers are conditional Gaussians.
-        # Flow families (every one but "gaussian") also take their number of steps K.
+        # Flow families (flow = True in bench.components.POSTERIORS) also take their number
+        # of steps K; a posterior's declared params come as keyword arguments.
         component = POSTERIORS.get(posterior)
         extra = {"steps": flow_steps} if component.flow else {}
         extra.update(posterior_params or {})

@@ -19,9 +19,5 @@ def _plugins_stay_in_their_test():
     """A plugin a test loads is unloaded after it (vaebench's registries are per process)."""
     from bench import plugins
 
-    before = {p.name for p in plugins.loaded()}
-    yield
-    for plugin in plugins.loaded():
-        if plugin.name not in before:
-            plugins.unload(plugin.name)
-            plugins.forget_module(plugin.module)
+    with plugins.scoped():
+        yield

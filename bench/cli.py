@@ -30,7 +30,8 @@ from bench.runner import DEFAULT_GPU_FRACTION, check_plugin_objectives
 # Help for every RunConfig field; the train command gets one flag per field.
 FIELD_HELP = {
     "dataset": f"data set: {', '.join(IMAGE_DATASETS + FAMILIES.toys())} (digits is embedded; "
-    "mnist is fetched once; the toys (gmm, bimodal) are also run by `vaebench toy`)",
+    "mnist is fetched once; gmm and bimodal are also run by `vaebench toy`, snr_gaussian by "
+    "the suite of that name)",
     "train_size": "use only the first N training examples (fast runs); default all",
     "test_size": "evaluate on the first N test examples only; default all",
     "hidden": "deterministic hidden sizes per stochastic layer, bottom first, e.g. "
@@ -40,9 +41,13 @@ FIELD_HELP = {
     "posterior": f"q(z|x) family: {', '.join(POSTERIORS.names())} (flows: planar, radial, "
     "IAF; a plugin's posteriors too)",
     "objective": f"{', '.join(OBJECTIVES.names())}: vae = mean of k ELBO terms (beta-weighted "
-    "KL), iwae = importance weighted bound (a plugin's objectives too)",
+    "KL), iwae = importance weighted bound; stl, dreg = IWAE with the sticking-the-landing / "
+    "doubly reparameterised encoder gradient, rws_dreg = DReG's wake-phi update "
+    "(--kl-direction forward); miwae, piwae (--param m=M: k = M x K samples), ciwae (--beta "
+    "in [0, 1]) = Rainforth et al. 2018's bounds (a plugin's objectives too)",
     "k": "samples per example in the training objective (>= 1)",
-    "beta": "weight on the KL term for objective vae (>= 0; 0 = autoencoder, >1 = beta-VAE)",
+    "beta": "weight on the KL term for objective vae (>= 0; 0 = autoencoder, >1 = beta-VAE); "
+    "ciwae's weight on the ELBO (in [0, 1])",
     "analytic_kl": "closed-form Gaussian KL where it exists (else Monte Carlo)",
     "flow_steps": "steps K of a flow posterior (0 for the plain Gaussian)",
     "kl_direction": "encoder training: reverse = KL(q||p) through the bound's gradient; "
@@ -86,6 +91,10 @@ FIELD_HELP = {
     "dci_train": "DCI: independent training points drawn from the grid (0 = 2:1 split of one "
     "sample)",
     "dci_test": "DCI: independent test points drawn from the grid (with --dci-train)",
+    "snr_draws": "model lvm: measure the gradient signal-to-noise ratio of the encoder and "
+    "decoder from N gradient draws on the first minibatch, at initialisation and after "
+    "training (0 = not measured)",
+    "snr_every": "model lvm: also measure the SNR every N epochs (with --snr-draws)",
     "input_dropout": "model lvm: probability of zeroing each input pixel in training",
     "eval_inpainting": "model lvm: score imputation of masked test images",
     "architecture": "mlp, or conv (Burgess et al. 2018: 4 conv layers of 32 4x4 filters, "

@@ -11,6 +11,12 @@ way, by `Registry.register`: the built-ins below, a plugin's through `bench.plug
     objective   make(cfg) -> bound, where bound(sample: ModelSample) -> (B,) tensor, the
                 per-example objective the trainer maximises (bench.objectives). A component
                 with uses_beta also takes `beta=` (a stack passes each variant's beta).
+                An objective may ask the model for more than the plain log-densities
+                (`views`, bench.models.lvm.Views): "stl", log q at the sample with q's
+                parameters stopped (Roeder et al. 2017); "split", log p(x, z) once for the
+                generative parameters only and once for the sample's path only, so the
+                encoder and the decoder can follow different gradients in one backward pass.
+                Its `check(cfg)` refuses configs it cannot train (BenchError).
     posterior   an nn.Module class called as cls(n_in, hidden, n_latent, **kw), kw = {steps:
                 flow_steps} for a flow (`flow=True`) plus the config's params it declares;
                 the interface of bench.models.posteriors.GaussianPosterior.
@@ -22,12 +28,18 @@ import importlib
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from bench.errors import BenchError
 
+if TYPE_CHECKING:
+    from bench.config import RunConfig
+
 BUILT_IN = "vaebench"  # the `plugin` of everything vaebench itself registers
+#: what an objective may ask of the model's sample beyond the plain log-densities
+#: (bench.models.lvm.Views): "stl" and "split" (see the module docstring)
+VIEWS = ("stl", "split")
 _KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
@@ -104,8 +116,20 @@ class Component:
     params: tuple[Param, ...] = ()
     help: str = ""
     plugin: str = BUILT_IN  # who registered it (a plugin's name)
-    uses_beta: bool = False  # objectives: weighs the KL by `beta` (only then may beta != 1)
+    uses_beta: bool = False  # objectives: takes `beta` (only then may beta != 1)
     flow: bool = False  # posteriors: takes `steps` = flow_steps >= 1
+    views: tuple[str, ...] = ()  # objectives: what it needs of the sample (VIEWS)
+    # objectives: the values that make a lone `objective = name` a valid config (a suite's
+    # check of each value on its own), e.g. {"kl_direction": "forward"}
+    companions: Mapping[str, Any] = field(default_factory=dict)
+    # objectives: its own rules on the config beyond its params (BenchError naming the key)
+    check: Callable[[RunConfig], None] | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.views if v not in VIEWS]
+        if unknown:
+            raise BenchError(f"component '{self.name}': unknown view '{unknown[0]}' (known: "
+                             f"{', '.join(VIEWS)})")
 
     def load(self) -> Any:
         """The implementation (importing its module, and torch, now)."""
@@ -187,11 +211,79 @@ OBJECTIVES: Registry[Component] = Registry("objective")
 #: q(z|x) families by name (the config's `posterior`)
 POSTERIORS: Registry[Component] = Registry("posterior")
 
+
+# ----------------------------------------------------------- the built-in objectives' rules
+def _needs_lvm(cfg: RunConfig) -> None:
+    if cfg.model != "lvm":
+        raise BenchError(f"objective '{cfg.objective}' needs model 'lvm' (the VAE family's "
+                         f"model computes the views its gradient needs), not '{cfg.model}'")
+
+
+def _path_derivative(cfg: RunConfig) -> None:
+    """stl, dreg and rws_dreg: the encoder's gradient flows only through the sample, with
+    log q taken at q's parameters stopped."""
+    _needs_lvm(cfg)
+    if cfg.posterior != "gaussian":
+        raise BenchError(
+            f"objective '{cfg.objective}' needs posterior 'gaussian': it takes log q at the "
+            f"sample with q's parameters stopped, which vaebench has in closed form for the "
+            f"Gaussian only (a flow such as '{cfg.posterior}' would need its density at the "
+            "sample under stopped flow parameters: planar and radial flows have no inverse)")
+    if cfg.objective == "rws_dreg" and cfg.kl_direction != "forward":
+        raise BenchError("objective 'rws_dreg' is the wake-phi update of kl_direction "
+                         "'forward': set kl_direction = 'forward' (reverse KL with doubly "
+                         "reparameterised gradients is objective 'dreg')")
+    if cfg.objective != "rws_dreg" and cfg.kl_direction != "reverse":
+        raise BenchError(f"objective '{cfg.objective}' trains the encoder on the bound "
+                         "(kl_direction 'reverse'); the forward-KL wake-phi update with doubly "
+                         "reparameterised gradients is objective 'rws_dreg'")
+
+
+def _groups(cfg: RunConfig) -> None:
+    """miwae and piwae: the k samples are M groups of K."""
+    m = cfg.param("m")
+    if cfg.k % m:
+        raise BenchError(f"objective '{cfg.objective}': k = {cfg.k} samples must be m = {m} "
+                         f"groups of K = k / m (k a multiple of m)")
+    if cfg.objective == "piwae":
+        _needs_lvm(cfg)
+
+
+def _mixture_weight(cfg: RunConfig) -> None:
+    if not 0.0 <= cfg.beta <= 1.0:
+        raise BenchError(f"objective 'ciwae' is beta x ELBO + (1 - beta) x IWAE: key 'beta' "
+                         f"must be in [0, 1], got {cfg.beta:g}")
+
+
+_M = Param("m", int, 1, minimum=1,
+           help="M: the k samples are M groups of K = k / M (Rainforth et al. 2018)")
+
 for _component in (
     Component("vae", "bench.objectives:make_vae", uses_beta=True,
               help="mean of k ELBO terms with weight beta on the KL (k = 1: the ELBO)"),
     Component("iwae", "bench.objectives:make_iwae",
               help="log-mean-exp of k importance weights (Burda et al. 2015)"),
+    Component("stl", "bench.objectives:make_stl", views=("stl",), check=_path_derivative,
+              help="IWAE bound, 'sticking the landing' gradient: log q's score term dropped "
+                   "(Roeder et al. 2017; biased for k > 1)"),
+    Component("dreg", "bench.objectives:make_dreg", views=("stl", "split"),
+              check=_path_derivative,
+              help="IWAE bound, doubly reparameterised encoder gradient: squared normalised "
+                   "weights times the path derivative (Tucker et al. 2019); decoder: IWAE's"),
+    Component("rws_dreg", "bench.objectives:make_rws_dreg", views=("stl", "split"),
+              check=_path_derivative, companions={"kl_direction": "forward"},
+              help="reweighted wake-sleep (kl_direction 'forward') with the doubly "
+                   "reparameterised wake-phi gradient (Tucker et al. 2019)"),
+    Component("miwae", "bench.objectives:make_miwae", params=(_M,), check=_groups,
+              help="MIWAE(M, K): mean of M IWAE-K bounds over k = M x K samples "
+                   "(Rainforth et al. 2018)"),
+    Component("piwae", "bench.objectives:make_piwae", params=(_M,), views=("split",),
+              check=_groups,
+              help="PIWAE(M, K): encoder on MIWAE(M, K), decoder on IWAE(M x K), from the "
+                   "same k = M x K samples (Rainforth et al. 2018)"),
+    Component("ciwae", "bench.objectives:make_ciwae", uses_beta=True, check=_mixture_weight,
+              help="CIWAE(beta): beta x ELBO + (1 - beta) x IWAE-k of the same k samples "
+                   "(Rainforth et al. 2018)"),
 ):
     OBJECTIVES.register(_component)
 for _component in (

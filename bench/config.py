@@ -143,6 +143,13 @@ class RunConfig:
     dci_train: int = 0
     dci_test: int = 0
 
+    # --- gradient signal-to-noise ratio (bench.metrics.snr; model lvm): snr_draws > 0
+    # measures the SNR of the run's gradient estimator from that many gradient draws on a
+    # fixed minibatch, at initialisation and after training, and also every snr_every
+    # epochs (0: those two only; these are part of the run's train_seconds)
+    snr_draws: int = 0
+    snr_every: int = 0
+
     # --- settings the config's objective, posterior or family declares for itself (a
     # plugin's hyperparameters): (name, value) pairs sorted by name, every declared default
     # applied. Given as a table (`params = { alpha = 0.5 }`, or `params.alpha` keys)
@@ -319,6 +326,7 @@ LATER_FIELDS: dict[str, Any] = {
     "architecture": "mlp", "capacity_max": 0.0, "capacity_steps": 0, "gamma": 1000.0,
     "optimizer": "adam", "init": "authors", "binarize": True, "validation_size": 0,
     "patience": 0, "dci_estimator": "forest", "dci_train": 0, "dci_test": 0, "params": {},
+    "snr_draws": 0, "snr_every": 0,
 }
 
 
@@ -326,7 +334,7 @@ LATER_FIELDS: dict[str, Any] = {
 _INT_FIELDS = {
     "train_size", "test_size", "k", "burda_stages", "epochs", "batch_size", "seed", "k_eval",
     "flow_steps", "iterations", "components", "given_quadrants", "labelled", "capacity_steps",
-    "validation_size", "patience", "dci_train", "dci_test",
+    "validation_size", "patience", "dci_train", "dci_test", "snr_draws", "snr_every",
 }
 _FLOAT_FIELDS = {"beta", "lr", "adam_beta1", "adam_beta2", "adam_eps", "alpha", "input_dropout",
                  "capacity_max", "gamma"}
@@ -469,7 +477,7 @@ def _validate(cfg: RunConfig) -> None:
         if value is not None and value < 1:
             raise BenchError(f"key '{key}' must be >= 1 (or unset for all), got {value}")
     for key in ("validation_size", "patience", "dci_train", "dci_test", "components",
-                "iterations", "labelled", "capacity_steps"):
+                "iterations", "labelled", "capacity_steps", "snr_draws", "snr_every"):
         if getattr(cfg, key) < 0:
             raise BenchError(f"key '{key}' must be >= 0, got {getattr(cfg, key)}")
     for key in ("beta", "alpha", "capacity_max"):
@@ -483,11 +491,15 @@ def _validate(cfg: RunConfig) -> None:
                          f"'{cfg.posterior}' has none)")
     if POSTERIORS.get(cfg.posterior).flow and cfg.flow_steps < 1:
         raise BenchError(f"key 'flow_steps' must be >= 1 for posterior '{cfg.posterior}'")
-    if cfg.kl_direction == "forward" and (cfg.objective != "iwae" or cfg.posterior != "gaussian"):
+    if cfg.kl_direction == "forward" and (cfg.objective not in ("iwae", "rws_dreg")
+                                          or cfg.posterior != "gaussian"):
         raise BenchError(
-            "key 'kl_direction' = 'forward' needs objective 'iwae' (the decoder trains on the "
-            "IWAE bound) and posterior 'gaussian' (log q at a fixed sample)"
+            "key 'kl_direction' = 'forward' needs objective 'iwae' or 'rws_dreg' (the decoder "
+            "trains on the IWAE bound) and posterior 'gaussian' (log q at a fixed sample)"
         )
+    objective = OBJECTIVES.get(cfg.objective)
+    if objective.check is not None:
+        objective.check(cfg)
     if not OBJECTIVES.get(cfg.objective).uses_beta and cfg.beta != 1.0:
         users = [f"'{o.name}'" for o in OBJECTIVES if o.uses_beta]
         raise BenchError(f"key 'beta' applies to objective {' and '.join(users)} only "

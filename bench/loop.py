@@ -25,9 +25,14 @@ from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
 from bench.families.registry import FAMILIES
 
-# Offsets that derive independent streams from the one user-facing seed.
+# Offsets that derive independent streams from the one user-facing seed: training, the
+# test-set evaluation, the gradient SNR's draws (bench.metrics.snr) and the test-set bounds
+# at the training k (bench.metrics.likelihood.test_bounds), each its own so that measuring
+# one never moves another.
 TRAIN_STREAM = 0
 EVAL_STREAM = 1_000_003
+SNR_STREAM = 2_000_003
+BOUND_STREAM = 3_000_017
 
 
 @dataclass
@@ -40,6 +45,11 @@ class EpochRecord:
     # minus the mean validation loss after the epoch (same estimator as train_bound), for
     # trainers with a held-out validation split (bench.families.cvae); None otherwise
     valid_bound: float | None = None
+    # the gradient SNR after the epoch (bench.metrics.snr), at the epochs cfg.snr_every names
+    snr_encoder: float | None = None
+    snr_decoder: float | None = None
+    dsnr_encoder: float | None = None
+    dsnr_decoder: float | None = None
 
 
 def training_record(status: str, curves: list[EpochRecord], train_seconds: float,

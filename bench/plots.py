@@ -88,6 +88,34 @@ def ll_vs_k(data: pd.DataFrame, path: str | Path, *, title: str,
         return _save(fig, path)
 
 
+def snr_vs_k(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Gradient SNR against k, log-log: encoder lines solid, decoder lines dashed, error bars
+    = std over seeds, the 1/sqrt(draws) floor dotted, slopes +-1/2 as thin guides through
+    the first point of IWAE's lines. `data`: columns of `bench.report.snr_vs_k_data`."""
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.8, 4.6))
+        for line in dict.fromkeys(data["line"]):
+            group = data[data["line"] == line].sort_values("k")
+            encoder = group["part"].iloc[0] == "encoder"
+            ax.errorbar(group["k"], group["mean"], yerr=group["std"].fillna(0.0),
+                        marker="o" if encoder else "s", capsize=3, linewidth=1.5,
+                        linestyle="-" if encoder else "--", label=str(line))
+        for floor in sorted(set(np.round(data["floor"].to_numpy(dtype=float), 12))):
+            ax.axhline(floor, color="0.4", linestyle=":", linewidth=1.0,
+                       label=f"floor 1/sqrt(draws) = {floor:.2g}")
+        ks = sorted(data["k"].unique())
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(ks)
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("k (samples per data point, log scale)")
+        ax.set_ylabel("gradient SNR |E g| / std g (log scale)")
+        ax.set_title(title)
+        ax.legend(loc="best", fontsize=7)
+        return _save(fig, path)
+
+
 def rate_distortion(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
     """Distortion against rate, one point per variant labelled by beta, error bars = std.
 

@@ -35,7 +35,7 @@ from bench.loop import load_data, make_generator
 from bench.metrics.cost import forward_flops_per_example, training_flops_per_example
 from bench.metrics.likelihood import evaluate
 from bench.models import build_model
-from bench.objectives import objective_for
+from bench.objectives import objective_for, views_for
 from bench.optim import loss_scale, make_optimizer
 from bench.suite import load_suite, resolve_suite_path
 
@@ -147,7 +147,7 @@ def profile_variant(
     optimizer = make_optimizer(model, cfg)
     bound_fn = objective_for(cfg)
     generator = make_generator(cfg.seed, dev)
-    detach = cfg.kl_direction == "forward"
+    views = views_for(cfg)
     batch = min(cfg.batch_size, n)
 
     # minibatches as the trainer draws them: slices of a random permutation, reshuffled
@@ -167,7 +167,7 @@ def profile_variant(
         xb = next_batch()
         x_in = drop_pixels(xb, cfg.input_dropout, generator) if cfg.input_dropout else None
         training_step(model, optimizer, bound_fn, xb, cfg.k, generator,
-                      detach_samples=detach, x_in=x_in, loss_scale=loss_scale(cfg, len(xb)))
+                      views=views, x_in=x_in, loss_scale=loss_scale(cfg, len(xb)))
 
     model.train()
     for _ in range(warmup):

@@ -88,6 +88,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import plugins
+from bench.components import OBJECTIVES
 from bench.config import (
     PARAMS_PREFIX,
     RunConfig,
@@ -796,18 +797,6 @@ def _check_values(values: Mapping[str, Any], where: str, table: str) -> None:
         _check_value(key, value, where, table)
 
 
-def _owners_of_param(key: str) -> list[dict[str, Any]]:
-    """What makes a lone "params.<name>" valid: for each objective, posterior or family that
-    declares it, the values that select it (a flow's length, a family's companions)."""
-    out: list[dict[str, Any]] = []
-    for selector, record in param_owners(key[len(PARAMS_PREFIX):]):
-        extra = getattr(record, "companions", {})
-        if selector == "posterior":
-            extra = {"flow_steps": 1 if record.flow else 0}
-        out.append({**extra, selector: record.name})
-    return out
-
-
 # the least each model family needs beside it for a lone `model = ...` to be a valid config
 def _family_of_lone_value(key: str, value: Any) -> Family | None:
     """The family (registry record) a lone `key = value` needs: the family it names, or the
@@ -830,13 +819,18 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
     """
     values: dict[str, Any] = {key: value}
     if key.startswith(PARAMS_PREFIX):  # valid if a component that declares it accepts it
+        name = key[len(PARAMS_PREFIX):]
+        owners = param_owners(name)
+        if not owners:  # the config says whose it could be
+            config_from_dict(values, where=f"{where}: {table}")
         errors = []
-        for owner in _owners_of_param(key) or [{}]:
+        for selector, record in owners:  # its type and range (combinations: when merged)
+            param = next(p for p in record.params if p.name == name)
             try:
-                config_from_dict({key: value, **owner}, where=f"{where}: {table}")
+                param.coerce(value, f"of {selector} '{record.name}'")
                 return
             except BenchError as err:
-                errors.append(err)
+                errors.append(BenchError(f"{where}: {table}: {err}"))
         raise errors[0]
     # the family a lone value belongs to, with the values that make it a valid config
     family = _family_of_lone_value(key, value)
@@ -852,6 +846,8 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
         values["flow_steps"] = 1
     elif key == "flow_steps" and value != 0:
         values["posterior"] = "planar"
+    elif key == "objective" and value in OBJECTIVES:
+        values.update(OBJECTIVES.get(value).companions)
     elif key == "kl_direction" and value == "forward":
         values["objective"] = "iwae"
     elif key == "condition" and value == "quadrants":
@@ -863,6 +859,8 @@ def _check_value(key: str, value: Any, where: str, table: str) -> None:
     elif key == "gamma" or (key in ("capacity_steps", "capacity_max") and value != 0):
         values.setdefault("capacity_max", 1.0)
         values.setdefault("capacity_steps", 1)
+    elif key == "snr_every" and value != 0:
+        values["snr_draws"] = 2
     elif key in ("dci_train", "dci_test") and value != 0:
         values.update({"dci_train": 2, "dci_test": 2, key: value})
     config_from_dict(values, where=f"{where}: {table}")

@@ -35,6 +35,9 @@ RUNS = {
     "classifier": RunConfig(**TINY, model="classifier", labelled=20),
     "gmm": RunConfig(dataset="gmm", objective="iwae", k=2, iterations=3),
     "bimodal": RunConfig(dataset="bimodal", objective="iwae", k=2, iterations=3),
+    "snr_gaussian": RunConfig(dataset="snr_gaussian", objective="dreg", k=4,
+                              params={"draws": 20}),
+    "lvm-snr": RunConfig(**TINY, objective="stl", snr_draws=3),
 }
 
 

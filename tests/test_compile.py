@@ -124,6 +124,23 @@ def test_the_compiled_step_matches_the_eager_one_and_repeats_itself(tmp_path):
         assert landed.row[f"metric_{key}"] == compiled.metrics()[key], key
 
 
+@pytest.mark.parametrize("extra", [
+    {"objective": "dreg", "hidden": ((8,), (8,)), "latent": (3, 2)},
+    {"objective": "piwae", "k": 4, "params": {"m": 2}},
+    {"objective": "rws_dreg", "kl_direction": "forward"},
+], ids=["dreg-2-layer", "piwae", "rws-dreg"])
+def test_the_compiled_step_of_each_estimator_matches_the_eager_one(extra):
+    # Guards against: torch.compile tracing the estimators' views (q's stopped parameters,
+    # the generative half under functional_call with stopped parameters) into another
+    # gradient than the eager step's.
+    cfg = RunConfig(**{**TINY, "k": 3, **extra})
+    data = load_data(cfg)
+    eager, compiled = train(cfg, data), train(cfg, data, compile="on")
+    assert compiled.compiled
+    for key in ("test_ll", "final_train_bound", "test_iwae_k"):
+        assert compiled.metrics()[key] == pytest.approx(eager.metrics()[key], abs=1e-4), key
+
+
 def test_the_compiled_estimate_matches_the_eager_one():
     # Guards against: the compiled evaluation drawing other noise or dropping a slice (the
     # estimate would move by Monte Carlo noise or more), or a graph that breaks on the

@@ -17,6 +17,7 @@ import torch
 from bench.config import RunConfig
 from bench.metrics.likelihood import evaluate
 from bench.models import build_model
+from bench.models.lvm import Views
 from bench.objectives import iwae_bound, kl_term, log_mean_exp, vae_bound
 
 D, Z, N_TEST = 12, 4, 256
@@ -209,7 +210,7 @@ def test_forward_kl_gradients_are_the_wake_phi_update_and_the_decoder_iwae_gradi
     model = build_model(cfg, 10, seed=0).double()
     x = torch.bernoulli(torch.full((5, 10), 0.4, dtype=torch.float64),
                         generator=torch.Generator().manual_seed(0))
-    sample = model(x, 7, generator=torch.Generator().manual_seed(1), detach_samples=True)
+    sample = model(x, 7, generator=torch.Generator().manual_seed(1), views=Views(detach=True))
     assert not sample.z[0].requires_grad
     bound = forward_kl_iwae_bound(sample)
     torch.testing.assert_close(bound, iwae_bound(sample))  # the value is the IWAE bound

@@ -97,7 +97,7 @@ def test_a_key_moved_from_its_default_must_belong_to_the_runs_family():
     with pytest.raises(BenchError, match="key 'flow_steps' applies to model 'lvm' only"):
         config_from_dict({"model": "m2", "labelled": 10, "posterior": "iaf", "flow_steps": 1})
     with pytest.raises(BenchError, match="key 'kl_direction' applies to model 'lvm' and the "
-                                         "toys 'gmm' and 'bimodal' only"):
+                                         "toys 'gmm', 'snr_gaussian' and 'bimodal' only"):
         config_from_dict({"model": "cvae", "condition": "label", "kl_direction": "forward"})
     # the default of a key is allowed everywhere
     assert config_from_dict({"model": "mixture", "components": 2, "iterations": 1,

@@ -32,6 +32,7 @@ from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic, drop_pixels
 from bench.families.compiling import should_compile, should_compile_eval
 from bench.loop import (
+    BOUND_STREAM,
     EVAL_STREAM,
     TRAIN_STREAM,
     Checkpointing,
@@ -46,9 +47,11 @@ from bench.metrics.blur import blur_metrics, sample_records
 from bench.metrics.cost import PeakMemory, training_flops_per_example
 from bench.metrics.factors import factor_metrics, has_factors
 from bench.metrics.imputation import evaluate_inpainting
-from bench.metrics.likelihood import TestMetrics, compiled_passes, evaluate
+from bench.metrics.likelihood import TestMetrics, compiled_passes, evaluate, test_bounds
+from bench.metrics.snr import gradient_snr, snr_batch
 from bench.models import LatentVariableModel, build_model
-from bench.objectives import ControlledCapacity, Objective, objective_for
+from bench.models.lvm import PLAIN, Views
+from bench.objectives import ControlledCapacity, Objective, objective_for, views_for
 from bench.optim import load_optimizer_state, loss_scale, make_optimizer
 
 
@@ -66,6 +69,8 @@ class TrainResult:
     samples: list[dict] = field(default_factory=list)  # image rows for the report's grids
     inpainting: dict = field(default_factory=dict)  # inpaint_* metrics (cfg.eval_inpainting)
     factors: dict = field(default_factory=dict)  # disentanglement, per-unit KL (shapes data)
+    bounds: dict = field(default_factory=dict)  # test_bound, test_iwae_k, kl_gap_k (finished)
+    snr: dict = field(default_factory=dict)  # gradient SNR at init and after training
     compiled: bool = False  # whether the training step ran torch.compile'd
     eval_compiled: bool = False  # whether the test-set estimate ran torch.compile'd
 
@@ -75,6 +80,8 @@ class TrainResult:
                               self.diverged_epoch)
         if self.test is not None:
             out.update(self.test.to_dict())
+        out.update(self.bounds)
+        out.update(self.snr)
         out.update(self.images)
         out.update(self.inpainting)
         out.update(self.factors)
@@ -85,7 +92,7 @@ class TrainResult:
 
 
 def compiled_training_step(model: LatentVariableModel, optimizer: torch.optim.Optimizer,
-                           bound_fn: Objective, k: int, detach_samples: bool = False,
+                           bound_fn: Objective, k: int, views: Views = PLAIN,
                            options: dict | None = None) -> Callable[..., torch.Tensor]:
     """`training_step` compiled, as a function of (xb, x_in, noise, loss_scale): the forward
     pass and bound as one torch.compile'd graph (its backward compiled with it); the
@@ -98,7 +105,7 @@ def compiled_training_step(model: LatentVariableModel, optimizer: torch.optim.Op
     """
     def loss_of(xb: torch.Tensor, x_in: torch.Tensor | None,
                 noise: list[torch.Tensor]) -> torch.Tensor:
-        sample = model(xb, k, detach_samples=detach_samples, x_in=x_in, noise=noise)
+        sample = model(xb, k, views=views, x_in=x_in, noise=noise)
         return -bound_fn(sample).mean()
 
     device = next(model.parameters()).device
@@ -125,7 +132,7 @@ def training_step(
     xb: torch.Tensor,
     k: int,
     generator: torch.Generator | None = None,
-    detach_samples: bool = False,
+    views: Views = PLAIN,
     x_in: torch.Tensor | None = None,
     loss_scale: float = 1.0,
 ) -> torch.Tensor:
@@ -133,7 +140,7 @@ def training_step(
     0-d tensor still on the device, so the caller decides when to synchronise. `x_in`, if
     given, is the encoder's input in place of xb (input dropout); the bound still scores xb.
     The gradient is that of loss * loss_scale (bench.optim.loss_scale: B sums the loss)."""
-    sample = model(xb, k, generator=generator, detach_samples=detach_samples, x_in=x_in)
+    sample = model(xb, k, generator=generator, views=views, x_in=x_in)
     loss = -bound_fn(sample).mean()
     optimizer.zero_grad(set_to_none=True)
     (loss * loss_scale).backward()  # x 1 is exact: adam's gradients are unchanged
@@ -172,16 +179,21 @@ def train(
 
     curves: list[EpochRecord] = []
     elapsed_before = 0.0  # training seconds spent before a resume
+    snr_x = snr_batch(cfg, dataset, device) if cfg.snr_draws else None
+    snr_init: dict = {}
     if checkpointing is not None and checkpointing.path.exists():
-        curves, elapsed_before = _load_checkpoint(
+        curves, elapsed_before, snr_init = _load_checkpoint(
             checkpointing.path, cfg, model, optimizer, generator
         )
+    elif snr_x is not None:  # the estimator's SNR at the initial weights
+        snr_init = {f"{name}_init": value for name, value in
+                    gradient_snr(model, cfg, snr_x, cfg.snr_draws).items()}
     if isinstance(bound_fn, ControlledCapacity):  # C follows the optimisation steps taken
         bound_fn.steps_done = len(curves) * math.ceil(n / cfg.batch_size)
     start = time.perf_counter() - elapsed_before
 
-    detach = cfg.kl_direction == "forward"  # the wake-phi update of forward KL
-    fast = (compiled_training_step(model, optimizer, bound_fn, cfg.k, detach_samples=detach)
+    views = views_for(cfg)  # what the objective needs of the sample
+    fast = (compiled_training_step(model, optimizer, bound_fn, cfg.k, views=views)
             if compiled else None)
 
     def step(rows: torch.Tensor) -> torch.Tensor:
@@ -193,15 +205,20 @@ def train(
             noise = model.draw_noise(xb.shape[0], cfg.k, generator, device)
             return fast(xb, x_in, noise, loss_scale(cfg, xb.shape[0]))
         return training_step(model, optimizer, bound_fn, xb, cfg.k, generator,
-                             detach_samples=detach, x_in=x_in,
+                             views=views, x_in=x_in,
                              loss_scale=loss_scale(cfg, xb.shape[0]))
 
     def after_epoch(epoch: int, now: float) -> None:
+        if snr_x is not None and cfg.snr_every and (
+            epoch % cfg.snr_every == 0 and epoch < len(epoch_lrs)
+        ):  # (the last epoch's SNR is the run's snr_* metrics)
+            for name, value in gradient_snr(model, cfg, snr_x, cfg.snr_draws).items():
+                setattr(curves[-1], name, value)
         if checkpointing is not None and (
             epoch % checkpointing.every_epochs == 0 and epoch < len(epoch_lrs)
         ):
             _save_checkpoint(checkpointing.path, cfg, model, optimizer, generator, curves,
-                             now - start)
+                             now - start, snr_init)
 
     diverged_epoch = train_epochs(
         epoch_lrs[len(curves):], step, n=n, batch_size=cfg.batch_size, optimizer=optimizer,
@@ -210,23 +227,25 @@ def train(
     train_seconds = time.perf_counter() - start
     return finish(cfg, dataset, model, device=device, curves=curves,
                   train_seconds=train_seconds, diverged_epoch=diverged_epoch, memory=memory,
-                  compiled=compiled, compile=compile)
+                  compiled=compiled, compile=compile, snr_init=snr_init)
 
 
 def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
            device: torch.device, curves: list[EpochRecord], train_seconds: float,
            diverged_epoch: int | None, memory: PeakMemory, compiled: bool,
-           compile: str = "off") -> TrainResult:
+           compile: str = "off", snr_init: dict | None = None) -> TrainResult:
     """The TrainResult of a trained model: a finished run (diverged_epoch None) evaluated on
     the test set (test LL with cfg.k_eval samples, blur, samples, inpainting, factors) from
     the run's evaluation stream; a diverged one with its training record only. Its own
     function so a stack (bench.families.stack) evaluates each variant as a solo run does.
     `compiled`: the training step ran compiled; `compile`: the run's mode, which decides
-    whether the test-set estimate runs compiled (`should_compile_eval`)."""
+    whether the test-set estimate runs compiled (`should_compile_eval`). `snr_init`: the
+    gradient SNR measured at initialisation (cfg.snr_draws > 0), stored with the final one."""
     status = "finished" if diverged_epoch is None else "diverged"
     eval_compiled = status == "finished" and should_compile_eval(
         dataset.test.shape[0] * cfg.k_eval, device, compile)
-    test, images, samples, inpainting, factors = None, {}, [], {}, {}
+    test, images, samples, inpainting, factors, bounds = None, {}, [], {}, {}, {}
+    snr = dict(snr_init or {})
     if status == "finished":
         x_test = dataset.test.to(device)
         eval_generator = make_generator(cfg.seed + EVAL_STREAM, device)
@@ -243,6 +262,14 @@ def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
             factors, traversals = factor_metrics(model, dataset, seed=cfg.seed, config=cfg)
             factors["factor_seconds"] = time.perf_counter() - factor_start
             samples += traversals
+        # from a stream of their own: every metric above is what it was without them
+        own = None if cfg.capacity_max > 0 else objective_for(cfg)  # C: a training schedule
+        bounds = test_bounds(model, x_test, cfg.k, own,
+                             generator=make_generator(cfg.seed + BOUND_STREAM, device))
+        bounds["kl_gap_k"] = test.test_ll - bounds["test_iwae_k"]
+        if cfg.snr_draws:
+            snr.update(gradient_snr(model, cfg, snr_batch(cfg, dataset, device),
+                                    cfg.snr_draws))
     cost = {
         "flops_per_example": training_flops_per_example(model, cfg.k),
         "peak_memory_bytes": memory.peak_bytes(),
@@ -260,12 +287,15 @@ def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
         samples=samples,
         inpainting=inpainting,
         factors=factors,
+        bounds=bounds,
+        snr=snr,
         compiled=compiled,
         eval_compiled=eval_compiled,
     )
 
 
-def _save_checkpoint(path, cfg, model, optimizer, generator, curves, elapsed) -> None:
+def _save_checkpoint(path, cfg, model, optimizer, generator, curves, elapsed,
+                     snr_init) -> None:
     """Write the state needed to continue exactly where training stands."""
     save_state(path, {
         "config_hash": cfg.config_hash,
@@ -275,12 +305,15 @@ def _save_checkpoint(path, cfg, model, optimizer, generator, curves, elapsed) ->
         "curves": [asdict(r) for r in curves],
         "elapsed": elapsed,
         "device_type": generator.device.type,  # RNG states do not move between device types
+        "snr_init": snr_init,
     })
 
 
-def _load_checkpoint(path, cfg, model, optimizer, generator) -> tuple[list[EpochRecord], float]:
+def _load_checkpoint(path, cfg, model, optimizer, generator
+                     ) -> tuple[list[EpochRecord], float, dict]:
     state = load_state(path, cfg.config_hash, generator.device.type)
     model.load_state_dict(state["model"])
     load_optimizer_state(optimizer, state["optimizer"])
     generator.set_state(state["generator"])
-    return [EpochRecord(**r) for r in state["curves"]], float(state["elapsed"])
+    return ([EpochRecord(**r) for r in state["curves"]], float(state["elapsed"]),
+            dict(state.get("snr_init", {})))

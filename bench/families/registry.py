@@ -83,6 +83,19 @@ def _check_toy(cfg: RunConfig) -> None:
             "'iwae' and posterior 'gaussian' (k = particles, kl_direction = the method)")
 
 
+#: the objectives whose gradient draws the snr_gaussian toy has in closed form
+SNR_TOY_OBJECTIVES = ("iwae", "stl", "dreg", "rws_dreg", "vae", "miwae", "piwae", "ciwae")
+
+
+def _check_snr_toy(cfg: RunConfig) -> None:
+    if cfg.objective not in SNR_TOY_OBJECTIVES or cfg.posterior != "gaussian":
+        raise BenchError(f"toy 'snr_gaussian' has closed-form gradients for objective "
+                         f"{', '.join(SNR_TOY_OBJECTIVES)} with posterior 'gaussian', not "
+                         f"objective '{cfg.objective}', posterior '{cfg.posterior}'")
+    if cfg.objective == "vae" and cfg.beta != 1.0:
+        raise BenchError("toy 'snr_gaussian': objective 'vae' needs beta = 1")
+
+
 def _check_lvm(cfg: RunConfig) -> None:
     if cfg.eval_inpainting and cfg.likelihood != "bernoulli":
         raise BenchError("key 'eval_inpainting' needs an image data set and likelihood "
@@ -100,6 +113,13 @@ def _check_lvm(cfg: RunConfig) -> None:
     elif cfg.capacity_steps != 0 or cfg.gamma != _default(cfg, "gamma"):
         raise BenchError("keys 'capacity_steps' and 'gamma' apply to controlled capacity "
                          "(capacity_max > 0) only")
+    if cfg.snr_draws == 1:
+        raise BenchError("key 'snr_draws' needs at least 2 gradient draws (or 0: no SNR)")
+    if cfg.snr_every and not cfg.snr_draws:
+        raise BenchError("key 'snr_every' needs key 'snr_draws' > 0 (the draws per SNR)")
+    if cfg.snr_draws and cfg.capacity_max > 0:
+        raise BenchError("key 'snr_draws' does not apply to controlled capacity "
+                         "(capacity_max > 0): its objective changes every step")
     if (cfg.dci_train == 0) != (cfg.dci_test == 0):
         raise BenchError("keys 'dci_train' and 'dci_test' are set together (both > 0: "
                          "independent draws) or not at all")
@@ -141,7 +161,9 @@ def _check_semi_supervised(cfg: RunConfig) -> None:
 _TRAINING = ("epochs_done", "final_train_bound", "train_samples_per_s", "train_seconds",
              "diverged_epoch")
 _LVM_METRICS = _TRAINING + (
-    "test_ll", "test_elbo", "rate", "distortion", "ess", "active_units",
+    "test_ll", "test_elbo", "test_bound", "test_iwae_k", "kl_gap_k", "snr_encoder",
+    "snr_decoder", "dsnr_encoder", "dsnr_decoder", "snr_encoder_init", "snr_decoder_init",
+    "dsnr_encoder_init", "dsnr_decoder_init", "rate", "distortion", "ess", "active_units",
     "active_units_by_layer", "k_eval", "n_test", "eval_seconds", "eval_samples_per_s",
     "blur_data_mean", "blur_data_min", "blur_prior_mean", "blur_prior_min", "blur_recon_mean",
     "blur_recon_min", "blur_reason", "sharpness_prior", "sharpness_recon",
@@ -155,7 +177,7 @@ _BASELINE_METRICS = ("test_cll", "test_cll_marginal", "nn_test_cll", "nn_epochs_
                      "nn_best_epoch", "nn_valid_loss")
 _LVM_KEYS = frozenset({"likelihood", "posterior", "flow_steps", "architecture", "input_dropout",
                        "eval_inpainting", "capacity_max", "capacity_steps", "gamma",
-                       "dci_estimator", "dci_train", "dci_test"})
+                       "dci_estimator", "dci_train", "dci_test", "snr_draws", "snr_every"})
 _NEURAL = frozenset({"init", "optimizer"})  # the neural image models' optimiser and init
 _CONDITIONAL = frozenset({"condition", "given_quadrants", "binarize", "validation_size",
                           "patience"})
@@ -206,6 +228,19 @@ BUILT_IN: tuple[Family, ...] = (
            owns=frozenset({"iterations", "kl_direction"}), unused=_TOY_UNUSED,
            companions={"iterations": 1, "objective": "iwae"}, check=_check_toy,
            metrics=("mixture_weight_error", "posterior_kl", "train_seconds")),
+    Family("snr_gaussian", "", "bench.toys:run_toy", toy=True,
+           owns=frozenset({"kl_direction"}), unused=_TOY_UNUSED | {"k_eval"},
+           companions={"objective": "iwae"}, check=_check_snr_toy,
+           metrics=("snr_encoder", "snr_decoder", "dsnr_encoder", "dsnr_decoder", "snr_floor",
+                    "train_seconds"),
+           params=(Param("draws", int, 100_000, minimum=2,
+                         help="gradient draws per SNR estimate (the floor is 1/sqrt(draws))"),
+                   Param("points", int, 1, minimum=1, maximum=1024,
+                         help="data points the gradient averages over (1: the first; 1024: "
+                              "the data set)"),
+                   Param("perturbation", float, 0.01, minimum=0.0,
+                         help="std of the N(0, s^2) noise added to mu, A and b at the "
+                              "optimum"))),
     Family("bimodal", "", "bench.toys:run_toy", toy=True,
            owns=frozenset({"iterations", "kl_direction"}), unused=_TOY_UNUSED,
            companions={"iterations": 1, "objective": "iwae"}, check=_check_toy,

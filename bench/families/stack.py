@@ -58,7 +58,7 @@ from bench.loop import (
 )
 from bench.metrics.cost import PeakMemory
 from bench.models import LatentVariableModel, build_model
-from bench.objectives import objective_builder, objective_for
+from bench.objectives import objective_builder, objective_for, views_for
 from bench.optim import load_optimizer_state, loss_scale, make_optimizer
 
 #: the config keys variants of one stack may differ in; every other key is shared
@@ -72,7 +72,7 @@ StackEpoch = Callable[[int, EpochRecord, int], None]  # (variant index, record, 
 def stack_key(cfg: RunConfig) -> str | None:
     """Configs with equal keys train as one stack; None for a config that never stacks (a
     family other than the VAE family: their loops are their own)."""
-    if FAMILIES.of(cfg).name != "lvm":
+    if FAMILIES.of(cfg).name != "lvm" or cfg.snr_draws:  # SNR: measured on a solo model
         return None
     return cfg.replace(**{key: getattr(RunConfig, key) for key in FREE_KEYS}).config_hash
 
@@ -246,13 +246,13 @@ def stacked_step(template: torch.nn.Module, optimizer: torch.optim.Optimizer,
     gammas = torch.tensor([c.gamma for c in cfgs], device=device)
     capacity = objective_for(cfg) if cfg.capacity_max > 0 else None  # a ControlledCapacity
     objective = objective_builder(cfg)  # resolved here: nothing imports inside the graph
-    detach = cfg.kl_direction == "forward"
+    views = views_for(cfg)
     if capacity is not None:
         capacity.steps_done = steps_done
 
     def variant_loss(p, b, xb, x_in, noise, beta, gamma, target):
         sample = functional_call(base, (p, b), (xb, cfg.k),
-                                 {"detach_samples": detach, "x_in": x_in, "noise": noise})
+                                 {"views": views, "x_in": x_in, "noise": noise})
         if capacity is not None:
             return -capacity.bound(sample, target, gamma).mean()
         return -objective(beta)(sample).mean()

@@ -83,6 +83,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("ess", "ESS / k_eval", "", HIGHER, threshold=0.01, digits=3),
     Metric("active_units", "active units", "", HIGHER, threshold=0.5, digits=1),
     Metric("active_units_by_layer", "active units by layer", ""),  # a list, shown per layer
+    # the run's own bound at its training k on the test set, and the IWAE bound at that k,
+    # so runs of different objectives and estimators compare on one number (issue 25)
+    _nats("test_bound", "own bound at k, test (nats)"),
+    _nats("test_iwae_k", "IWAE-k, test (nats)"),
+    _nats("kl_gap_k", "log p - IWAE-k (nats)", LOWER, threshold=0.05),
     _echo("k_eval", "k_eval"),
     _echo("n_test", "test images"),
     _nats("train_ll", "train LL (nats)", NONE),  # the mixture's; over-fitting is not better
@@ -118,6 +123,13 @@ METRICS: tuple[Metric, ...] = (
     _machine("eval_seconds", "eval time (s)", "s", NONE),
     _machine("inpaint_seconds", "inpainting time (s)", "s", NONE),
     _machine("factor_seconds", "disentanglement metrics time (s)", "s", NONE),
+    # ---- gradient signal-to-noise ratio (bench.metrics.snr, the snr_gaussian toy): after
+    # training (the toy: at its parameters) and, for trained models, at initialisation
+    *(Metric(f"{kind}_{part}{when}", f"{'directional ' if kind == 'dsnr' else ''}SNR, "
+             f"{part}{' at init' if when else ''}", "", HIGHER, threshold=0.1, relative=True,
+             digits=4)
+      for kind in ("snr", "dsnr") for part in ("encoder", "decoder") for when in ("", "_init")),
+    Metric("snr_floor", "SNR floor 1/sqrt(draws)", "", digits=4),
     # ---- toys (bench.toys): how well q matches the exact posterior
     _nats("posterior_kl", "KL(p(z|x)||q) (nats)", LOWER, threshold=0.01, digits=3),
     Metric("mixture_weight_error", "mixture weight error", "", LOWER, threshold=0.005,

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from bench.compiler import compile_fresh
-from bench.models.lvm import LatentVariableModel
+from bench.models.lvm import LatentVariableModel, ModelSample
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 #: samples x examples whose noise is drawn at once: this fixes which random numbers each
@@ -84,6 +84,31 @@ def _pass_sums(model: LatentVariableModel, xb: torch.Tensor, noise: list[torch.T
         kl_analytic=s.kl_analytic,
         means=[m.double().sum(0) * (draws / m.shape[0]) for m in s.z_means],
     )
+
+
+@torch.no_grad()
+def test_bounds(model: LatentVariableModel, x: torch.Tensor, k: int,
+                objective: Callable[[ModelSample], torch.Tensor] | None, *,
+                generator: torch.Generator | None = None,
+                rows_per_pass: int = ROWS_PER_PASS) -> dict[str, float]:
+    """The run's own bound (`objective`'s value; None: not measured) and the IWAE bound, both
+    at the training k, as means over the test examples x, from the same k samples per example
+    (noise drawn in slices of about rows_per_pass samples x examples): {"test_bound",
+    "test_iwae_k"}. Runs of different objectives and gradient estimators compare on the
+    second; the first is what the run maximised, measured on held-out data."""
+    batch = max(1, rows_per_pass // k)
+    own = torch.zeros((), dtype=torch.float64, device=x.device)
+    iwae = torch.zeros((), dtype=torch.float64, device=x.device)
+    for lo in range(0, x.shape[0], batch):
+        sample = model(x[lo : lo + batch], k, generator=generator).valued()
+        iwae += torch.logsumexp(sample.log_weights.double(), 0).sum() - math.log(k) * len(
+            sample.log_weights[0])
+        if objective is not None:
+            own += objective(sample).double().sum()
+    out = {"test_iwae_k": float(iwae) / x.shape[0]}
+    if objective is not None:
+        out["test_bound"] = float(own) / x.shape[0]
+    return out
 
 
 PassFn = Callable[[LatentVariableModel, torch.Tensor, list[torch.Tensor]], PassSums]

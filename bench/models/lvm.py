@@ -11,12 +11,14 @@ and returns the three log-densities every objective is built from. Imports torch
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from bench.components import POSTERIORS
 from bench.models.conv import FEATURES, ConvDecoderNet, ConvEncoderNet
@@ -30,6 +32,30 @@ from bench.models.posteriors import (
 )
 
 
+@dataclass(frozen=True)
+class Views:
+    """What an objective's gradient needs of the model's sample beyond the plain
+    log-densities (an objective's `views`, bench.components.VIEWS; `detach` is the forward-KL
+    wake-phi update's). Each costs only when asked for.
+
+    detach  no gradient through z: log q's gradient is its score at a fixed sample.
+    stl     `log_qz_stl`: log q(z|x) at the sample with q's parameters stopped, so its gradient
+            reaches q only through z (the path derivative; Roeder et al. 2017).
+    split   log p(x, z) twice, so encoder and decoder can follow different gradients in one
+            backward pass: `log_px_given_z` and `log_pz` at z stopped (their gradient reaches
+            the generative parameters only), and `log_joint_path` with the generative
+            parameters stopped (its gradient reaches z, and through z q's parameters, only).
+            The decoder runs twice.
+    """
+
+    detach: bool = False
+    stl: bool = False
+    split: bool = False
+
+
+PLAIN = Views()
+
+
 @dataclass
 class ModelSample:
     """k joint samples z ~ q(z|x) per example and the log-densities at them (nats)."""
@@ -40,11 +66,22 @@ class ModelSample:
     kl_analytic: torch.Tensor | None  # (B,) closed-form KL(q(z|x) || p(z)) where one exists
     z: list[torch.Tensor]  # per layer (k, B, d_l), bottom first
     z_means: list[torch.Tensor]  # per layer (k or 1, B, d_l): E_q[z_l | parent sample]
+    log_qz_stl: torch.Tensor | None = None  # (k, B) Views.stl: log q, q's parameters stopped
+    log_joint_path: torch.Tensor | None = None  # (k, B) Views.split: log p(x, z), p's stopped
 
     @property
     def log_weights(self) -> torch.Tensor:
         """(k, B) log importance weights log p(x, z) - log q(z | x)."""
         return self.log_px_given_z + self.log_pz - self.log_qz
+
+    def valued(self) -> ModelSample:
+        """This sample with every view it lacks filled from the plain log-densities: the
+        same values, for an objective's value without its gradient (evaluation)."""
+        return dataclasses.replace(
+            self,
+            log_qz_stl=self.log_qz if self.log_qz_stl is None else self.log_qz_stl,
+            log_joint_path=(self.log_px_given_z + self.log_pz if self.log_joint_path is None
+                            else self.log_joint_path))
 
 
 class BernoulliDecoder(nn.Module):
@@ -83,6 +120,22 @@ class GaussianDecoder(nn.Module):
 
 
 DECODERS: dict[str, type[nn.Module]] = {"bernoulli": BernoulliDecoder, "gaussian": GaussianDecoder}
+
+
+class _Generative(nn.Module):
+    """p(z_L) prod p(z_l | z_{l+1}) p(x | z_1) of a LatentVariableModel, over its own
+    `priors` and `decoder` modules."""
+
+    def __init__(self, priors: nn.ModuleList, decoder: nn.Module):
+        super().__init__()
+        self.priors, self.decoder = priors, decoder
+
+    def forward(self, x: torch.Tensor, zs: Sequence[torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        log_pz = standard_normal_log_prob(zs[-1])
+        for i, prior in enumerate(self.priors):
+            log_pz = log_pz + prior.log_prob(zs[i], zs[i + 1])
+        return log_pz, self.decoder.log_prob(x, zs[0])
 
 
 class LatentVariableModel(nn.Module):
@@ -127,25 +180,32 @@ class LatentVariableModel(nn.Module):
             self.encoders[0].net.trunk = ConvEncoderNet(image_shape)
             self.decoder.net = ConvDecoderNet(latent[0], image_shape)
         self.analytic_kl_available = len(latent) == 1
+        # the generative half as one callable module over the same priors and decoder, held
+        # outside the module tree (its parameters are the model's own, under their names):
+        # Views.split evaluates it with its parameters stopped (functional_call)
+        object.__setattr__(self, "_generative", _Generative(self.priors, self.decoder))
 
     def forward(
         self,
         x: torch.Tensor,
         k: int,
         generator: torch.Generator | None = None,
-        detach_samples: bool = False,
+        views: Views = PLAIN,
         x_in: torch.Tensor | None = None,
         noise: Sequence[torch.Tensor] | None = None,
     ) -> ModelSample:
         """Draw k samples per example of x (B, D); all tensors in the result are (k, B, ...).
-        `detach_samples` (Gaussian posteriors): gradients reach q only through log q at
-        fixed samples, for the forward-KL (wake-phi) update. `x_in` (B, D), if given, is what
-        the encoder sees instead of x (e.g. x with dropped pixels set to 0): the samples come
-        from q(z | x_in) while p(x | z) still scores the full x. `noise` (one tensor per
-        stochastic layer, as `draw_noise` returns) replaces the draws from `generator`:
-        the same numbers in the same order, so a compiled step sees no generator."""
-        extra = {"detach_sample": True} if detach_samples else {}
+        `views` (Views): what the objective needs beyond the plain log-densities; detach and
+        stl need Gaussian posteriors. `x_in` (B, D), if given, is what the encoder sees
+        instead of x (e.g. x with dropped pixels set to 0): the samples come from q(z | x_in)
+        while p(x | z) still scores the full x. `noise` (one tensor per stochastic layer, as
+        `draw_noise` returns) replaces the draws from `generator`: the same numbers in the
+        same order, so a compiled step sees no generator."""
+        extra = {"detach_sample": True} if views.detach else {}
+        if views.stl:
+            extra["stl"] = True
         log_qz = x.new_zeros(())
+        log_qz_stl = x.new_zeros(()) if views.stl else None
         zs, z_means = [], []
         kl = None
         h, draws = (x if x_in is None else x_in), k
@@ -153,16 +213,21 @@ class LatentVariableModel(nn.Module):
             eps = {} if noise is None else {"eps": noise[i]}
             sample = encoder(h, draws, generator=generator, **extra, **eps)
             log_qz = log_qz + sample.log_q
+            if log_qz_stl is not None:
+                log_qz_stl = log_qz_stl + sample.log_q_stl
             zs.append(sample.z)
             z_means.append(sample.mean)
             if kl is None:
                 kl = sample.kl_standard_normal
             h, draws = sample.z, None  # upper layers: one sample per lower-layer sample
 
-        log_pz = standard_normal_log_prob(zs[-1])
-        for i, prior in enumerate(self.priors):
-            log_pz = log_pz + prior.log_prob(zs[i], zs[i + 1])
-        log_px_given_z = self.decoder.log_prob(x, zs[0])
+        log_joint_path = None
+        if views.split:  # the generative parameters' gradient apart from the sample's path
+            log_pz, log_px_given_z = self.log_joint(x, [z.detach() for z in zs])
+            stopped = {name: p.detach() for name, p in self._generative.named_parameters()}
+            log_joint_path = sum(functional_call(self._generative, stopped, (x, zs)))
+        else:
+            log_pz, log_px_given_z = self.log_joint(x, zs)
         return ModelSample(
             log_px_given_z=log_px_given_z,
             log_pz=log_pz,
@@ -170,7 +235,14 @@ class LatentVariableModel(nn.Module):
             kl_analytic=kl if self.analytic_kl_available else None,
             z=zs,
             z_means=z_means,
+            log_qz_stl=log_qz_stl,
+            log_joint_path=log_joint_path,
         )
+
+    def log_joint(self, x: torch.Tensor, zs: Sequence[torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(z_1..z_L), log p(x | z_1)), each (k, B), at the samples `zs`."""
+        return self._generative(x, zs)
 
     def draw_noise(self, batch: int, k: int, generator: torch.Generator | None,
                    device: torch.device | str) -> list[torch.Tensor]:

@@ -38,6 +38,7 @@ class PosteriorSample:
     log_q: torch.Tensor  # (k, B) log q(z | h), nats
     mean: torch.Tensor  # (k, B, d) or (1, B, d): E_q[z | h] (for active units); z itself if unknown
     kl_standard_normal: torch.Tensor | None  # (B,) or (k, B): closed-form KL(q || N(0, I)) if any
+    log_q_stl: torch.Tensor | None = None  # (k, B) if asked (stl): log q(z|h), q's params stopped
 
 
 class ConditionalGaussian(nn.Module):
@@ -94,12 +95,15 @@ class GaussianPosterior(nn.Module):
         generator: torch.Generator | None = None,
         detach_sample: bool = False,
         eps: torch.Tensor | None = None,
+        stl: bool = False,
     ) -> PosteriorSample:
         """Sample from q(z|h). h is (B, n_in) with k samples drawn per row, or already
         (k, B, n_in) (one sample per row, k=None) when this layer sits on top of another.
         With `detach_sample` no gradient flows through z and log q is that of the fixed
         sample (its gradient is the score, as the wake-phi update needs). `eps`, if given,
-        is the standard normal noise to use, drawn beforehand (a compiled step)."""
+        is the standard normal noise to use, drawn beforehand (a compiled step). With `stl`
+        the result also holds log q at z under stopped mean and variance (`log_q_stl`: its
+        gradient reaches the parameters only through z)."""
         mean, logvar, _ = self.net.params(h)
         if eps is None:
             eps = draw_eps(mean, k, generator)
@@ -111,6 +115,8 @@ class GaussianPosterior(nn.Module):
         else:  # log q at the reparameterised sample via eps: identical value and gradient
             log_q = -0.5 * (eps**2 + logvar + LOG_2PI).sum(-1)
         kl = 0.5 * (mean**2 + torch.exp(logvar) - 1.0 - logvar).sum(-1)
+        log_q_stl = gaussian_log_prob(z, mean.detach(), logvar.detach()) if stl else None
         return PosteriorSample(
-            z=z, log_q=log_q, mean=mean if k is None else mean.unsqueeze(0), kl_standard_normal=kl
+            z=z, log_q=log_q, mean=mean if k is None else mean.unsqueeze(0), kl_standard_normal=kl,
+            log_q_stl=log_q_stl,
         )

@@ -63,6 +63,9 @@ def catalog_spec(name: str) -> MetricSpec:
 QUALITY_METRICS: tuple[MetricSpec, ...] = tuple(catalog_spec(name) for name in (
     "test_ll", "test_elbo", "rate", "distortion", "active_units", "ess", "sharpness_prior",
     "sharpness_recon",
+    # estimators (issue 25): the IWAE bound at the training k, log p - that bound, and the
+    # gradient SNR (MNIST runs that measure it; the snr_gaussian toy)
+    "test_iwae_k", "kl_gap_k", "snr_encoder", "snr_decoder",
     # toys (bench.toys): how well q matches the exact posterior / which modes it covers
     "posterior_kl", "mixture_weight_error", "mass_dominant_mode", "kl_reverse", "kl_forward",
     # model families (bench.families): the mixture's exact training log-likelihood, the

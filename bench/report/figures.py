@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.metrics.loglog import fit_slope
 from bench.report.data import _family, _family_label, factor_metric_protocols
 from bench.report.references import reference_matches, reference_value_column
 from bench.report.values import _fmt_value, _key, _mean_std, _missing, _num, _numeric, _py
@@ -87,6 +88,49 @@ def posterior_kl_vs_k_data(summary: pd.DataFrame) -> pd.DataFrame | None:
         "seeds": table["metric_posterior_kl_n"].to_numpy(),
         "variant": table["variant"].to_numpy(),
     })
+
+
+def snr_vs_k_data(summary: pd.DataFrame) -> pd.DataFrame | None:
+    """The snr_gaussian toy: the gradient SNR of the encoder (b) and the decoder (mu) against
+    k, one line per objective and part, each labelled with its log-log slope over k = 10..1000
+    (`bench.metrics.loglog.fit_slope`, points at least 3x the floor); decoder lines that are
+    the same numbers (IWAE, STL and DReG give the decoder IWAE's gradient) are drawn once.
+    Columns: line, part, k, mean, std, seeds, floor, variant. None without such runs."""
+    needed = {"cfg_dataset", "cfg_k", "cfg_objective", "metric_snr_encoder_mean",
+              "metric_snr_floor_mean"}
+    if summary.empty or not needed <= set(summary.columns):
+        return None
+    table = summary[(summary["cfg_dataset"] == "snr_gaussian")
+                    & summary["metric_snr_encoder_mean"].notna()]
+    if table.empty or table["cfg_k"].nunique() < 2:
+        return None
+    frames, drawn = [], {}
+    for objective, rows in table.groupby("cfg_objective", sort=False):
+        rows = rows.sort_values("cfg_k")
+        for part in ("encoder", "decoder"):
+            mean = rows[f"metric_snr_{part}_mean"].to_numpy(dtype=float)
+            values = tuple(np.round(mean, 12))
+            if part == "decoder" and values in drawn:
+                drawn[values].append(str(objective).upper())
+                continue
+            names = [str(objective).upper()]
+            if part == "decoder":
+                drawn[values] = names
+            floor = rows["metric_snr_floor_mean"].to_numpy(dtype=float)
+            slope = fit_slope(rows["cfg_k"].astype(float).tolist(), mean.tolist(),
+                              float(floor.max()))
+            frames.append(pd.DataFrame({
+                "names": [names] * len(rows), "part": part,
+                "slope": slope, "k": rows["cfg_k"].astype(int).to_numpy(), "mean": mean,
+                "std": rows[f"metric_snr_{part}_std"].to_numpy(dtype=float),
+                "seeds": rows[f"metric_snr_{part}_n"].to_numpy(), "floor": floor,
+                "variant": rows["variant"].to_numpy()}))
+    data = pd.concat(frames, ignore_index=True)
+    slope_text = data["slope"].map(lambda v: "no fit" if v is None or not math.isfinite(v)
+                                   else f"slope {v:+.2f}")
+    data["line"] = [f"{', '.join(n)} {p} ({t})" for n, p, t in
+                    zip(data["names"], data["part"], slope_text, strict=True)]
+    return data.drop(columns=["names"])
 
 
 def bimodal_fit_data(runs: pd.DataFrame) -> dict[str, tuple[float, float]] | None:

@@ -42,6 +42,7 @@ from bench.report.figures import (
     rate_distortion_data,
     sample_sets,
     sharpness_data,
+    snr_vs_k_data,
     throughput_data,
     unit_kl_data,
 )
@@ -257,6 +258,15 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
         f"Inference network quality vs K ({name}, {budget})", plots.ll_vs_k,
         ylabel="KL(p(c|x) || q(c|x)) (nats, lower is better)",
         xlabel="K (particles, log scale)")
+    report.plot(
+        snr_vs_k_data(summary), f"{stem}-snr-vs-k",
+        "Gaussian model of Rainforth et al. 2018: the signal-to-noise ratio |E g| / std g of "
+        "each estimator's gradient for the encoder's b and the decoder's mu (mean over the 20 "
+        "coordinates), against the samples k, near the optimum. Slopes: least squares in "
+        "log-log over k = 10..1000, points at least 3x the dotted floor 1/sqrt(draws) below "
+        f"which an estimated SNR cannot go ({where}; {seeds}). Theory: IWAE's encoder "
+        "-1/2, its decoder +1/2.",
+        f"Gradient SNR vs k ({name}, {budget})", plots.snr_vs_k)
     report.plot(
         bimodal_fit_data(runs), f"{stem}-bimodal",
         "Bimodal toy: one Gaussian q fitted to a target with two well-separated modes by "

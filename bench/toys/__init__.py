@@ -1,8 +1,9 @@
 """Small experiments with known answers, where a claim of the lecture can be seen and tested.
 
-Each toy also runs as a suite run (`dataset = "gmm"` or `"bimodal"`): `run_toy(cfg)` maps
-the config onto the toy (k = particles or samples per step, kl_direction = reverse / forward,
-iterations, seed) and returns its metrics for the results store.
+Each toy also runs as a suite run (`dataset = "gmm"`, `"bimodal"` or `"snr_gaussian"`):
+`run_toy(cfg)` maps the config onto the toy (k = particles or samples per step,
+kl_direction = reverse / forward, iterations or params, seed) and returns its metrics for
+the results store.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from bench.config import RunConfig
 
 def run_toy(cfg: RunConfig) -> dict:
     """Train the toy `cfg.dataset` and return its metrics (plus train_seconds)."""
-    from bench.toys import bimodal, gmm
+    from bench.toys import bimodal, gmm, snr_gaussian
 
     start = time.perf_counter()
     if cfg.dataset == "gmm":
@@ -27,6 +28,11 @@ def run_toy(cfg: RunConfig) -> dict:
                    "mass_left": fit.mass_left, "mass_right": fit.mass_right,
                    "mass_dominant_mode": fit.mass_on_dominant_mode,
                    "kl_reverse": fit.kl_reverse, "kl_forward": fit.kl_forward}
+    elif cfg.dataset == "snr_gaussian":
+        metrics = snr_gaussian.measure(
+            cfg.objective, cfg.k, draws=cfg.param("draws"), seed=cfg.seed,
+            points=cfg.param("points"), perturbation=cfg.param("perturbation"),
+            m=dict(cfg.params).get("m", 1), beta=cfg.beta)
     else:
         raise ValueError(f"no toy named {cfg.dataset!r}")
     return {**metrics, "train_seconds": time.perf_counter() - start}

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bench.components import BUILT_IN, OBJECTIVES, POSTERIORS, params_of
+from bench.components import BUILT_IN, OBJECTIVES, POSTERIORS, check_views, params_of
 from bench.errors import BenchError
 from bench.families.registry import FAMILIES
 from bench.plugins import plugin_identity
@@ -498,6 +498,7 @@ def _validate(cfg: RunConfig) -> None:
             "trains on the IWAE bound) and posterior 'gaussian' (log q at a fixed sample)"
         )
     objective = OBJECTIVES.get(cfg.objective)
+    check_views(cfg, objective)
     if objective.check is not None:
         objective.check(cfg)
     if not OBJECTIVES.get(cfg.objective).uses_beta and cfg.beta != 1.0:

@@ -89,9 +89,9 @@ def ll_vs_k(data: pd.DataFrame, path: str | Path, *, title: str,
 
 
 def snr_vs_k(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
-    """Gradient SNR against k, log-log: encoder lines solid, decoder lines dashed, error bars
-    = std over seeds, the 1/sqrt(draws) floor dotted, slopes +-1/2 as thin guides through
-    the first point of IWAE's lines. `data`: columns of `bench.report.snr_vs_k_data`."""
+    """Gradient SNR against k, log-log: encoder lines solid, decoder lines dashed (each
+    labelled with its fitted slope), error bars = std over seeds, the 1/sqrt(draws) floor
+    dotted. `data`: columns of `bench.report.figures.snr_vs_k_data`."""
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6.8, 4.6))
         for line in dict.fromkeys(data["line"]):

@@ -158,11 +158,20 @@ class API:
         self.plugin = plugin
 
     def objective(self, name: str, make: Callable | str, *, params: Sequence[Param] = (),
-                  help: str = "") -> None:
+                  views: Sequence[str] = (), help: str = "") -> None:
         """An objective: make(cfg) -> bound, bound(sample) -> (B,) per-example tensor to
         maximise (sample: bench.models.ModelSample, with log_weights (k, B), log_qz, log_pz,
-        log_px_given_z); cfg.param(name) reads the params it declares."""
-        self._add(OBJECTIVES, Component(name, make, tuple(params), help, self.plugin))
+        log_px_given_z); cfg.param(name) reads the params it declares. `views` asks the
+        model for more (bench.components.VIEWS): "stl" fills sample.log_qz_stl (log q at q's
+        stopped parameters), "split" sample.log_joint_path (log p(x, z) at p's stopped
+        parameters; log_px_given_z and log_pz then at z stopped), as the built-in stl, dreg
+        and piwae use them; a view needs the VAE family (and "stl" the Gaussian posterior)."""
+        try:
+            component = Component(name, make, tuple(params), help, self.plugin,
+                                  views=tuple(views))
+        except BenchError as err:
+            raise PluginError(f"plugin {self.plugin}: {err}") from None
+        self._add(OBJECTIVES, component)
 
     def posterior(self, name: str, cls: type | str, *, params: Sequence[Param] = (),
                   flow: bool = False, help: str = "") -> None:

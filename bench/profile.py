@@ -223,7 +223,7 @@ def profile_variant(
     kernels_per_step = launches / steps
 
     step_median = statistics.median(times)
-    flops_per_step = training_flops_per_example(model, cfg.k) * batch
+    flops_per_step = training_flops_per_example(model, cfg.k, views.split) * batch
     achieved = flops_per_step / step_median if step_median > 0 else 0.0
     peak = measure_matmul_peak(device)
     fraction = achieved / peak if peak > 0 else 0.0

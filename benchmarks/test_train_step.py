@@ -24,7 +24,7 @@ from bench.config import RunConfig
 from bench.families.lvm import compiled_training_step, training_step
 from bench.loop import make_generator
 from bench.models import build_model
-from bench.objectives import objective_for
+from bench.objectives import objective_for, views_for
 from bench.optim import make_optimizer
 
 D, BATCH = 784, 100  # MNIST-sized, the IWAE paper's 1-layer model
@@ -220,6 +220,30 @@ def test_training_step_by_posterior(benchmark, case, device):
     benchmark.group = f"train-step by posterior ({device})"
     benchmark.extra_info.update(samples_per_step=BATCH, device=device)
     benchmark(step)
+
+
+ESTIMATOR_CASES = {  # (objective, extra config) at k = 64, the estimators suite's
+    "iwae": ("iwae", {}),
+    "stl": ("stl", {}),
+    "dreg": ("dreg", {}),
+    "piwae-8x8": ("piwae", {"params": {"m": 8}}),
+    "miwae-8x8": ("miwae", {"params": {"m": 8}}),
+}
+
+
+@pytest.mark.parametrize("case", list(ESTIMATOR_CASES))
+def test_training_step_by_estimator(benchmark, case):
+    """One Adam step of the MNIST-sized model at k = 64 per gradient estimator (CPU): what
+    the views cost (stl: log q at stopped parameters; dreg, piwae: the decoder run twice)."""
+    objective, extra = ESTIMATOR_CASES[case]
+    cfg = RunConfig(dataset="mnist", objective=objective, k=64, **extra)
+    model = build_model(cfg, D)
+    optimizer = make_optimizer(model, cfg)
+    bound_fn, generator, views = objective_for(cfg), make_generator(0, "cpu"), views_for(cfg)
+    x = torch.bernoulli(torch.full((BATCH, D), 0.13), generator=generator)
+    benchmark.group = "train-step by estimator, k = 64 (cpu)"
+    benchmark.extra_info.update(samples_per_step=BATCH * 64)
+    benchmark(lambda: training_step(model, optimizer, bound_fn, x, 64, generator, views=views))
 
 
 @pytest.mark.parametrize("device", DEVICES)

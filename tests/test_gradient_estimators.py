@@ -365,19 +365,45 @@ def test_the_reports_snr_plot_fits_each_line_above_the_floor_and_draws_shared_li
     from bench.report.figures import snr_vs_k_data
 
     ks = [1, 10, 100, 1000]
-    rows = []
     iwae = [0.1 * k**-0.5 for k in ks[:-1]] + [0.004]  # k = 1000: at the floor, off the line
-    for objective, encoder in (("iwae", iwae), ("dreg", [0.2 * k**0.5 for k in ks])):
-        for k, snr in zip(ks, encoder, strict=True):
-            rows.append({"variant": f"objective={objective},k={k}", "cfg_dataset": "snr_gaussian",
-                         "cfg_objective": objective, "cfg_k": k,
-                         "metric_snr_encoder_mean": snr, "metric_snr_encoder_std": 0.0,
-                         "metric_snr_encoder_n": 1, "metric_snr_decoder_mean": 2.0 * k**0.5,
-                         "metric_snr_decoder_std": 0.0, "metric_snr_decoder_n": 1,
-                         "metric_snr_floor_mean": 0.002})
+    rows = [{"cfg_dataset": "snr_gaussian", "status": "finished", "cfg_objective": objective,
+             "cfg_k": k, "cfg_seed": seed, "metric_snr_encoder": snr * (1 + 0.01 * seed),
+             "metric_snr_decoder": 2.0 * k**0.5, "metric_snr_floor": 0.002}
+            for objective, encoder in (("iwae", iwae), ("dreg", [0.2 * k**0.5 for k in ks]))
+            for k, snr in zip(ks, encoder, strict=True) for seed in (0, 1)]
     data = snr_vs_k_data(pd.DataFrame(rows))
-    lines = list(dict.fromkeys(data["line"]))
     # IWAE's encoder at k = 1000 (0.004) is under 3 x floor: left out, the rest fit -1/2
-    assert lines == ["IWAE encoder (slope -0.50)", "IWAE, DREG decoder (slope +0.50)",
-                     "DREG encoder (slope +0.50)"]
-    assert len(data) == 12
+    assert list(dict.fromkeys(data["line"])) == [
+        "IWAE encoder (slope -0.50)", "IWAE, DREG decoder (slope +0.50)",
+        "DREG encoder (slope +0.50)"]
+    assert len(data) == 12 and set(data["seeds"]) == {2}
+    assert data["mean"].iloc[0] == pytest.approx(0.1 * 1.005)  # the mean over the 2 seeds
+
+
+def test_a_plugins_objective_gets_the_same_views_as_the_built_in_estimators(tmp_path):
+    # Guards against: views reserved to vaebench's own objectives (a user's estimator could
+    # not be written), or a plugin objective's views not reaching the model.
+    from bench import plugins
+
+    (tmp_path / "mine.py").write_text(
+        "def make(cfg):\n"
+        "    from bench.objectives import dreg_bound\n"
+        "    return dreg_bound\n\n"
+        "def register(api):\n"
+        "    api.objective('my_dreg', make, views=('stl', 'split'))\n")
+    (tmp_path / "bad.py").write_text(
+        "def register(api):\n"
+        "    api.objective('bad_views', lambda cfg: None, views=('psychic',))\n")
+    with plugins.scoped():
+        plugins.load([str(tmp_path / "mine.py")], entry_points=False)
+        base = dict(dataset="digits", train_size=100, test_size=20, hidden=((8,),),
+                    latent=(2,), k_eval=5, batch_size=50, epochs=2, k=4)
+        data = load_data(RunConfig(**base))
+        mine = train(RunConfig(**base, objective="my_dreg"), data).metrics()
+        built_in = train(RunConfig(**base, objective="dreg"), data).metrics()
+        assert mine["test_ll"] == built_in["test_ll"]
+        assert mine["final_train_bound"] == built_in["final_train_bound"]
+        with pytest.raises(BenchError, match="needs posterior 'gaussian'"):
+            RunConfig(objective="my_dreg", posterior="iaf", flow_steps=1)
+        with pytest.raises(BenchError, match="unknown view 'psychic'"):
+            plugins.load([str(tmp_path / "bad.py")], entry_points=False)

@@ -180,6 +180,9 @@ def test_flops_of_a_small_mlp_counted_by_hand():
     encoder, decoder = 64 * 4 + 4 * 4, 2 * 4 + 4 * 64
     assert training_flops_per_example(model, 1) == 3 * 2 * (encoder + decoder) == 3216
     assert training_flops_per_example(model, 5) == 3 * 2 * (encoder + 5 * decoder) == 9552
+    # an estimator's split view (DReG, PIWAE): the decoder forward once more per sample and
+    # its input gradients propagated twice
+    assert training_flops_per_example(model, 5, split=True) == 9552 + 2 * 2 * 5 * decoder
 
 
 def test_flops_of_a_small_conv_net_counted_by_hand():

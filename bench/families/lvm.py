@@ -271,7 +271,7 @@ def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
             snr.update(gradient_snr(model, cfg, snr_batch(cfg, dataset, device),
                                     cfg.snr_draws))
     cost = {
-        "flops_per_example": training_flops_per_example(model, cfg.k),
+        "flops_per_example": training_flops_per_example(model, cfg.k, views_for(cfg).split),
         "peak_memory_bytes": memory.peak_bytes(),
     }
     return TrainResult(

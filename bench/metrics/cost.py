@@ -51,10 +51,15 @@ def _conv_macs(module: nn.Module) -> int:
     return macs
 
 
-def training_flops_per_example(model: LatentVariableModel, k: int) -> float:
+def training_flops_per_example(model: LatentVariableModel, k: int, split: bool = False
+                               ) -> float:
     """Analytic FLOPs of one training example: forward + backward ~= 3x the forward pass
-    (`forward_flops_per_example`)."""
-    return 3.0 * forward_flops_per_example(model, k)
+    (`forward_flops_per_example`). `split` (an estimator's split view, bench.models.lvm.Views:
+    DReG, PIWAE) runs the generative networks forward a second time, and its backward
+    propagates their input gradients twice: + 2x their forward per sample."""
+    generative = sum(_linear_macs(p) for p in model.priors) + _linear_macs(model.decoder)
+    return 3.0 * forward_flops_per_example(model, k) + (2.0 * 2.0 * k * generative
+                                                         if split else 0.0)
 
 
 def forward_flops_per_example(model: LatentVariableModel, k: int) -> float:

@@ -101,8 +101,8 @@ def test_bounds(model: LatentVariableModel, x: torch.Tensor, k: int,
     iwae = torch.zeros((), dtype=torch.float64, device=x.device)
     for lo in range(0, x.shape[0], batch):
         sample = model(x[lo : lo + batch], k, generator=generator).valued()
-        iwae += torch.logsumexp(sample.log_weights.double(), 0).sum() - math.log(k) * len(
-            sample.log_weights[0])
+        log_w = sample.log_weights.double()  # (k, B)
+        iwae += (torch.logsumexp(log_w, 0) - math.log(k)).sum()
         if objective is not None:
             own += objective(sample).double().sum()
     out = {"test_iwae_k": float(iwae) / x.shape[0]}

@@ -90,44 +90,46 @@ def posterior_kl_vs_k_data(summary: pd.DataFrame) -> pd.DataFrame | None:
     })
 
 
-def snr_vs_k_data(summary: pd.DataFrame) -> pd.DataFrame | None:
+def snr_vs_k_data(runs: pd.DataFrame) -> pd.DataFrame | None:
     """The snr_gaussian toy: the gradient SNR of the encoder (b) and the decoder (mu) against
-    k, one line per objective and part, each labelled with its log-log slope over k = 10..1000
-    (`bench.metrics.loglog.fit_slope`, points at least 3x the floor); decoder lines that are
-    the same numbers (IWAE, STL and DReG give the decoder IWAE's gradient) are drawn once.
-    Columns: line, part, k, mean, std, seeds, floor, variant. None without such runs."""
-    needed = {"cfg_dataset", "cfg_k", "cfg_objective", "metric_snr_encoder_mean",
-              "metric_snr_floor_mean"}
-    if summary.empty or not needed <= set(summary.columns):
+    k, one line per objective and part (mean and std over the finished seeds), each labelled
+    with its log-log slope over k = 10..1000 (`bench.metrics.loglog.fit_slope`, points at
+    least 3x the floor 1/sqrt(draws)); decoder lines that are the same numbers (IWAE, STL and
+    DReG give the decoder IWAE's gradient) are drawn once. Columns: line, part, slope, k,
+    mean, std, seeds, floor. None without such runs at two values of k."""
+    needed = {"cfg_dataset", "cfg_k", "cfg_objective", "metric_snr_encoder",
+              "metric_snr_decoder", "metric_snr_floor"}
+    if runs.empty or not needed <= set(runs.columns):
         return None
-    table = summary[(summary["cfg_dataset"] == "snr_gaussian")
-                    & summary["metric_snr_encoder_mean"].notna()]
-    if table.empty or table["cfg_k"].nunique() < 2:
+    toy = runs[(runs["cfg_dataset"] == "snr_gaussian") & (runs["status"] == "finished")]
+    if toy.empty or toy["cfg_k"].nunique() < 2:
         return None
     frames, drawn = [], {}
-    for objective, rows in table.groupby("cfg_objective", sort=False):
-        rows = rows.sort_values("cfg_k")
+    for objective, rows in toy.groupby("cfg_objective", sort=False):
+        points = rows.groupby("cfg_k").agg(
+            encoder=("metric_snr_encoder", "mean"), encoder_std=("metric_snr_encoder", "std"),
+            decoder=("metric_snr_decoder", "mean"), decoder_std=("metric_snr_decoder", "std"),
+            seeds=("metric_snr_encoder", "size"), floor=("metric_snr_floor", "max"))
+        ks = points.index.astype(int).tolist()
         for part in ("encoder", "decoder"):
-            mean = rows[f"metric_snr_{part}_mean"].to_numpy(dtype=float)
-            values = tuple(np.round(mean, 12))
-            if part == "decoder" and values in drawn:
-                drawn[values].append(str(objective).upper())
+            mean = points[part].to_numpy(dtype=float)
+            values = (tuple(ks), tuple(np.round(mean, 12)))
+            name = str(objective).upper()
+            if part == "decoder" and values in drawn:  # the same line: name it, draw it once
+                drawn[values].append(name)
                 continue
-            names = [str(objective).upper()]
+            names = [name]
             if part == "decoder":
                 drawn[values] = names
-            floor = rows["metric_snr_floor_mean"].to_numpy(dtype=float)
-            slope = fit_slope(rows["cfg_k"].astype(float).tolist(), mean.tolist(),
-                              float(floor.max()))
+            floor = points["floor"].to_numpy(dtype=float)
             frames.append(pd.DataFrame({
-                "names": [names] * len(rows), "part": part,
-                "slope": slope, "k": rows["cfg_k"].astype(int).to_numpy(), "mean": mean,
-                "std": rows[f"metric_snr_{part}_std"].to_numpy(dtype=float),
-                "seeds": rows[f"metric_snr_{part}_n"].to_numpy(), "floor": floor,
-                "variant": rows["variant"].to_numpy()}))
+                "names": [names] * len(ks), "part": part,
+                "slope": fit_slope(ks, mean.tolist(), float(floor.max())), "k": ks,
+                "mean": mean, "std": points[f"{part}_std"].to_numpy(dtype=float),
+                "seeds": points["seeds"].to_numpy(), "floor": floor}))
     data = pd.concat(frames, ignore_index=True)
-    slope_text = data["slope"].map(lambda v: "no fit" if v is None or not math.isfinite(v)
-                                   else f"slope {v:+.2f}")
+    slope_text = ["no fit" if v is None or not math.isfinite(v) else f"slope {v:+.2f}"
+                  for v in data["slope"]]
     data["line"] = [f"{', '.join(n)} {p} ({t})" for n, p, t in
                     zip(data["names"], data["part"], slope_text, strict=True)]
     return data.drop(columns=["names"])

@@ -259,7 +259,7 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
         ylabel="KL(p(c|x) || q(c|x)) (nats, lower is better)",
         xlabel="K (particles, log scale)")
     report.plot(
-        snr_vs_k_data(summary), f"{stem}-snr-vs-k",
+        snr_vs_k_data(runs), f"{stem}-snr-vs-k",
         "Gaussian model of Rainforth et al. 2018: the signal-to-noise ratio |E g| / std g of "
         "each estimator's gradient for the encoder's b and the decoder's mu (mean over the 20 "
         "coordinates), against the samples k, near the optimum. Slopes: least squares in "

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # torch is pinned to the CPU build installed first, so nothing pulls CUDA wheels here.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test bench reproduce baseline regress profile microbench mutants lint data clean help
+.PHONY: install test bench reproduce baseline regress track profile microbench mutants lint data clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ regress: install  ## run SUITE at BUDGET and compare with its committed baseline
 	rm -rf results/regress
 	$(VENV)/bin/vaebench run $(SUITE) --budget $(BUDGET) --results results/regress
 	$(VENV)/bin/vaebench compare results/baselines/$(SUITE).parquet results/regress
+
+track: install  ## run SUITE at BUDGET at this commit, add it to results/history (MACHINE= names this machine), list the steps
+	$(VENV)/bin/vaebench track $(SUITE) --budget $(BUDGET) $(if $(MACHINE),--machine $(MACHINE))
+	$(VENV)/bin/vaebench steps $(SUITE) $(if $(MACHINE),--machine $(MACHINE))
 
 profile: install  ## profile the default variant (bench suite, iwae-k50, budget smoke) on this machine
 	$(VENV)/bin/vaebench profile bench --variant iwae-k50 --budget smoke --steps 20

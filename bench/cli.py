@@ -255,6 +255,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin_flag(run)
     _add_skip_corrupt_flag(run)
 
+    track = commands.add_parser(
+        "track",
+        help="run a suite at the checked-out commit and add its runs to the history store",
+        description="Run a suite at the commit checked out in vaebench's own repository and "
+        "append each run's row to RESULTS/history/suite=<suite>/<commit>-<machine>.parquet, "
+        "keyed by (commit, run_id, machine, execution) with the commit's date and subject. "
+        "Runs already tracked at this commit on this machine are skipped; the same run at "
+        "another commit runs again. The runs execute in RESULTS/history/work/<commit>-<machine>/, "
+        "so an interrupted track continues. A tree with uncommitted changes is refused unless "
+        "--allow-dirty (recorded as hist_dirty). Exit status: 0 all finished, 1 some failed "
+        "or diverged (their rows are tracked too), 2 bad input, 130 interrupted.",
+    )
+    track.add_argument("suite", help="suite name (suites/<name>.toml) or path to a suite TOML")
+    track.add_argument("--budget", default=None,
+                       help="budget table to apply (default: the suite's default_budget)")
+    _add_results_flag(track)
+    track.add_argument("--machine", default=None,
+                       help="this machine's name in the history (default: the host name); "
+                       "series are compared within one machine")
+    track.add_argument("--allow-dirty", action="store_true",
+                       help="track a tree with uncommitted changes (recorded as hist_dirty)")
+    track.add_argument("--address", default=None,
+                       help="Ray cluster to join; default: start Ray embedded")
+    track.add_argument("--executor", choices=["ray", "local"], default="ray",
+                       help="ray (default) or local (in this process, one run at a time)")
+    track.add_argument("--cpus-per-run", type=int, default=1,
+                       help="CPUs reserved per run; also torch's thread count (default: 1)")
+    track.add_argument("--no-progress", action="store_true", help="no live progress line")
+    _add_plugin_flag(track)
+
+    steps_ = commands.add_parser(
+        "steps",
+        help="find the steps in a suite's tracked history: regressions, improvements, "
+        "declared changes",
+        description="Read RESULTS/history (written by `vaebench track`) and, per variant, "
+        "judged metric, machine and execution, find where along the commits the seed "
+        "results moved (change points by ruptures' PELT on the noise-scaled per-commit "
+        "means), keeping a step only beyond the metric's practical threshold and with "
+        "Welch's t-test p < 0.05 on the seeds either side. A step at a PROTOCOL bump or a "
+        "torch version change is declared, never an alarm. Exit status: 0, or 1 with "
+        "--fail-on-new when the newest tracked commit of a series is where it regressed.",
+    )
+    steps_.add_argument("suite", help="suite name")
+    _add_results_flag(steps_)
+    steps_.add_argument("--machine", default=None, help="only this machine's series")
+    steps_.add_argument("--fail-on-new", action="store_true",
+                        help="exit 1 when a series regressed at its newest commit (CI)")
+
     report = commands.add_parser(
         "report",
         help="write report.md, a self-contained report.html and PNG plots from stored results",
@@ -503,6 +551,66 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    from bench import history, store
+    from bench.provenance import REPO_ROOT
+    from bench.runner import RunOptions
+    from bench.suite import load_suite, resolve_suite_path
+
+    if args.cpus_per_run < 1:
+        raise BenchError(f"--cpus-per-run must be >= 1, got {args.cpus_per_run}")
+    suite = load_suite(resolve_suite_path(args.suite), budget=args.budget)
+    results = store.results_dir(args.results)
+    make_directory(results, "results directory")
+    options = RunOptions(results=results, executor=args.executor, address=args.address,
+                         cpus_per_run=args.cpus_per_run, show_progress=not args.no_progress)
+    done = history.track(suite, options, REPO_ROOT, machine=args.machine,
+                         allow_dirty=args.allow_dirty)
+    print(f"tracked suite {suite.name} (budget {suite.budget}) at {done.commit.short} "
+          f"\"{done.commit.subject}\" on {done.machine}"
+          f"{' (dirty tree)' if done.commit.dirty else ''}: {done.ran} run "
+          f"{done.statuses or ''}, {done.skipped} already tracked, {done.seconds:.1f} s"
+          + (f" -> {done.path}" if done.path is not None else ""))
+    if done.interrupted:
+        print("vaebench: interrupted; finished runs are tracked, rerun to continue",
+              file=sys.stderr)
+        return 130
+    failed = sum(n for status, n in done.statuses.items() if status != "finished")
+    return 1 if failed else 0
+
+
+def cmd_steps(args: argparse.Namespace) -> int:
+    from bench import history, steps, store
+
+    results = store.results_dir(args.results)
+    rows = history.load_history(results, store.check_suite_name(args.suite))
+    if rows.empty:
+        raise BenchError(f"no history of suite '{args.suite}' in {results}: run `vaebench "
+                         f"track {args.suite}` at some commits first")
+    if args.machine is not None:
+        rows = rows[rows["hist_machine"] == args.machine]
+    found = steps.find_steps(rows)
+    commits = rows.drop_duplicates("hist_commit")
+    print(f"suite {args.suite}: {len(commits)} commits tracked, {len(found)} steps")
+    for step in found.itertuples():
+        p = "-" if step.p_value is None or pd_isna(step.p_value) else f"{step.p_value:.2g}"
+        print(f"  {step.verdict:<9} {step.commit[:12]} {step.date[:10]} {step.variant} "
+              f"{step.metric} [{step.machine}, {step.execution}]: {step.before:.4g} -> "
+              f"{step.after:.4g} ({step.delta:+.4g}, p {p})"
+              f"{' ' + step.reason if step.reason else ''}  \"{step.subject}\"")
+    newest = set(rows.groupby(["variant", "hist_machine", "hist_execution"])["hist_commit"]
+                 .agg("last"))
+    new = found[(found["verdict"] == "regressed") & found["commit"].isin(newest)]
+    if args.fail_on_new and not new.empty:
+        print(f"vaebench: {len(new)} new regression(s) at the newest commit", file=sys.stderr)
+        return 1
+    return 0
+
+
+def pd_isna(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench import store
     from bench.report import build_report
@@ -585,7 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "run": cmd_run, "report": cmd_report,
                 "compare": cmd_compare, "baseline": cmd_baseline, "profile": cmd_profile,
-                "toy": cmd_toy, "data": cmd_data_fetch}
+                "toy": cmd_toy, "data": cmd_data_fetch, "track": cmd_track,
+                "steps": cmd_steps}
     try:
         # installed plugins and --plugin ones, before anything reads a registry
         plugins.load(getattr(args, "plugin", []))

@@ -283,6 +283,22 @@ def write_run(
     return run_file
 
 
+def write_rows(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """Atomically write run rows (mappings, as `run_row` makes and `load_runs` returns) as one
+    Parquet file, with the store's column types (bench.history's per-commit files)."""
+    _write_atomic(_table(rows, curves=False), Path(path))
+
+
+def read_rows(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The rows of a Parquet file `write_rows` wrote (list columns as Python lists)."""
+    return _to_pandas(pq.read_table(path, columns=columns))
+
+
+def check_suite_name(suite: str) -> str:
+    """`suite` if it is a valid suite name (it names folders), else a BenchError."""
+    return _check_suite(suite)
+
+
 def _side_table(records: Sequence[Any], run_id: str, suite: str) -> pa.Table | None:
     """Per-run rows (curves, samples) tagged with run_id, suite, schema_version; None if none."""
     rows = [

@@ -1,0 +1,149 @@
+"""The history store (issue 26, part 1): `track` appends each run of a suite to the history
+at the checked-out commit, keyed by (commit, run_id, machine, execution), skips what is
+tracked at that commit and machine, runs again at another commit, and keeps a dirty tree's
+rows apart. The commits come from a throwaway git repository; the runs are real (digits)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import history
+from bench.errors import BenchError
+from bench.runner import RunOptions
+from bench.suite import load_suite
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SUITE = """
+[suite]
+name = "tiny"
+description = "two seeds of a tiny VAE on digits"
+seeds = [0, 1]
+
+[base]
+dataset = "digits"
+train_size = 100
+test_size = 20
+hidden = [[8]]
+latent = [2]
+epochs = 1
+batch_size = 50
+k_eval = 5
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin:/usr/local/bin"}
+    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env,
+                         check=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q")
+    (path / "code.py").write_text("x = 1\n")
+    git(path, "add", "code.py")
+    git(path, "commit", "-q", "-m", "first commit")
+    return path
+
+
+def commit(repo: Path, text: str, subject: str) -> str:
+    (repo / "code.py").write_text(text)
+    git(repo, "commit", "-q", "-am", subject)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def test_track_appends_each_commits_runs_and_skips_what_it_already_tracked(tmp_path, repo):
+    # Guards against: a run tracked twice at one commit (history double-counts its seeds),
+    # a run not run again at a new commit (the store's cache serving the old commit's
+    # result as the new one's: the history would never see a change), rows without the
+    # commit that produced them.
+    (tmp_path / "tiny.toml").write_text(SUITE)
+    suite = load_suite(tmp_path / "tiny.toml")
+    options = RunOptions(results=tmp_path / "results", executor="local", show_progress=False)
+    first = history.track(suite, options, repo, machine="box")
+    assert (first.ran, first.skipped, first.statuses) == (2, 0, {"finished": 2})
+    again = history.track(suite, options, repo, machine="box")
+    assert (again.ran, again.skipped, again.path) == (0, 2, None)
+    other_machine = history.track(suite, options, repo, machine="other box")
+    assert other_machine.ran == 2
+
+    second = commit(repo, "x = 2\n", "second commit")
+    later = history.track(suite, options, repo, machine="box")
+    assert later.ran == 2 and later.commit.sha == second
+
+    rows = history.load_history(tmp_path / "results", "tiny")
+    assert len(rows) == 6
+    assert rows.groupby(["hist_commit", "hist_machine"]).size().tolist() == [2, 2, 2]
+    assert list(rows["hist_subject"].iloc[-2:]) == ["second commit"] * 2  # newest last
+    assert set(rows["hist_execution"]) == {"eager"} and not rows["hist_dirty"].any()
+    # the same runs at both commits (same run_ids), each its own history point, each run
+    # executed anew (never the work store of another commit or machine served as cached)
+    assert rows.groupby("run_id")["hist_commit"].nunique().tolist() == [2, 2]
+    assert rows.groupby("run_id")["sys_start_time"].nunique().tolist() == [3, 3]
+    files = sorted(p.name for p in history.history_dir(tmp_path / "results", "tiny").iterdir())
+    assert len(files) == 3  # one file per (commit, machine)
+
+
+def test_a_dirty_tree_is_refused_unless_allowed_and_then_kept_apart(tmp_path, repo):
+    # Guards against: results of uncommitted code recorded as the commit's (a later clean
+    # track would skip them as already tracked and the history would hold code nobody can
+    # check out).
+    (tmp_path / "tiny.toml").write_text(SUITE)
+    suite = load_suite(tmp_path / "tiny.toml")
+    options = RunOptions(results=tmp_path / "results", executor="local", show_progress=False)
+    (repo / "code.py").write_text("x = 'edited'\n")
+    with pytest.raises(BenchError, match="uncommitted changes.*--allow-dirty"):
+        history.track(suite, options, repo, machine="box")
+    dirty = history.track(suite, options, repo, machine="box", allow_dirty=True)
+    assert dirty.ran == 2 and dirty.commit.dirty
+    assert history.track(suite, options, repo, machine="box", allow_dirty=True).ran == 2
+    git(repo, "checkout", "-q", "code.py")  # clean again: the commit's own runs still run
+    clean = history.track(suite, options, repo, machine="box")
+    assert clean.ran == 2 and not clean.commit.dirty
+    rows = history.load_history(tmp_path / "results", "tiny")
+    assert sorted(rows["hist_dirty"]) == [False, False, True, True]  # the dirty rerun replaced
+
+
+def test_an_unreadable_history_file_is_named(tmp_path):
+    folder = history.history_dir(tmp_path, "tiny")
+    folder.mkdir(parents=True)
+    (folder / "abc-box.parquet").write_bytes(b"not parquet")
+    with pytest.raises(BenchError, match="abc-box.parquet is unreadable"):
+        history.load_history(tmp_path, "tiny")
+
+
+def test_track_outside_a_git_checkout_is_one_line(tmp_path):
+    (tmp_path / "tiny.toml").write_text(SUITE)
+    suite = load_suite(tmp_path / "tiny.toml")
+    options = RunOptions(results=tmp_path / "results", executor="local", show_progress=False)
+    with pytest.raises(BenchError, match="not a git checkout"):
+        history.track(suite, options, tmp_path, machine="box")
+
+
+def test_loose_files_are_packed_and_a_packed_commit_is_still_tracked(tmp_path, monkeypatch):
+    # Guards against: a history of 1,000 files taking seconds to open (each Parquet file
+    # costs milliseconds whatever its size), and packing that loses a row, doubles one, or
+    # forgets that a packed commit was tracked (it would run again and be counted twice).
+    import pandas as pd
+
+    monkeypatch.setattr(history, "PACK_EVERY", 3)
+    commits = [history.Commit(f"{i:040x}", f"2026-01-{i + 1:02d}T00:00:00+00:00", f"c{i}",
+                              False) for i in range(7)]
+    for i, commit in enumerate(commits):
+        runs = pd.DataFrame([{"run_id": f"r{seed}", "variant": "v", "status": "finished",
+                              "metric_test_ll": -90.0 - i} for seed in (0, 1)])
+        history.append(tmp_path, "s", commit, "box", runs)
+    names = sorted(p.name for p in history.history_dir(tmp_path, "s").iterdir())
+    assert sum(n.startswith(history.PACK_PREFIX) for n in names) == 2 and len(names) == 3
+    rows = history.load_history(tmp_path, "s")
+    assert len(rows) == 14 and list(rows["hist_subject"][::2]) == [f"c{i}" for i in range(7)]
+    assert history.tracked_run_ids(tmp_path, "s", commits[0], "box") == {"r0", "r1"}
+    assert history.tracked_run_ids(tmp_path, "s", commits[0], "other") == set()

@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     steps_.add_argument("--machine", default=None, help="only this machine's series")
     steps_.add_argument("--fail-on-new", action="store_true",
                         help="exit 1 when a series regressed at its newest commit (CI)")
+    steps_.add_argument("--report", type=Path, default=None, metavar="DIR",
+                        help="also write the history page (history.md, history.html, a graph "
+                        "per series that moved) into DIR; `vaebench report` has it too")
 
     report = commands.add_parser(
         "report",
@@ -598,6 +601,11 @@ def cmd_steps(args: argparse.Namespace) -> int:
               f"{step.metric} [{step.machine}, {step.execution}]: {step.before:.4g} -> "
               f"{step.after:.4g} ({step.delta:+.4g}, p {p})"
               f"{' ' + step.reason if step.reason else ''}  \"{step.subject}\"")
+    if args.report is not None:
+        from bench.report import build_history_report
+
+        page = build_history_report(results, args.report, args.suite)
+        print(f"history page: {page}  (html: {page.with_suffix('.html')})")
     newest = set(rows.groupby(["variant", "hist_machine", "hist_execution"])["hist_commit"]
                  .agg("last"))
     new = found[(found["verdict"] == "regressed") & found["commit"].isin(newest)]

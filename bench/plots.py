@@ -116,6 +116,37 @@ def snr_vs_k(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
         return _save(fig, path)
 
 
+def history_series(points, steps: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+    """One metric's history: the mean over seeds per tracked commit (in history order), a band
+    from the lowest to the highest seed, a vertical line at each step (red regressed, green
+    improved, grey dashed declared) labelled with its commit; x ticks thinned to about ten
+    commits (short hash and date). `points`: bench.steps.Point; `steps`: rows of
+    bench.steps.find_steps for this series."""
+    colors = {"regressed": "#c0392b", "improved": "#1e8449", "declared": "0.45"}
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(7.2, 3.4))
+        x = np.arange(len(points))
+        ax.fill_between(x, [min(p.values) for p in points], [max(p.values) for p in points],
+                        color="#9ab7d3", alpha=0.5, linewidth=0, label="seeds (min to max)")
+        ax.plot(x, [p.mean for p in points], color="#1f4e79", linewidth=1.2,
+                marker="o" if len(points) <= 60 else None, markersize=3, label="mean")
+        for step in steps.itertuples():
+            ax.axvline(step.index - 0.5, color=colors[step.verdict], linewidth=1.4,
+                       linestyle="--" if step.verdict == "declared" else "-",
+                       label=f"{step.verdict} at {step.commit[:7]} ({step.delta:+.3g})"
+                       + (f": {step.reason}" if step.reason else ""))
+        every = max(1, len(points) // 10)
+        ticks = list(range(0, len(points), every))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{points[i].commit[:7]}\n{points[i].date[:10]}" for i in ticks],
+                           fontsize=7)
+        ax.set_xlim(-0.5, len(points) - 0.5)
+        ax.set_xlabel("tracked commit (history order)")
+        ax.set_title(title)
+        ax.legend(loc="best", fontsize=7)
+        return _save(fig, path)
+
+
 def rate_distortion(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
     """Distortion against rate, one point per variant labelled by beta, error bars = std.
 

@@ -164,26 +164,24 @@ def series(history: pd.DataFrame) -> Iterator[tuple[tuple, list[Point]]]:
     if history.empty:
         return
     finished = history[history["status"] == "finished"]
-    order = list(dict.fromkeys(finished["hist_commit"]))
-    metrics = [c for c in finished.columns if c.startswith("metric_")]
+    order = {c: i for i, c in enumerate(dict.fromkeys(finished["hist_commit"]))}
+    judged = [c for c in finished.columns if c.startswith("metric_")
+              and (r := catalog.find(c)) is not None and r.judged]
     for (variant, machine, execution), rows in finished.groupby(
             ["variant", "hist_machine", "hist_execution"], sort=False):
-        by_commit = {c: g for c, g in rows.groupby("hist_commit", sort=False)}
-        commits = [c for c in order if c in by_commit]
-        for column in metrics:
-            record = catalog.find(column)
-            if record is None or not record.judged:
-                continue
+        meta = rows.groupby("hist_commit", sort=False).first()
+        commits = sorted(meta.index, key=order.__getitem__)
+        for column in judged:
+            values = pd.to_numeric(rows[column], errors="coerce")
+            by_commit = values.groupby(rows["hist_commit"], sort=False).agg(list)
             points = []
             for commit in commits:
-                group = by_commit[commit]
-                values = pd.to_numeric(group[column], errors="coerce").dropna()
-                if values.empty:
+                kept = tuple(float(v) for v in by_commit[commit] if not math.isnan(v))
+                if not kept:
                     continue
-                first = group.iloc[0]
+                first = meta.loc[commit]
                 points.append(Point(
-                    commit, tuple(float(v) for v in values),
-                    protocol=_int_or_none(first.get("protocol")),
+                    commit, kept, protocol=_int_or_none(first.get("protocol")),
                     torch=first.get("sys_torch"), date=str(first.get("hist_commit_date", "")),
                     subject=str(first.get("hist_subject", ""))))
             if len(points) >= 2:

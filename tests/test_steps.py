@@ -149,3 +149,31 @@ def test_the_steps_command_reads_the_history_and_fails_ci_on_a_new_regression(tm
     track(13, -91.0)  # no longer new: an older commit's regression fails no later job
     assert main(["steps", "smoke", "--results", str(tmp_path), "--fail-on-new"]) == 0
     assert main(["steps", "nothing", "--results", str(tmp_path)]) == 2
+
+
+def test_the_history_page_lists_open_regressions_and_draws_only_series_that_moved(tmp_path):
+    # Guards against: a page of one graph per series at 1,000 commits (unreadable), an old
+    # regression a later improvement undid still listed as open, a declared step as open.
+    from bench import history
+    from bench.report import build_history_report
+    from bench.report.history import open_regressions
+
+    for i in range(30):
+        commit = history.Commit(f"{i + 1:x}" * 40, f"2026-02-{i // 24 + 1:02d}T{i % 24:02d}:00:00"
+                                "+00:00", f"commit {i}", False)
+        rows = []
+        for variant, value in (("vae", -90.0 - (0.5 if 10 <= i < 20 else 0.0)),
+                               ("iwae", -88.0 - (0.5 if i >= 20 else 0.0)), ("flat", -80.0)):
+            rows += [{"run_id": f"{variant}{seed}", "variant": variant, "status": "finished",
+                      "protocol": 3, "sys_torch": "2.13.0", "metric_test_ll": value + 0.01 * seed}
+                     for seed in (0, 1)]
+        history.append(tmp_path, "s", commit, "box", pd.DataFrame(rows))
+    found = steps.find_steps(history.load_history(tmp_path, "s"))
+    assert sorted(zip(found["variant"], found["verdict"], strict=True)) == [
+        ("iwae", "regressed"), ("vae", "improved"), ("vae", "regressed")]
+    assert open_regressions(found)["variant"].tolist() == ["iwae"]  # vae's was undone
+    page = build_history_report(tmp_path, tmp_path / "page", "s")
+    text = page.read_text()
+    assert "Open regressions" in text and "1 series did not move" in text
+    assert sorted(p.name for p in (tmp_path / "page").glob("*.png")) == [
+        "history-s-iwae-test_ll-box.png", "history-s-vae-test_ll-box.png"]

@@ -90,6 +90,7 @@ from bench.report.figures import (
     throughput_data,
     unit_kl_data,
 )
+from bench.report.history import history_section
 from bench.report.references import (
     reference_matches,
     reference_rows,
@@ -171,12 +172,35 @@ def build_report(results: str | Path, out: str | Path, *, suites: Sequence[str] 
         data = load_suite_data(root, name, skip_corrupt=skip_corrupt,
                                runs=runs[runs["suite"] == name])
         _suite_section(report, data)
+        history_section(report, root, name, level=3)  # where `vaebench track` kept any
 
     md_path = out / "report.md"
     md_path.write_text(render_markdown(report.blocks), encoding="utf-8")
     title = f"vaebench report: {', '.join(chosen)}"
     (out / "report.html").write_text(render_html(report.blocks, report.images, title),
                                      encoding="utf-8")
+    return md_path
+
+
+def build_history_report(results: str | Path, out: str | Path, suite: str) -> Path:
+    """The history page of `suite` (bench.report.history) alone: history.md, a
+    self-contained history.html and its PNGs in `out`. A suite never tracked is a
+    BenchError."""
+    root = store.results_dir(results)
+    out = make_directory(Path(out), "report directory")
+    report = _Report(out)
+    report.add(Heading(1, f"vaebench history: {suite}"))
+    report.add(Bullets([
+        ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("results", str(root))]))
+    if not history_section(report, root, suite, level=2):
+        raise BenchError(f"no history of suite '{suite}' in {root}: run `vaebench track "
+                         f"{suite}` at some commits first")
+    md_path = out / "history.md"
+    md_path.write_text(render_markdown(report.blocks), encoding="utf-8")
+    (out / "history.html").write_text(
+        render_html(report.blocks, report.images, f"vaebench history: {suite}"),
+        encoding="utf-8")
     return md_path
 
 

@@ -276,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "series are compared within one machine")
     track.add_argument("--allow-dirty", action="store_true",
                        help="track a tree with uncommitted changes (recorded as hist_dirty)")
+    track.add_argument("--commit", action="append", default=[], metavar="REV",
+                       help="track this commit (or each commit of a range A..B, oldest first) "
+                       "with its own code, in a temporary git worktree, instead of the "
+                       "checkout (repeatable)")
     track.add_argument("--address", default=None,
                        help="Ray cluster to join; default: start Ray embedded")
     track.add_argument("--executor", choices=["ray", "local"], default="ray",
@@ -562,9 +566,20 @@ def cmd_track(args: argparse.Namespace) -> int:
 
     if args.cpus_per_run < 1:
         raise BenchError(f"--cpus-per-run must be >= 1, got {args.cpus_per_run}")
-    suite = load_suite(resolve_suite_path(args.suite), budget=args.budget)
     results = store.results_dir(args.results)
     make_directory(results, "results directory")
+    if args.commit:  # each commit's own code, in a worktree: its own suite file too
+        shas = [sha for spec in args.commit for sha in history.commits_in(REPO_ROOT, spec)]
+        failed = 0
+        for sha in shas:
+            done = history.track_commit(args.suite, args.budget, sha, results, REPO_ROOT,
+                                        machine=args.machine, executor=args.executor)
+            failed += sum(n for status, n in done.statuses.items() if status != "finished")
+            print(f"tracked {args.suite} at {done.commit.short} {done.commit.date[:10]} "
+                  f"\"{done.commit.subject[:60]}\": {done.ran} runs {done.statuses}, "
+                  f"{done.seconds:.1f} s")
+        return 1 if failed else 0
+    suite = load_suite(resolve_suite_path(args.suite), budget=args.budget)
     options = RunOptions(results=results, executor=args.executor, address=args.address,
                          cpus_per_run=args.cpus_per_run, show_progress=not args.no_progress)
     done = history.track(suite, options, REPO_ROOT, machine=args.machine,

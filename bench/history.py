@@ -23,8 +23,11 @@ and nothing of another commit or machine is ever served as cached.
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,22 +65,33 @@ class Commit:
         return self.sha[:12]
 
 
-def current_commit(repo: Path) -> Commit:
-    """The commit checked out at `repo` (a BenchError where it is no git checkout)."""
-    def git(*args: str) -> str:
-        try:
-            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                                 timeout=30)
-        except (OSError, subprocess.SubprocessError) as err:
-            raise BenchError(f"git {' '.join(args)} failed in {repo}: {err}") from None
-        if out.returncode != 0:
-            raise BenchError(f"{repo} is not a git checkout with a commit (git {args[0]}: "
-                             f"{out.stderr.strip().splitlines()[-1] if out.stderr else ''})")
-        return out.stdout.strip()
+def _git(repo: Path, *args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                             timeout=120)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise BenchError(f"git {' '.join(args)} failed in {repo}: {err}") from None
+    if out.returncode != 0:
+        why = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
+        raise BenchError(f"git {' '.join(args)} failed in {repo} (not a git checkout, or "
+                         f"no such commit): {why}")
+    return out.stdout.strip()
 
-    sha, date, subject = git("log", "-1", "--format=%H%x00%cI%x00%s").split("\x00", 2)
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+
+def current_commit(repo: Path, rev: str = "HEAD") -> Commit:
+    """Commit `rev` of the checkout at `repo` (HEAD: with whether the tree is dirty); a
+    BenchError where there is no git checkout or no such commit."""
+    sha, date, subject = _git(repo, "log", "-1", "--format=%H%x00%cI%x00%s", rev,
+                              "--").split("\x00", 2)
+    dirty = rev == "HEAD" and bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
     return Commit(sha, date, subject, dirty)
+
+
+def commits_in(repo: Path, spec: str) -> list[str]:
+    """The commits a revision or a range ("A..B", oldest first) names."""
+    if ".." in spec:
+        return _git(repo, "rev-list", "--reverse", spec).split()
+    return [_git(repo, "rev-parse", "--verify", f"{spec}^{{commit}}")]
 
 
 def machine_name() -> str:
@@ -185,6 +199,42 @@ def load_history(results: Path, suite: str | None = None) -> pd.DataFrame:
                               ignore_index=True)
     # a key tracked again (a dirty tree rerun, a file packed while read): the latest row
     return frame.drop_duplicates(subset=[*KEY, "hist_dirty"], keep="last", ignore_index=True)
+
+
+def track_commit(suite: str, budget: str | None, rev: str, results: Path, repo: Path, *,
+                 machine: str | None = None, executor: str = "ray",
+                 python: str = sys.executable, timeout: float | None = None) -> Tracked:
+    """Track `suite` at commit `rev` of `repo` with that commit's own code: a temporary git
+    worktree of it, `python -m bench.cli run SUITE` inside (its suite file, its protocol,
+    its trainer; the package imported from the worktree), the runs stored in the commit's
+    work store, then appended here by today's code (old rows migrate on load)."""
+    start = time.perf_counter()
+    commit = current_commit(repo, rev)
+    machine = machine or machine_name()
+    work = work_dir(results, commit, machine).resolve()
+    args = [python, "-m", "bench.cli", "run", suite, "--results", str(work), "--executor",
+            executor, "--no-progress"] + (["--budget", budget] if budget else [])
+    with tempfile.TemporaryDirectory(prefix="vaebench-track-") as tmp:
+        tree = Path(tmp) / "tree"
+        _git(repo, "worktree", "add", "--detach", "--quiet", str(tree), commit.sha)
+        try:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            try:
+                done = subprocess.run(args, cwd=tree, env=env, capture_output=True,
+                                      text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"tracking {suite} at {commit.short} took over {timeout} s; "
+                                 f"finished runs are kept in {work}") from None
+        finally:
+            _git(repo, "worktree", "remove", "--force", str(tree))
+    if done.returncode not in (0, 1):  # 1: some runs failed (their rows are stored)
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["(no output)"]
+        raise BenchError(f"vaebench at {commit.short} could not run suite '{suite}' (exit "
+                         f"{done.returncode}): {lines[-1]}")
+    runs = store.load_runs(work, suite=suite)
+    path = append(results, suite, commit, machine, runs) if not runs.empty else None
+    statuses = runs["status"].value_counts().to_dict() if not runs.empty else {}
+    return Tracked(commit, machine, len(runs), 0, statuses, time.perf_counter() - start, path)
 
 
 @dataclass(frozen=True)

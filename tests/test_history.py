@@ -147,3 +147,66 @@ def test_loose_files_are_packed_and_a_packed_commit_is_still_tracked(tmp_path, m
     assert len(rows) == 14 and list(rows["hist_subject"][::2]) == [f"c{i}" for i in range(7)]
     assert history.tracked_run_ids(tmp_path, "s", commits[0], "box") == {"r0", "r1"}
     assert history.tracked_run_ids(tmp_path, "s", commits[0], "other") == set()
+
+
+def test_track_over_a_copy_of_the_project_finds_a_planted_regression_and_a_protocol_bump(
+        tmp_path):
+    # Issue 26's acceptance, its track half: a throwaway repository of this project's own
+    # tree, five commits, one of which plants a real behaviour change (the decoder's output
+    # bias no longer initialised to the pixel means' logits) and one bumps PROTOCOL. Each
+    # commit is tracked with its own code (a worktree, its own suite file); the history
+    # names the planted commit as the regression and carries the protocol change.
+    # Guards against: tracking a commit with today's code (the planted change would never
+    # show), or the protocol of the rows not being the commit's.
+    from bench import steps
+    from bench.provenance import REPO_ROOT
+
+    repo = tmp_path / "copy"
+    repo.mkdir()
+    files = subprocess.run(["git", "ls-files", "bench", "suites"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes((REPO_ROOT / name).read_bytes())
+    (repo / "suites" / "tiny.toml").write_text(SUITE.replace("seeds = [0, 1]",
+                                                             "seeds = [0, 1, 2]"))
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "the project")
+    init = repo / "bench" / "models" / "init.py"
+
+    def edit(path: Path, old: str, new: str, subject: str) -> str:
+        text = path.read_text()
+        assert text.count(old) == 1
+        path.write_text(text.replace(old, new))
+        git(repo, "commit", "-q", "-am", subject)
+        return git(repo, "rev-parse", "HEAD")
+
+    (repo / "NOTES").write_text("a commit that changes nothing a run computes\n")
+    git(repo, "add", "NOTES")
+    git(repo, "commit", "-q", "-m", "notes")
+    planted = edit(init, "    bias.copy_(output_bias(mean).to(bias.dtype))",
+                   "    pass  # the output bias left at zero", "forget the output bias")
+    (repo / "NOTES").write_text("more notes\n")
+    git(repo, "commit", "-q", "-am", "more notes")
+    config = repo / "bench" / "config.py"
+    protocol = int(next(line for line in config.read_text().splitlines()
+                        if line.startswith("PROTOCOL = ")).split("=")[1])
+    bumped = edit(config, f"PROTOCOL = {protocol}\n", f"PROTOCOL = {protocol + 1}\n",
+                  "bump the protocol")
+
+    results = tmp_path / "results"
+    shas = [git(repo, "rev-list", "--max-parents=0", "HEAD"),
+            *history.commits_in(repo, "HEAD~4..HEAD")]
+    for sha in shas:
+        done = history.track_commit("tiny", None, sha, results, repo, machine="box",
+                                    executor="local")
+        assert done.statuses == {"finished": 3}, done
+    rows = history.load_history(results, "tiny")
+    assert list(dict.fromkeys(rows["hist_commit"])) == shas  # oldest first
+    assert rows.groupby("hist_commit", sort=False)["protocol"].first().tolist() == [
+        protocol] * 4 + [protocol + 1]
+    found = steps.find_steps(rows)
+    regressions = found[(found["verdict"] == "regressed") & (found["metric"] == "test_ll")]
+    assert regressions["commit"].tolist() == [planted], found
+    assert bumped not in set(found["commit"])  # the bump moved no number: no step at all

@@ -310,6 +310,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the history page (history.md, history.html, a graph "
                         "per series that moved) into DIR; `vaebench report` has it too")
 
+    bisect = commands.add_parser(
+        "bisect",
+        help="find the commit that moved a variant's metric, each probe with its own code",
+        description="Bisect the commits between --good and --bad for the first that moved "
+        "METRIC of VARIANT: each probed commit runs in a temporary git worktree with its own "
+        "code and is recorded in the history (a later bisection or `vaebench steps` reuses "
+        "it). Noise-aware: a probe is called good or bad only when its mean +- 2 standard "
+        "errors lies on one side of the midpoint between the ends' values; otherwise it is "
+        "measured again with twice the seeds, up to --max-seeds, and else reported as "
+        "undecided. Exit status: 0 found, 1 undecided or no change between the ends, 2 bad "
+        "input.",
+    )
+    bisect.add_argument("--good", required=True, help="a commit where the metric is as wanted")
+    bisect.add_argument("--bad", required=True, help="a later commit where it moved")
+    bisect.add_argument("--suite", required=True, help="suite name (in the commits' suites/)")
+    bisect.add_argument("--variant", required=True, help="the variant's name in the suite")
+    bisect.add_argument("--metric", required=True, help="a metric with a direction (test_ll)")
+    bisect.add_argument("--budget", default=None, help="budget (default: the suite's)")
+    _add_results_flag(bisect)
+    bisect.add_argument("--machine", default=None, help="this machine's name in the history")
+    bisect.add_argument("--executor", choices=["ray", "local"], default="ray",
+                        help="how each probe runs its variant (default: ray)")
+    bisect.add_argument("--max-seeds", type=int, default=8,
+                        help="the most seeds a probe is measured with (default: 8)")
+
     report = commands.add_parser(
         "report",
         help="write report.md, a self-contained report.html and PNG plots from stored results",
@@ -634,6 +659,21 @@ def pd_isna(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from bench import store
+    from bench.bisection import bisect
+    from bench.provenance import REPO_ROOT
+
+    if args.max_seeds < 2:
+        raise BenchError(f"--max-seeds must be >= 2, got {args.max_seeds}")
+    results = store.results_dir(args.results)
+    make_directory(results, "results directory")
+    found = bisect(REPO_ROOT, results, store.check_suite_name(args.suite), args.variant,
+                   args.metric, args.good, args.bad, budget=args.budget,
+                   machine=args.machine, executor=args.executor, max_seeds=args.max_seeds)
+    return 0 if found.verdict == "found" else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench import store
     from bench.report import build_report
@@ -717,7 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"train": cmd_train, "run": cmd_run, "report": cmd_report,
                 "compare": cmd_compare, "baseline": cmd_baseline, "profile": cmd_profile,
                 "toy": cmd_toy, "data": cmd_data_fetch, "track": cmd_track,
-                "steps": cmd_steps}
+                "steps": cmd_steps, "bisect": cmd_bisect}
     try:
         # installed plugins and --plugin ones, before anything reads a registry
         plugins.load(getattr(args, "plugin", []))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -203,21 +204,29 @@ def load_history(results: Path, suite: str | None = None) -> pd.DataFrame:
 
 def track_commit(suite: str, budget: str | None, rev: str, results: Path, repo: Path, *,
                  machine: str | None = None, executor: str = "ray",
-                 python: str = sys.executable, timeout: float | None = None) -> Tracked:
+                 python: str = sys.executable, timeout: float | None = None,
+                 variant: str | None = None, seeds: int | None = None) -> Tracked:
     """Track `suite` at commit `rev` of `repo` with that commit's own code: a temporary git
     worktree of it, `python -m bench.cli run SUITE` inside (its suite file, its protocol,
     its trainer; the package imported from the worktree), the runs stored in the commit's
-    work store, then appended here by today's code (old rows migrate on load)."""
+    work store, then appended here by today's code (old rows migrate on load). `variant`:
+    only that variant's runs (`--filter name=...`); `seeds`: seeds 0..seeds-1 instead of the
+    suite's (its file's `seeds = [...]` lines rewritten in the worktree: bisection adds
+    seeds where a probe is too noisy to decide)."""
     start = time.perf_counter()
     commit = current_commit(repo, rev)
     machine = machine or machine_name()
     work = work_dir(results, commit, machine).resolve()
     args = [python, "-m", "bench.cli", "run", suite, "--results", str(work), "--executor",
             executor, "--no-progress"] + (["--budget", budget] if budget else [])
+    if variant is not None:
+        args += ["--filter", f"name={variant}"]
     with tempfile.TemporaryDirectory(prefix="vaebench-track-") as tmp:
         tree = Path(tmp) / "tree"
         _git(repo, "worktree", "add", "--detach", "--quiet", str(tree), commit.sha)
         try:
+            if seeds is not None:
+                _set_seeds(tree / "suites" / f"{suite}.toml", seeds)
             env = {**os.environ, "PYTHONPATH": str(tree)}
             try:
                 done = subprocess.run(args, cwd=tree, env=env, capture_output=True,
@@ -235,6 +244,16 @@ def track_commit(suite: str, budget: str | None, rev: str, results: Path, repo: 
     path = append(results, suite, commit, machine, runs) if not runs.empty else None
     statuses = runs["status"].value_counts().to_dict() if not runs.empty else {}
     return Tracked(commit, machine, len(runs), 0, statuses, time.perf_counter() - start, path)
+
+
+def _set_seeds(path: Path, seeds: int) -> None:
+    """Rewrite every `seeds = [...]` line of a suite file to seeds 0..seeds-1."""
+    if not path.is_file():
+        raise BenchError(f"no suite file {path.name} at this commit: name a suite of "
+                         "suites/ to add seeds to it")
+    text = re.sub(r"(?m)^seeds\s*=\s*\[[^\]\n]*\]", f"seeds = {list(range(seeds))}",
+                  path.read_text())
+    path.write_text(text)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import history
@@ -149,22 +150,18 @@ def test_loose_files_are_packed_and_a_packed_commit_is_still_tracked(tmp_path, m
     assert history.tracked_run_ids(tmp_path, "s", commits[0], "other") == set()
 
 
-def test_track_over_a_copy_of_the_project_finds_a_planted_regression_and_a_protocol_bump(
-        tmp_path):
-    # Issue 26's acceptance, its track half: a throwaway repository of this project's own
-    # tree, five commits, one of which plants a real behaviour change (the decoder's output
-    # bias no longer initialised to the pixel means' logits) and one bumps PROTOCOL. Each
-    # commit is tracked with its own code (a worktree, its own suite file); the history
-    # names the planted commit as the regression and carries the protocol change.
-    # Guards against: tracking a commit with today's code (the planted change would never
-    # show), or the protocol of the rows not being the commit's.
-    from bench import steps
+@pytest.fixture(scope="module")
+def project_copy(tmp_path_factory):
+    """A throwaway repository of this project's own tree (bench/, suites/ and a tiny suite),
+    five commits: the project, notes, one that plants a real behaviour change (the decoder's
+    output bias no longer initialised to the pixel means' logits), more notes, a PROTOCOL
+    bump. Returns (repo, commits oldest first, the planted commit, the bump, old protocol)."""
     from bench.provenance import REPO_ROOT
 
-    repo = tmp_path / "copy"
-    repo.mkdir()
-    files = subprocess.run(["git", "ls-files", "bench", "suites"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    repo = tmp_path_factory.mktemp("copy")
+    files = [str(p.relative_to(REPO_ROOT)) for top in ("bench", "suites")
+             for p in (REPO_ROOT / top).rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]  # also in a copy without .git
     for name in files:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_bytes((REPO_ROOT / name).read_bytes())
@@ -173,31 +170,42 @@ def test_track_over_a_copy_of_the_project_finds_a_planted_regression_and_a_proto
     git(repo, "init", "-q")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "the project")
-    init = repo / "bench" / "models" / "init.py"
 
     def edit(path: Path, old: str, new: str, subject: str) -> str:
         text = path.read_text()
         assert text.count(old) == 1
         path.write_text(text.replace(old, new))
-        git(repo, "commit", "-q", "-am", subject)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", subject)
         return git(repo, "rev-parse", "HEAD")
 
-    (repo / "NOTES").write_text("a commit that changes nothing a run computes\n")
-    git(repo, "add", "NOTES")
-    git(repo, "commit", "-q", "-m", "notes")
-    planted = edit(init, "    bias.copy_(output_bias(mean).to(bias.dtype))",
+    (repo / "NOTES").write_text("")
+    edit(repo / "NOTES", "", "a commit that changes nothing a run computes\n", "notes")
+    planted = edit(repo / "bench" / "models" / "init.py",
+                   "    bias.copy_(output_bias(mean).to(bias.dtype))",
                    "    pass  # the output bias left at zero", "forget the output bias")
-    (repo / "NOTES").write_text("more notes\n")
-    git(repo, "commit", "-q", "-am", "more notes")
+    edit(repo / "NOTES", "nothing", "still nothing", "more notes")
     config = repo / "bench" / "config.py"
     protocol = int(next(line for line in config.read_text().splitlines()
                         if line.startswith("PROTOCOL = ")).split("=")[1])
     bumped = edit(config, f"PROTOCOL = {protocol}\n", f"PROTOCOL = {protocol + 1}\n",
                   "bump the protocol")
-
-    results = tmp_path / "results"
     shas = [git(repo, "rev-list", "--max-parents=0", "HEAD"),
             *history.commits_in(repo, "HEAD~4..HEAD")]
+    return repo, shas, planted, bumped, protocol
+
+
+def test_track_over_a_copy_of_the_project_finds_a_planted_regression_and_a_protocol_bump(
+        tmp_path, project_copy):
+    # Issue 26's acceptance, its track half: each commit of the copy tracked with its own
+    # code (a worktree, its own suite file); the history names the planted commit as the
+    # regression and carries the protocol change.
+    # Guards against: tracking a commit with today's code (the planted change would never
+    # show), or the protocol of the rows not being the commit's.
+    from bench import steps
+
+    repo, shas, planted, bumped, protocol = project_copy
+    results = tmp_path / "results"
     for sha in shas:
         done = history.track_commit("tiny", None, sha, results, repo, machine="box",
                                     executor="local")
@@ -210,3 +218,57 @@ def test_track_over_a_copy_of_the_project_finds_a_planted_regression_and_a_proto
     regressions = found[(found["verdict"] == "regressed") & (found["metric"] == "test_ll")]
     assert regressions["commit"].tolist() == [planted], found
     assert bumped not in set(found["commit"])  # the bump moved no number: no step at all
+
+
+def test_bisect_names_the_planted_commit_and_reuses_the_history(tmp_path, project_copy):
+    # Issue 26's acceptance, its bisect half. Guards against: a bisection that probes with
+    # today's code, decides on noise, or names the last good commit instead of the first
+    # bad one; and one that reruns what the history already holds.
+    from bench.bisection import bisect
+
+    repo, shas, planted, _, _ = project_copy
+    said: list[str] = []
+    found = bisect(repo, tmp_path, "tiny", "vae", "test_ll", shas[0], shas[-1],
+                   machine="box", executor="local", say=said.append)
+    assert found.verdict == "found" and found.first_bad.sha == planted
+    assert found.last_good.sha == shas[1] and "forget the output bias" in said[-1]
+    ran = sum(line.startswith("  ran ") for line in said)
+    assert ran == 4  # both ends, then the planted commit and the one before it
+    again: list[str] = []
+    assert bisect(repo, tmp_path, "tiny", "vae", "test_ll", shas[0], shas[-1], machine="box",
+                  executor="local", say=again.append).first_bad.sha == planted
+    assert not any(line.startswith("  ran ") for line in again)  # all from the history
+
+
+def test_bisect_adds_seeds_to_a_noisy_probe_and_says_undecided_rather_than_guess(
+        tmp_path, monkeypatch):
+    # Guards against: a bisection that calls a probe sitting between the two ends good or
+    # bad on noise (it must measure it with more seeds, then give up with the range).
+    from bench import bisection
+
+    commits = [history.Commit(f"{c}" * 40, "2026-01-01T00:00:00+00:00", f"commit {c}", False)
+               for c in "abc"]
+    monkeypatch.setattr(history, "current_commit",
+                        lambda repo, rev="HEAD": next(c for c in commits if c.sha == rev))
+    monkeypatch.setattr(history, "commits_in", lambda repo, spec: [c.sha for c in commits[1:]])
+    rng = np.random.default_rng(0)
+    centre = {"a": -90.0, "b": -90.5, "c": -91.0}  # b: exactly between the ends
+    measured: dict[str, tuple] = {}
+
+    def values(results, suite, variant, metric, commit, machine):
+        return measured.get(commit.sha, ())
+
+    def track(suite, budget, sha, results, repo, *, seeds=None, **kw):
+        n = seeds or 3
+        measured[sha] = tuple(centre[sha[0]] + rng.normal(0, 0.3, n))
+        return history.Tracked(history.current_commit(repo, sha), "box", n, 0, {}, 0.0, None)
+
+    monkeypatch.setattr(bisection, "_values", values)
+    monkeypatch.setattr(history, "track_commit", track)
+    said: list[str] = []
+    found = bisection.bisect(tmp_path, tmp_path, "s", "v", "test_ll", "a" * 40, "c" * 40,
+                             max_seeds=12, say=said.append)
+    assert found.verdict == "undecided" and found.first_bad is None, said
+    assert [c.sha[0] for c in found.undecided] == ["a", "c"]
+    assert [len(p.values) for p in found.probes if p.commit.sha[0] == "b"] == [3, 6, 12]
+    assert said[-1].startswith("undecided between")

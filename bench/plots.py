@@ -116,11 +116,13 @@ def snr_vs_k(data: pd.DataFrame, path: str | Path, *, title: str) -> Path:
         return _save(fig, path)
 
 
-def history_series(points, steps: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+def history_series(points, steps: pd.DataFrame, path: str | Path, *, title: str,
+                   declared: set[str] = frozenset()) -> Path:
     """One metric's history: the mean over seeds per tracked commit (in history order), a band
     from the lowest to the highest seed, a vertical line at each step (red regressed, green
     improved, grey dashed declared) labelled with its commit; x ticks thinned to about ten
-    commits (short hash and date). `points`: bench.steps.Point; `steps`: rows of
+    commits (short hash and date); `declared` commits (bench.steps.declared_changes) where no
+    step is are dotted grey. `points`: bench.steps.Point; `steps`: rows of
     bench.steps.find_steps for this series."""
     colors = {"regressed": "#c0392b", "improved": "#1e8449", "declared": "0.45"}
     with plt.rc_context(_STYLE):
@@ -135,6 +137,13 @@ def history_series(points, steps: pd.DataFrame, path: str | Path, *, title: str)
                        linestyle="--" if step.verdict == "declared" else "-",
                        label=f"{step.verdict} at {step.commit[:7]} ({step.delta:+.3g})"
                        + (f": {step.reason}" if step.reason else ""))
+        marked = {step.commit for step in steps.itertuples()}
+        shown = False
+        for i, point in enumerate(points):  # declared changes that moved nothing: dotted
+            if point.commit in declared and point.commit not in marked:
+                ax.axvline(i - 0.5, color="0.45", linewidth=1.0, linestyle=":",
+                           label=None if shown else "declared change (PROTOCOL, torch)")
+                shown = True
         every = max(1, len(points) // 10)
         ticks = list(range(0, len(points), every))
         ax.set_xticks(ticks)

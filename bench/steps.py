@@ -188,6 +188,35 @@ def series(history: pd.DataFrame) -> Iterator[tuple[tuple, list[Point]]]:
                 yield (variant, column.removeprefix("metric_"), machine, execution), points
 
 
+def declared_changes(history: pd.DataFrame) -> pd.DataFrame:
+    """The commits of a history (bench.history.load_history) that changed what runs compute
+    on purpose, per machine: a PROTOCOL bump or another torch version than the commit before
+    it. Columns: machine, commit, date, subject, reason. Shown on the history page whether or
+    not a metric moved there; a step at one is `declared`, never an alarm."""
+    rows = []
+    if history.empty:
+        return pd.DataFrame(rows, columns=["machine", "commit", "date", "subject", "reason"])
+    for machine, group in history.groupby("hist_machine", sort=False):
+        firsts = group.groupby("hist_commit", sort=False).first()
+        previous = None
+        for commit, row in firsts.iterrows():
+            if previous is not None:
+                reasons = []
+                a, b = _int_or_none(previous.get("protocol")), _int_or_none(row.get("protocol"))
+                if a is not None and b is not None and a != b:
+                    reasons.append(f"protocol {a} -> {b}")
+                ta, tb = previous.get("sys_torch"), row.get("sys_torch")
+                if isinstance(ta, str) and isinstance(tb, str) and ta != tb:
+                    reasons.append(f"torch {ta} -> {tb}")
+                if reasons:
+                    rows.append({"machine": machine, "commit": commit,
+                                 "date": str(row.get("hist_commit_date", "")),
+                                 "subject": str(row.get("hist_subject", "")),
+                                 "reason": "; ".join(reasons)})
+            previous = row
+    return pd.DataFrame(rows, columns=["machine", "commit", "date", "subject", "reason"])
+
+
 def _int_or_none(value) -> int | None:
     try:
         return None if value is None or pd.isna(value) else int(value)

@@ -218,6 +218,9 @@ def test_track_over_a_copy_of_the_project_finds_a_planted_regression_and_a_proto
     regressions = found[(found["verdict"] == "regressed") & (found["metric"] == "test_ll")]
     assert regressions["commit"].tolist() == [planted], found
     assert bumped not in set(found["commit"])  # the bump moved no number: no step at all
+    declared = steps.declared_changes(rows)
+    assert declared[["commit", "reason"]].values.tolist() == [
+        [bumped, f"protocol {protocol} -> {protocol + 1}"]]  # on the page, never an alarm
 
 
 def test_bisect_names_the_planted_commit_and_reuses_the_history(tmp_path, project_copy):

@@ -78,6 +78,15 @@ def history_section(report: Any, results: Path, suite: str, level: int = 3) -> b
         report.add(Paragraph("None.", emphasis=True))
     else:
         report.add(Table(_STEP_HEADERS, _step_rows(opened), [False] * 7 + [True] * 3 + [False]))
+    declared = steps.declared_changes(rows)
+    report.add(Heading(level + 1, "Declared changes"))
+    if declared.empty:
+        report.add(Paragraph("None: no PROTOCOL bump or torch change in the history.",
+                             emphasis=True))
+    else:
+        report.add(Table(["commit", "date", "subject", "machine", "declared"],
+                         [[d.commit[:12], str(d.date)[:10], str(d.subject)[:60], str(d.machine),
+                           d.reason] for d in declared.itertuples()], [False] * 5))
     if not found.empty:
         report.add(Heading(level + 1, "Every step"))
         report.add(Table(_STEP_HEADERS, _step_rows(found), [False] * 7 + [True] * 3 + [False]))
@@ -97,8 +106,9 @@ def history_section(report: Any, results: Path, suite: str, level: int = 3) -> b
                       "tracked commits: mean over seeds, band = lowest to highest seed, "
                       "steps marked (red regressed, green improved, grey declared).",
                       f"{variant}: {metric} ({machine})",
-                      lambda path, title, p=points, m=mine: plots.history_series(
-                          p, m, path, title=title))
+                      lambda path, title, p=points, m=mine,
+                      d=set(declared.loc[declared["machine"] == machine, "commit"]):
+                      plots.history_series(p, m, path, title=title, declared=d))
     quiet = len(series) - len(moved)
     report.add(Paragraph(
         f"{quiet} series did not move and are not drawn"

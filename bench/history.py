@@ -196,8 +196,11 @@ def load_history(results: Path, suite: str | None = None) -> pd.DataFrame:
             raise BenchError(f"history file {path} is unreadable ({type(err).__name__}); "
                              "move it away and track that commit again") from None
     frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
-    frame = frame.sort_values(["hist_commit_date", "hist_tracked_at"], kind="stable",
-                              ignore_index=True)
+    # committer dates carry their own UTC offsets (git %cI): order by the instant, not text
+    instant = pd.to_datetime(frame["hist_commit_date"], utc=True, errors="coerce")
+    frame = (frame.assign(_instant=instant)
+             .sort_values(["_instant", "hist_tracked_at"], kind="stable", ignore_index=True)
+             .drop(columns="_instant"))
     # a key tracked again (a dirty tree rerun, a file packed while read): the latest row
     return frame.drop_duplicates(subset=[*KEY, "hist_dirty"], keep="last", ignore_index=True)
 

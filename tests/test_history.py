@@ -275,3 +275,16 @@ def test_bisect_adds_seeds_to_a_noisy_probe_and_says_undecided_rather_than_guess
     assert [c.sha[0] for c in found.undecided] == ["a", "c"]
     assert [len(p.values) for p in found.probes if p.commit.sha[0] == "b"] == [3, 6, 12]
     assert said[-1].startswith("undecided between")
+
+
+def test_the_history_is_ordered_by_the_commits_instants_across_time_zones(tmp_path):
+    # Guards against: ordering by the date's text, where git writes each committer's own
+    # offset: 10:00+02:00 (08:00 UTC) sorts after 09:00+00:00 as text, before it in time.
+    import pandas as pd
+
+    for sha, date in (("b" * 40, "2026-03-01T09:00:00+00:00"),
+                      ("a" * 40, "2026-03-01T10:00:00+02:00")):
+        runs = pd.DataFrame([{"run_id": "r", "variant": "v", "status": "finished",
+                              "metric_test_ll": -90.0}])
+        history.append(tmp_path, "s", history.Commit(sha, date, sha[0], False), "box", runs)
+    assert history.load_history(tmp_path, "s")["hist_subject"].tolist() == ["a", "b"]

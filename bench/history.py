@@ -153,7 +153,7 @@ def append(results: Path, suite: str, commit: Commit, machine: str,
     rows["hist_machine"] = machine
     rows["hist_execution"] = executions(rows)
     rows["hist_dirty"] = commit.dirty
-    rows["hist_tracked_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    rows["hist_tracked_at"] = datetime.now(UTC).isoformat(timespec="microseconds")
     path = history_file(results, suite, commit, machine)
     if path.exists():
         rows = pd.concat([store.read_rows(path), rows], ignore_index=True)

@@ -36,9 +36,14 @@ k_eval = 5
 """
 
 
+_CLOCK = iter(range(1_700_000_000, 1_800_000_000, 3600))  # one commit an hour, in order
+
+
 def git(repo: Path, *args: str) -> str:
+    stamp = f"{next(_CLOCK)} +0000"  # commits made within one second still have an order
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin:/usr/local/bin"}
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin:/usr/local/bin",
+           "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp}
     out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env,
                          check=True)
     return out.stdout.strip()

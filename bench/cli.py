@@ -176,6 +176,24 @@ COMPILE_HELP = (
     "compiles both (default: auto)")
 
 
+def _add_suite_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The suite, budget, results and executor flags `run` and `track` share."""
+    parser.add_argument("suite", help="suite name (suites/<name>.toml) or path to a suite TOML")
+    parser.add_argument("--budget", default=None,
+                        help="budget table to apply, e.g. smoke, cpu, paper "
+                        "(default: the suite's default_budget)")
+    _add_results_flag(parser)
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (e.g. 10.0.0.1:6379 or 'auto'); "
+                        "default: start Ray embedded")
+    parser.add_argument("--executor", choices=["ray", "local"], default="ray",
+                        help="ray (default) or local: in this process, one run at a time, "
+                        "for debugging")
+    parser.add_argument("--cpus-per-run", type=int, default=1,
+                        help="CPUs reserved per run; also torch's thread count in it "
+                        "(default: 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaebench",
@@ -213,19 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stored as `failed` rows and the grid goes on. Exit status: 0 all finished, 1 some "
         "failed or diverged, 2 bad input, 130 interrupted (finished runs are kept).",
     )
-    run.add_argument("suite", help="suite name (suites/<name>.toml) or path to a suite TOML")
-    run.add_argument("--budget", default=None,
-                     help="budget table to apply, e.g. smoke, cpu, paper "
-                     "(default: the suite's default_budget)")
-    _add_results_flag(run)
-    run.add_argument("--address", default=None,
-                     help="Ray cluster to join (e.g. 10.0.0.1:6379 or 'auto'); "
-                     "default: start Ray embedded")
-    run.add_argument("--executor", choices=["ray", "local"], default="ray",
-                     help="ray (default) or local: in this process, one run at a time, "
-                     "for debugging")
-    run.add_argument("--cpus-per-run", type=int, default=1,
-                     help="CPUs reserved per run; also torch's thread count in it (default: 1)")
+    _add_suite_run_flags(run)
     run.add_argument("--gpus-per-run", type=float, default=None,
                      help=f"GPU fraction per run (default: {DEFAULT_GPU_FRACTION} when the "
                      "cluster has GPUs, else 0; 0 or at least 0.0001, Ray's finest share; "
@@ -267,10 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-dirty (recorded as hist_dirty). Exit status: 0 all finished, 1 some failed "
         "or diverged (their rows are tracked too), 2 bad input, 130 interrupted.",
     )
-    track.add_argument("suite", help="suite name (suites/<name>.toml) or path to a suite TOML")
-    track.add_argument("--budget", default=None,
-                       help="budget table to apply (default: the suite's default_budget)")
-    _add_results_flag(track)
+    _add_suite_run_flags(track)
     track.add_argument("--machine", default=None,
                        help="this machine's name in the history (default: the host name); "
                        "series are compared within one machine")
@@ -280,12 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="track this commit (or each commit of a range A..B, oldest first) "
                        "with its own code, in a temporary git worktree, instead of the "
                        "checkout (repeatable)")
-    track.add_argument("--address", default=None,
-                       help="Ray cluster to join; default: start Ray embedded")
-    track.add_argument("--executor", choices=["ray", "local"], default="ray",
-                       help="ray (default) or local (in this process, one run at a time)")
-    track.add_argument("--cpus-per-run", type=int, default=1,
-                       help="CPUs reserved per run; also torch's thread count (default: 1)")
     track.add_argument("--no-progress", action="store_true", help="no live progress line")
     _add_plugin_flag(track)
 

@@ -229,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--address it joins that cluster. Each run lands in "
         "RESULTS/runs/suite=<suite>/<run_id>.parquet as soon as it finishes; failures are "
         "stored as `failed` rows and the grid goes on. Exit status: 0 all finished, 1 some "
-        "failed or diverged, 2 bad input, 130 interrupted (finished runs are kept).",
+        "failed or diverged, 2 bad input, 3 the store could not be written (a full disk, a "
+        "read-only store: one line says what was kept; rerun once it is writable), 130 "
+        "interrupted (finished runs are kept). Runners sharing a results directory split the "
+        "grid: each claims a run before training it (RESULTS/claims) and skips or waits for "
+        "runs another runner holds.",
     )
     _add_suite_run_flags(run)
     run.add_argument("--gpus-per-run", type=float, default=None,
@@ -242,7 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rerun runs that already have a finished result (replacing it)")
     run.add_argument("--dry-run", action="store_true",
                      help="list the runs, which are cached and why (or why not: another code "
-                          "protocol, a changed config key, a failed row); run nothing")
+                          "protocol, a changed config key, a failed row), and what each run "
+                          "still to run costs: training and evaluation FLOPs and the projected "
+                          "wall time here (from the stored rates of the same variant on this "
+                          "machine, else a 1-2 s calibration per run shape), with totals; "
+                          "run nothing")
+    run.add_argument("--rates", type=Path, default=None, metavar="FILE",
+                     help="with --dry-run: also project the time on the GPU that "
+                          "benchmarks/gpu_throughput.py --out FILE measured")
+    run.add_argument("--no-calibrate", action="store_true",
+                     help="with --dry-run: time nothing; runs without a stored rate of their "
+                          "variant on this machine are projected as unknown")
     run.add_argument("--retries", type=int, default=2,
                      help="re-executions of a run whose worker process died (default: 2)")
     run.add_argument("--checkpoint-every", type=int, default=10, metavar="EPOCHS",
@@ -258,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "another, while solo runs fill every CPU slot), on forces it "
                      "(default: auto)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line")
+    run.add_argument("--claim-timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="a run claimed by another runner sharing the results directory is "
+                     "taken over when that runner's heartbeat is older than this (on the same "
+                     "host: at once when its process is gone); hosts need clocks in step "
+                     "(default: 60)")
+    run.add_argument("--export", action="append", default=[], metavar="TRACKER[=TARGET]",
+                     help="send each run to a tracker as soon as it is stored: mlflow (MLflow's "
+                     "default tracking URI), mlflow=URI or tensorboard=DIR (repeatable; as "
+                     "`vaebench export`; a failed export is a warning, the run stays stored)")
     _add_plugin_flag(run)
     _add_skip_corrupt_flag(run)
 
@@ -334,17 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        help="write report.md, a self-contained report.html and PNG plots from stored results",
+        help="write an HTML and Markdown report (an index and a page per suite, PNG plots) "
+        "from stored results",
         description="Regenerate a report from the Parquet results alone (no training): per "
         "suite a summary table (mean ± std over seeds), paper-vs-ours tables from the suite's "
         "[[reference]] entries, plots (log-likelihood vs k, rate-distortion and sharpness vs "
-        "beta, throughput, learning curves, sample grids) and provenance.",
+        "beta, throughput, learning curves, sample grids) and provenance. Writes OUT/index.html "
+        "(and index.md: every suite with its budgets, runs by status and last run), a page per "
+        "suite OUT/<suite>.html (and .md) with its own table of contents, and its figures as "
+        "PNG files in OUT/<suite>/ (lazy-loaded); prints the index's path.",
     )
     _add_results_flag(report)
     report.add_argument("--suite", action="append", default=None, metavar="NAME",
                         help="suite(s) to report (repeatable; default: every suite stored)")
     report.add_argument("--out", type=Path, default=None,
                         help="output directory (default: RESULTS/report)")
+    report.add_argument("--single-file", action="store_true",
+                        help="write only OUT/report.html: every suite on one self-contained "
+                        "page, each figure inlined as a data: URI (to mail)")
     _add_plugin_flag(report)
     _add_skip_corrupt_flag(report)
 
@@ -374,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="output format (default: md)")
     _add_plugin_flag(compare)
     _add_skip_corrupt_flag(compare)
+    _add_export_parser(commands)
+    _add_store_parser(commands)
 
     baseline = commands.add_parser(
         "baseline",
@@ -476,8 +508,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"training {cfg.label} ({cfg.run_id}) on {cfg.dataset} "
               f"[{dataset.train.shape[0]} train / {dataset.test.shape[0]} test] on {device}",
               file=sys.stderr)
+    from bench.eta import ProgressLines
+
     result = train_model(cfg, dataset, device=device,
-                         on_epoch=None if args.quiet else progress, compile=args.compile)
+                         on_epoch=None if args.quiet else progress, compile=args.compile,
+                         progress=None if args.quiet else ProgressLines(
+                             lambda text: print(text, file=sys.stderr, flush=True)))
     metrics = result.metrics()
     if args.json:
         print(json.dumps(_finite({"run_id": cfg.run_id, "label": cfg.label,
@@ -528,10 +564,47 @@ def _add_skip_corrupt_flag(parser: argparse.ArgumentParser) -> None:
                         "instead of stopping with an error naming them")
 
 
+def _dry_run(args: argparse.Namespace, suite, results: Path) -> int:
+    """`vaebench run --dry-run`: the runs in suite order, cached or to run and why, and the
+    projected cost of those to run (bench.projection). Linear in the number of runs."""
+    from bench import projection, store
+    from bench.runner import explain, plan
+
+    rates = projection.read_rates(args.rates) if args.rates is not None else None
+    to_run, cached = plan(suite, results, args.filter, args.force, args.skip_corrupt)
+    cached_ids = {v.run_id for v in cached}
+    position = {v.run_id: i for i, v in enumerate(suite.variants)}
+    selected = sorted([*to_run, *cached], key=lambda v: position[v.run_id])
+    runs = store.load_runs(results, suite=suite.name, skip_corrupt=args.skip_corrupt)
+    reasons = explain(suite, results, selected, args.force, args.skip_corrupt, runs=runs)
+    projector = None
+    if to_run:
+        machine = projection.this_machine(args.cpus_per_run, args.executor, args.address)
+        projector = projection.Projector(machine, runs, calibrate=not args.no_calibrate,
+                                         rates=rates, compile=args.compile)
+        if not args.no_calibrate:
+            print(f"vaebench: projecting the cost: runs without a stored rate here are timed "
+                  f"on {machine.device}, about 1-2 s per distinct run shape (--no-calibrate "
+                  "skips)", file=sys.stderr, flush=True)
+    print(f"suite {suite.name} budget {suite.budget}: {len(to_run)} to run, "
+          f"{len(cached)} cached ({results})")
+    projected = []
+    for v in selected:
+        state = "cached" if v.run_id in cached_ids else "to run"
+        print(f"  {state:<7} {v.run_id}  {v.name}  seed={v.seed}  ({reasons[v.run_id]})")
+        if projector is not None and state == "to run":
+            projected.append(projector.project(v.config))
+            print(f"            cost: {projection.run_line(projected[-1])}")
+    if projector is not None:
+        for line in projection.total_lines(projected, projector.machine, rates):
+            print(line)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import store
     from bench.report import summary_text
-    from bench.runner import MIN_GPU_SHARE, RunOptions, explain, plan, run_suite
+    from bench.runner import MIN_GPU_SHARE, RunOptions, run_suite
     from bench.suite import load_suite, resolve_suite_path
 
     for flag, value, low in (("--cpus-per-run", args.cpus_per_run, 1),
@@ -543,33 +616,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     if gpus is not None and not (gpus == 0 or (math.isfinite(gpus) and gpus >= MIN_GPU_SHARE)):
         raise BenchError(f"--gpus-per-run must be 0 or a finite share >= {MIN_GPU_SHARE:g} "
                          f"(Ray's finest), got {gpus}")
+    if not (math.isfinite(args.claim_timeout) and args.claim_timeout > 0):
+        raise BenchError(f"--claim-timeout must be a number of seconds > 0, got "
+                         f"{args.claim_timeout}")
     suite = load_suite(resolve_suite_path(args.suite), budget=args.budget)
     results = store.results_dir(args.results)
     if results.exists() and not results.is_dir():
         raise BenchError(f"--results {results}: not a directory (runs are stored in a "
                          "directory; .parquet files are for report and compare)")
     if args.dry_run:
-        to_run, cached = plan(suite, results, args.filter, args.force, args.skip_corrupt)
-        cached_ids = {v.run_id for v in cached}
-        selected = sorted([*to_run, *cached], key=lambda v: suite.variants.index(v))
-        reasons = explain(suite, results, selected, args.force, args.skip_corrupt)
-        print(f"suite {suite.name} budget {suite.budget}: {len(to_run)} to run, "
-              f"{len(cached)} cached ({results})")
-        for v in selected:
-            state = "cached" if v.run_id in cached_ids else "to run"
-            print(f"  {state:<7} {v.run_id}  {v.name}  seed={v.seed}  ({reasons[v.run_id]})")
-        return 0
+        return _dry_run(args, suite, results)
+    for flag, given in (("--rates", args.rates is not None),
+                        ("--no-calibrate", args.no_calibrate)):
+        if given:
+            raise BenchError(f"{flag} applies to --dry-run only (a projection of the runs' "
+                             "cost); add --dry-run, or leave it out to run the suite")
     make_directory(results, "results directory")  # a bad --results fails before any run
+    on_stored = None
+    if args.export:  # a missing extra or a bad URI fails before any run
+        from bench.export import export_each, exporter_from_spec
+
+        on_stored = export_each(results, [exporter_from_spec(s) for s in args.export])
     options = RunOptions(
         results=results, executor=args.executor, address=args.address,
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,
         force=args.force, checkpoint_every=args.checkpoint_every,
         show_progress=not args.no_progress, skip_corrupt=args.skip_corrupt,
-        compile=args.compile, stack=args.stack,
+        compile=args.compile, stack=args.stack, claim_timeout=args.claim_timeout,
     )
-    summary = run_suite(suite, options, args.filter)
+    summary = run_suite(suite, options, args.filter, on_stored=on_stored)
     print(f"suite {suite.name} (budget {suite.budget}): {summary.total} runs, "
-          f"{summary.cached} cached, {summary.statuses} -> {results}")
+          f"{summary.cached} cached, {summary.statuses} -> {results}"
+          + (f"; {summary.by_others} trained by other runners" if summary.by_others else ""))
     if summary.total:
         print(summary_text(results, suite.name, budget=suite.budget,
                            skip_corrupt=args.skip_corrupt))
@@ -677,8 +755,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     results = store.results_dir(args.results)
     out = args.out if args.out is not None else results / "report"
-    path = build_report(results, out, suites=args.suite, skip_corrupt=args.skip_corrupt)
-    print(f"report: {path}  (html: {path.with_suffix('.html')})")
+    pages = build_report(results, out, suites=args.suite, skip_corrupt=args.skip_corrupt,
+                         single_file=args.single_file)
+    if args.single_file:
+        print(f"report: {pages.index}  (self-contained)")
+    else:
+        print(f"report: {pages.index}  ({len(pages.suites)} suite page(s); Markdown: "
+              f"{pages.index.with_suffix('.md')})")
     return 0
 
 
@@ -689,6 +772,88 @@ def cmd_compare(args: argparse.Namespace) -> int:
                              fmt=args.format, skip_corrupt=args.skip_corrupt)
     print(text)
     return code
+
+
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="send stored runs to TensorBoard or MLflow (one tracker run per run; no "
+        "duplicates when repeated)",
+        description="Export runs from the results store, without training anything: one "
+        "tracker run per vaebench run, named SUITE/VARIANT/seedN and tagged with its run_id, "
+        "git commit, budget, protocol and status; the config as hyperparameters; the "
+        "per-epoch curves as scalars epoch/<name> at step = epoch; the final metrics as "
+        "final/<name>; the sample grids as images; for MLflow the suite's report page and "
+        "its PNGs as artifacts. Exporting again adds nothing; a run whose stored row changed "
+        "since (rerun after a failure) replaces its stale copy. See bench/export.py.",
+    )
+    trackers = export.add_subparsers(dest="tracker", metavar="TRACKER", required=True)
+    tensorboard = trackers.add_parser(
+        "tensorboard", help="event files in DIR (needs: pip install 'vaebench[tensorboard]')",
+        description="Write each run as DIR/SUITE/VARIANT/seedN-RUN_ID (event files, written "
+        "aside and renamed into place); view with `tensorboard --logdir DIR`.")
+    tensorboard.add_argument("dir", type=Path, metavar="DIR", help="TensorBoard log directory")
+    mlflow = trackers.add_parser(
+        "mlflow", help="runs in an MLflow tracking store (needs: pip install 'vaebench[mlflow]')",
+        description="Log each run to MLflow, found again by its vaebench.run_id tag.")
+    mlflow.add_argument("--tracking-uri", default=None, metavar="URI",
+                        help="http(s)://server, sqlite:///mlflow.db, ... (default: "
+                        "$MLFLOW_TRACKING_URI or MLflow's own default)")
+    mlflow.add_argument("--experiment", default=None, metavar="NAME",
+                        help="put every run in this experiment (default: one per suite, "
+                        "vaebench/SUITE)")
+    for parser in (tensorboard, mlflow):
+        _add_results_flag(parser)
+        parser.add_argument("--suite", action="append", default=None, metavar="NAME",
+                            help="only this suite (repeatable; default: every suite stored)")
+        parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                            help="only runs whose config has KEY=VALUE, as `run --filter` "
+                            "(repeatable; KEY may also be name or variant, status, budget, "
+                            "run_id), e.g. objective=iwae, seed=0, status=finished")
+        parser.add_argument("--force", action="store_true",
+                            help="export every selected run again, replacing its copy (e.g. "
+                            "after regenerating the report)")
+        parser.add_argument("--report", type=Path, default=None, metavar="DIR",
+                            help="where the report is (default: RESULTS/report)")
+        _add_plugin_flag(parser)  # a filter on a plugin's params.<name>
+        _add_skip_corrupt_flag(parser)
+
+
+def _add_store_parser(commands) -> None:
+    store_ = commands.add_parser("store", help="maintain the results store (compact)")
+    actions = store_.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    compact = actions.add_parser(
+        "compact",
+        help="merge the per-run files of each suite into a few large Parquet files",
+        description="Merge the per-run Parquet files of runs/, curves/ and samples/ into "
+        "compacted+NNNNNNNN.parquet files per suite (at most 100,000 runs each), so that "
+        "planning, reports and compares of 10^5 runs read a few files. Safe to interrupt "
+        "(rerun it to finish) and to run beside runners; every reader reads compacted and "
+        "per-run files alike. See bench/compaction.py.")
+    _add_results_flag(compact)
+    compact.add_argument("--suite", action="append", default=[], metavar="NAME",
+                         help="only this suite (repeatable; default: every suite stored)")
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from bench import store
+    from bench.compaction import compact
+
+    for done in compact(store.results_dir(args.results), args.suite):
+        print(done.describe())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench.export import EXPORTERS, export_store
+
+    target = str(args.dir) if args.tracker == "tensorboard" else args.tracking_uri
+    exporter = EXPORTERS[args.tracker](target, getattr(args, "experiment", None))
+    summary = export_store(args.results, exporter, suites=args.suite, filters=args.filter,
+                           skip_corrupt=args.skip_corrupt, force=args.force,
+                           report_dir=args.report)
+    print(summary.line(exporter))
+    return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -754,14 +919,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"train": cmd_train, "run": cmd_run, "report": cmd_report,
                 "compare": cmd_compare, "baseline": cmd_baseline, "profile": cmd_profile,
                 "toy": cmd_toy, "data": cmd_data_fetch, "track": cmd_track,
-                "steps": cmd_steps, "bisect": cmd_bisect}
+                "steps": cmd_steps, "bisect": cmd_bisect, "export": cmd_export,
+                "store": cmd_store}
     try:
         # installed plugins and --plugin ones, before anything reads a registry
         plugins.load(getattr(args, "plugin", []))
         return handlers[args.command](args)
     except BenchError as err:
         print(f"vaebench: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_status", 2)  # runner.StoreFault: 3
     except KeyboardInterrupt:
         print("vaebench: interrupted", file=sys.stderr)
         return 130

@@ -152,7 +152,7 @@ def _groups(frame: pd.DataFrame) -> dict[tuple[str, str], _Group]:
     finished = frame[frame["status"] == "finished"]
     if len(finished) == 0:
         return {}
-    keys = [variant_key(row) for _, row in finished.iterrows()]
+    keys = _variant_keys(finished)
     finished = finished.assign(_variant_key=keys)
     groups: dict[tuple[str, str], _Group] = {}
     for (suite, key), rows in finished.groupby(["suite", "_variant_key"], sort=True):
@@ -160,6 +160,31 @@ def _groups(frame: pd.DataFrame) -> dict[tuple[str, str], _Group]:
         label = sorted(set(labels))[0] if len(labels) else key
         groups[(str(suite), str(key))] = _Group(str(suite), str(key), label, rows)
     return groups
+
+
+def _variant_keys(frame: pd.DataFrame) -> list[str]:
+    """variant_key of every row, computed once per distinct combination of cfg_ values (a
+    row at a time, 10^5 rows took a minute): rows whose values are equal column by column
+    (lists compared by their repr; None and NaN alike, as variant_key takes them) share
+    one."""
+    columns = [c for c in frame.columns if isinstance(c, str) and c.startswith("cfg_")
+               and c != "cfg_seed"]
+    if not columns or len(frame) < 2:
+        return [variant_key(row) for row in frame[columns].to_dict("records")]
+    codes = np.empty((len(frame), len(columns)), dtype=np.int64)
+    for j, column in enumerate(columns):
+        values = frame[column]
+        if values.dtype == object:  # lists are unhashable; a bool is not the int 1 here
+            values = values.map(lambda v: v if isinstance(v, str) or _is_missing(v)
+                                else f"{type(v).__name__}:{v!r}")
+        codes[:, j] = pd.factorize(values, use_na_sentinel=True)[0]
+    _, first, inverse = np.unique(codes, axis=0, return_index=True, return_inverse=True)
+    keys = [variant_key(row) for row in frame[columns].iloc[first].to_dict("records")]
+    return [keys[i] for i in inverse.ravel()]
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _summary(values: pd.Series) -> tuple[np.ndarray, float, float, int]:

@@ -8,6 +8,7 @@ provenance, not identity, and is deliberately absent here.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -178,6 +179,18 @@ class RunConfig:
         code = self._plugin_code  # type: ignore[attr-defined]
         return {name: dict(identity) for name, identity in code.items()}
 
+    def with_seed(self, seed: int) -> RunConfig:
+        """This config at another seed, without building and validating it again: nothing
+        `_validate` checks depends on the seed, and a sweep of 10^5 seeds spent most of its
+        loading there. The identity (canonical JSON, hash) is computed afresh."""
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise BenchError(f"key 'seed' must be an integer, got {seed!r}")
+        clone = copy.copy(self)
+        object.__setattr__(clone, "seed", seed)
+        clone.__dict__.pop("_canonical", None)
+        clone.__dict__.pop("_hash", None)
+        return clone
+
     def param(self, name: str) -> Any:
         """The value of one of the config's params (KeyError if it has none of that name)."""
         return dict(self.params)[name]
@@ -215,7 +228,13 @@ class RunConfig:
         code the config runs, as loaded when the config was made. Fields added after the
         first release (`LATER_FIELDS`) are left out while at their default, so adding a field
         that changes nothing keeps every run_id; a change that moves results bumps
-        `PROTOCOL`, which changes every run_id."""
+        `PROTOCOL`, which changes every run_id. Computed once per config, PROTOCOL and
+        LATER_FIELDS (the config is frozen): run_id, ==, hash and sets of configs ask for it
+        many times per run, and a sweep of 10^5 runs spent most of its planning here."""
+        code = (PROTOCOL, tuple(LATER_FIELDS.items()))
+        cached = self.__dict__.get("_canonical")
+        if cached is not None and cached[0] == code:
+            return cached[1]
         values = self.to_dict()
         for name, default in LATER_FIELDS.items():
             if values[name] == default:
@@ -224,12 +243,21 @@ class RunConfig:
             values["protocol"] = PROTOCOL
         if self._plugin_code:  # type: ignore[attr-defined]  # part of what the run computes
             values["plugins"] = self._plugin_code  # type: ignore[attr-defined]
-        return json.dumps(values, sort_keys=True, separators=(",", ":"))
+        text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "_canonical", (code, text))
+        return text
 
     @property
     def config_hash(self) -> str:
-        """SHA-256 of the canonical JSON: identical on every machine for the same config."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        """SHA-256 of the canonical JSON: identical on every machine for the same config
+        (kept beside the JSON it hashes, which is cached: computed once while it stands)."""
+        text = self.canonical_json()
+        cached = self.__dict__.get("_hash")
+        if cached is not None and cached[0] is text:
+            return cached[1]
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        object.__setattr__(self, "_hash", (text, digest))
+        return digest
 
     @property
     def run_id(self) -> str:

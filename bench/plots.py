@@ -295,7 +295,7 @@ def learning_curves(data: pd.DataFrame, path: str | Path, *, title: str, xlabel:
             if np.nanmin(values) < low - 2 * (high - low):  # the first epoch dominates
                 span = high - low if high > low else 1.0
                 ax.set_ylim(low - 0.25 * span, high + 0.1 * span)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # 1 epoch: "1"
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)

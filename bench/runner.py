@@ -14,23 +14,39 @@ an interrupted grid keeps everything that finished, and a run that did not finis
 recorded as finished. A worker process that dies (killed, out of memory) is retried by Ray
 (`retries`) and continues from the run's last checkpoint. The runner knows nothing of
 reports.
+
+Runners may share a store (two `vaebench run` of one suite, on one host or several): each
+claims a run's claim file (bench.claims) just before it trains it, skips runs another
+runner holds, and at the end waits for those to land, or takes them over when their runner
+stopped; so they split the grid and no run is trained twice. On Ray only about `slots`
+tasks are in flight at once, each claimed at submission, so that the rest stay free for
+other runners.
+
+A store that cannot be written (a full disk, a store turned read-only) stops the grid at
+once, with in-flight work cancelled: a StoreFault says which file, how many runs were
+stored and how many trained runs were not (a rerun redoes those), and `vaebench run` exits
+with STORE_FAULT_EXIT (3). The store leaves no half-written or orphaned file behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
 import time
 import traceback
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import config as bench_config
 from bench import plugins, provenance, store
+from bench.claims import DEFAULT_STALE_AFTER, Claims
 from bench.errors import BenchError
+from bench.eta import ProgressLines
 from bench.families.registry import FAMILIES
 from bench.plugins import Plugin
 from bench.suite import Suite, Variant, filter_variants
@@ -54,6 +70,7 @@ class RunOptions:
     stack: str = "auto"  # train compatible variants as one stacked model: auto (CUDA), on, off
     show_progress: bool = True
     skip_corrupt: bool = False  # treat unreadable result files as absent (warned), not an error
+    claim_timeout: float = DEFAULT_STALE_AFTER  # s without a heartbeat: a claim is stale
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,7 @@ class RunSummary:
     cached: int
     statuses: dict[str, int] = field(default_factory=dict)  # finished / failed / diverged
     interrupted: bool = False
+    by_others: int = 0  # runs it planned that other runners (sharing the store) stored
 
     @property
     def failed(self) -> int:
@@ -155,32 +173,59 @@ def plan(
 
 
 def explain(suite: Suite, results: Path, variants: Sequence[Variant], force: bool = False,
-            skip_corrupt: bool = False) -> dict[str, str]:
+            skip_corrupt: bool = False, runs=None) -> dict[str, str]:
     """run_id -> why that run is cached or must run, for `vaebench run --dry-run`.
 
     A run is cached only by a finished row of its own run_id. Otherwise the stored rows of
     the same variant name, budget and seed say why not: a row of another code protocol
     (bench.config.PROTOCOL: results of older code are never reused), a config that differs
-    in some key (the suite changed), or a row of the same run that failed or diverged."""
-    runs = store.load_runs(results, suite=suite.name, skip_corrupt=skip_corrupt)
+    in some key (the suite changed), or a row of the same run that failed or diverged.
+    `runs`: the suite's stored rows (store.load_runs) where the caller has read them already.
+    Linear in rows + variants (a sweep of 10^5 runs): the rows are grouped once, by run_id
+    and by (variant, seed), the last row of a group standing for it as before."""
+    if runs is None:
+        runs = store.load_runs(results, suite=suite.name, skip_corrupt=skip_corrupt)
     rows = runs.to_dict("records") if not runs.empty else []
+    own_finished: set[str] = set()
+    own_last: dict[str, dict] = {}  # run_id -> its last stored row
+    same_last: dict[tuple, dict] = {}  # (variant, seed) -> its last finished row at the budget
+    budget = _show(suite.budget)
+    for r in rows:
+        run_id = r.get("run_id")
+        if isinstance(run_id, str):
+            own_last[run_id] = r
+            if r.get("status") == "finished":
+                own_finished.add(run_id)
+        if r.get("status") == "finished" and _show(r.get("budget")) == budget:
+            key = _seed_key(r.get("variant"), r.get("cfg_seed"))
+            if key is not None:
+                same_last[key] = r
     reasons: dict[str, str] = {}
     for variant in variants:
-        own = [r for r in rows if r.get("run_id") == variant.run_id]
         if force:
             reasons[variant.run_id] = "--force reruns it"
-        elif any(r.get("status") == "finished" for r in own):
+        elif variant.run_id in own_finished:
             reasons[variant.run_id] = f"finished row, protocol {bench_config.PROTOCOL}"
-        elif own:
-            reasons[variant.run_id] = f"its stored row is {own[-1].get('status')}: runs again"
+        elif variant.run_id in own_last:
+            status = own_last[variant.run_id].get("status")
+            reasons[variant.run_id] = f"its stored row is {status}: runs again"
         else:
-            same = [r for r in rows if r.get("variant") == variant.name
-                    and _show(r.get("budget")) == _show(suite.budget)
-                    and r.get("cfg_seed") == variant.seed
-                    and r.get("status") == "finished"]
-            reasons[variant.run_id] = (_difference(same[-1], variant) if same
+            same = same_last.get(_seed_key(variant.name, variant.seed))
+            reasons[variant.run_id] = (_difference(same, variant) if same is not None
                                        else "no stored result")
     return reasons
+
+
+def _seed_key(name, seed) -> tuple | None:
+    """(variant name, seed) as a dict key that matches where `==` did (a seed stored as 0.0
+    beside NaNs finds seed 0; NaN, None and unhashable values find nothing)."""
+    if not isinstance(name, str) or seed is None or seed != seed:
+        return None
+    try:
+        hash(seed)
+    except TypeError:
+        return None
+    return (name, seed)
 
 
 def _difference(row: dict, variant: Variant) -> str:
@@ -305,6 +350,10 @@ class _RunLog:
         self.file.write(f"epoch {record.epoch}/{total} bound {record.train_bound:.4f} "
                         f"lr {record.lr:.3g} {record.samples_per_s:.0f} ex/s\n")
 
+    def line(self, text: str) -> None:
+        """A progress line with an ETA of long work in the run (bench.eta)."""
+        self.file.write(text + "\n")
+
     def close(self, outcome: _Outcome, checkpoint: Path) -> None:
         if outcome.trace:
             self.file.write(outcome.trace)
@@ -335,7 +384,7 @@ def _execute(task: RunTask, device: str, where: dict) -> Landed:
             outcome = _Outcome.of(train_model(
                 cfg, load_data(cfg), device=device, on_epoch=log.epoch,
                 checkpointing=Checkpointing(checkpoint, task.checkpoint_every),
-                compile=task.compile))
+                compile=task.compile, progress=ProgressLines(log.line)))
     except Exception as err:  # a bug or bad data in one run must not stop the grid
         outcome = _Outcome.failure(err)
     log.close(outcome, checkpoint)
@@ -395,40 +444,209 @@ def _landed(task, variant: Variant, outcome: _Outcome, device: str, extra: dict,
     return Landed(row, outcome.curves, outcome.samples)
 
 
-def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = ()) -> RunSummary:
-    """Run every selected, not yet finished run of `suite`; each result is stored as it lands."""
+def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = (), *,
+              on_stored: Callable[[dict], None] | None = None) -> RunSummary:
+    """Run every selected, not yet finished run of `suite`; each result is stored as it lands.
+
+    `on_stored(row)` is called with each run's row right after it is stored (`vaebench run
+    --export`: bench.export sends it to a tracker); it must not raise.
+
+    Runs that another runner claims are left to it (bench.claims); those it stores count in
+    `by_others`. A store that cannot be written raises StoreFault (what was kept)."""
+    # each run file's state before planning: a row that lands after it is another runner's
+    marks = {v.run_id: _mark(store.run_path(options.results, suite.name, v.run_id))
+             for v in filter_variants(suite.variants, filters)}
     to_run, cached = plan(suite, options.results, filters, options.force, options.skip_corrupt)
     check_plugin_objectives([v.config for v in to_run])
     summary = RunSummary(total=len(to_run) + len(cached), cached=len(cached))
     progress = Progress(summary, enabled=options.show_progress)
-    by_run_id = {v.run_id: v for v in to_run}
 
-    def land(landed: Landed) -> None:
-        row = landed.row
-        if suite.path is not None:  # the report finds a suite run by its path through it
-            row["sys_suite_file"] = str(Path(suite.path).resolve())
-        # --force replaces a finished result only with a new finished one, never a failure
-        store.write_run(options.results, row, landed.curves, samples=landed.samples,
-                        replace_finished=options.force and row["status"] == "finished")
-        summary.statuses[row["status"]] = summary.statuses.get(row["status"], 0) + 1
-        progress.landed(by_run_id[row["run_id"]], row)
-
-    with progress:
+    with progress, Claims(options.results, suite.name,
+                          stale_after=options.claim_timeout) as claims:
+        grid = _Grid(suite, options, to_run, marks, summary, progress, claims, on_stored)
         try:
             if options.executor == "local":
-                import torch
-
-                for task in make_tasks(suite, to_run, options,
-                                       on_gpus=torch.cuda.is_available()):
-                    progress.running = len(_variants(task))
-                    progress.refresh()
-                    for landed in execute(task, device=None):
-                        land(landed)
+                _run_locally(grid)
             elif to_run:
-                _run_on_ray(suite, to_run, options, land, progress)
+                _run_on_ray(suite, options, grid, progress)
         except KeyboardInterrupt:
             summary.interrupted = True
     return summary
+
+
+STORE_FAULT_EXIT = 3  # `vaebench run`'s exit status when the store cannot be written
+
+
+class StoreFault(BenchError):
+    """The store could not be written mid-grid (a full disk, a store turned read-only): one
+    line naming the file and what was kept. `exit_status` is the CLI's exit status."""
+
+    exit_status = STORE_FAULT_EXIT
+
+
+def _mark(path: Path) -> tuple[int, int, int] | None:
+    """Which version of a run file is there (None: none): another row makes another mark."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+class _Grid:
+    """One runner's way through the runs it planned. It claims each task's runs just before
+    they start (bench.claims) and hands out the task narrowed to the runs it won; it skips
+    runs another runner holds, and runs another runner stored since the plan (re-checked
+    after winning a claim: one may land between plan and claim). When only others' runs are
+    left it waits for them to land, or takes them over once their claims go stale. It
+    stores what lands, and turns a store that cannot be written into a StoreFault."""
+
+    def __init__(self, suite: Suite, options: RunOptions, to_run: Sequence[Variant],
+                 marks: dict, summary: RunSummary, progress: Progress, claims: Claims,
+                 on_stored: Callable[[dict], None] | None):
+        self.suite, self.options, self.summary = suite, options, summary
+        self.progress, self.claims, self.on_stored = progress, claims, on_stored
+        self.variants = {v.run_id: v for v in to_run}
+        self.marks = marks
+        self.queue: deque[RunTask | StackTask] = deque()
+        self.waiting: dict[str, Variant] = {}  # claimed by another runner: run_id -> variant
+        self.holders: dict[str, str] = {}  # run_id -> "host:pid" of its claim
+        self.poll = min(2.0, options.claim_timeout / 4)  # the longest between two looks
+        self._next_look = 0.0
+        self._on_gpus = False
+
+    def start(self, on_gpus: bool) -> None:
+        self._on_gpus = on_gpus
+        self.queue.extend(self._tasks(list(self.variants.values())))
+
+    def _tasks(self, variants: Sequence[Variant]) -> list[RunTask | StackTask]:
+        return make_tasks(self.suite, variants, self.options, on_gpus=self._on_gpus)
+
+    def done(self) -> bool:
+        return not self.queue and not self.waiting
+
+    def take(self) -> RunTask | StackTask | None:
+        """The next task with its runs claimed (narrowed to those this runner won), or None
+        while every run left is another runner's."""
+        try:
+            while self.queue:
+                task = self.queue.popleft()
+                mine = self._claim(_variants(task))
+                if len(mine) == len(_variants(task)):
+                    return task
+                if mine:
+                    return self._regroup(mine)
+            if self.waiting and time.monotonic() >= self._next_look:
+                # a look reads each waiting run's claim: a few a second, hundreds less often
+                self._next_look = time.monotonic() + min(
+                    self.poll, max(0.25, 0.002 * len(self.waiting)))
+                mine = self._claim(list(self.waiting.values()))
+                if mine:
+                    return self._regroup(mine)
+        except OSError as err:  # the claim file could not be written
+            raise self.fault(err, lost=0) from None
+        return None
+
+    def _regroup(self, mine: list[Variant]) -> RunTask | StackTask:
+        first, *rest = self._tasks(mine)
+        self.queue.extendleft(reversed(rest))  # claimed already: taken next
+        return first
+
+    def _claim(self, variants: Sequence[Variant]) -> list[Variant]:
+        mine = []
+        for variant in variants:
+            run_id = variant.run_id
+            if run_id in self.waiting and self.claims.holder(run_id) is not None:
+                continue  # still held: nothing to write
+            holder = self.claims.claim(run_id)
+            if holder is not None:
+                self.waiting[run_id], self.holders[run_id] = variant, holder.holder
+                continue
+            self.waiting.pop(run_id, None)
+            self.holders.pop(run_id, None)
+            if self._stored_elsewhere(run_id):  # landed meanwhile: not trained twice
+                self.claims.release(run_id)
+                self.summary.by_others += 1
+                continue
+            mine.append(variant)
+        return mine
+
+    def _stored_elsewhere(self, run_id: str) -> bool:
+        now = _mark(store.run_path(self.options.results, self.suite.name, run_id))
+        return now is not None and now != self.marks.get(run_id)
+
+    def wait(self) -> None:
+        """Show whose runs this runner waits for, and sleep until it looks again."""
+        self.progress.waiting(Counter(self.holders[r] for r in self.waiting))
+        time.sleep(max(0.05, min(self.poll, self._next_look - time.monotonic())))
+
+    def land(self, task: RunTask | StackTask, landed: Sequence[Landed]) -> None:
+        """Store each landed run and release its claim; a write that fails is a StoreFault
+        counting that run and the task's runs after it as trained but not stored."""
+        self.progress.waiting(Counter())
+        for i, one in enumerate(landed):
+            row = one.row
+            if self.suite.path is not None:  # the report finds a suite run by its path
+                row["sys_suite_file"] = str(Path(self.suite.path).resolve())
+            try:
+                # --force replaces a finished result only with a new finished one
+                store.write_run(self.options.results, row, one.curves, samples=one.samples,
+                                replace_finished=self.options.force
+                                and row["status"] == "finished")
+            except OSError as err:
+                raise self.fault(err, lost=len(landed) - i,
+                                 unstored=[r.row["run_id"] for r in landed[i:]]) from None
+            with contextlib.suppress(OSError):  # a read-only store: the claim goes stale
+                self.claims.release(row["run_id"])
+            if self.on_stored is not None:
+                self.on_stored(row)
+            self.summary.statuses[row["status"]] = self.summary.statuses.get(row["status"],
+                                                                             0) + 1
+            self.progress.landed(self.variants[row["run_id"]], row)
+
+    def fault(self, err: OSError, lost: int, trained: bool = True,
+              unstored: Sequence[str] = ()) -> StoreFault:
+        """The one line for a store that cannot be written: the file, the cause, what was
+        kept. The unstored runs' logs say so, where the disk still takes a line."""
+        for run_id in unstored:
+            with contextlib.suppress(OSError), \
+                    open(log_path(self.options.results, self.suite.name, run_id), "a") as log:
+                log.write(f"# not stored: {err.strerror or err}\n")
+        stored = sum(self.summary.statuses.values())
+        kept = f"{stored} run{'s' * (stored != 1)} stored"
+        if lost:
+            runs = f"{lost}{' trained' * trained} run{'s' * (lost != 1)}"
+            kept += (f"; {runs} could not be stored: rerun to redo "
+                     f"{'it' if lost == 1 else 'them'}")
+        else:
+            kept += ": rerun to run the rest"
+        path = err.filename or self.options.results
+        return StoreFault(f"cannot write {path}: {err.strerror or _one_line(err)}: {kept}")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _run_locally(grid: _Grid) -> None:
+    """In this process, one task after another, each claimed just before it starts."""
+    import torch
+
+    grid.start(on_gpus=torch.cuda.is_available())
+    while not grid.done():
+        task = grid.take()
+        if task is None:
+            grid.wait()
+            continue
+        grid.progress.running = len(_variants(task))
+        grid.progress.refresh()
+        try:
+            landed = execute(task, device=None)
+        except OSError as err:  # its log could not be written: the store's disk
+            ids = [v.run_id for v in _variants(task)]
+            raise grid.fault(err, lost=len(ids), trained=False) from None
+        grid.progress.running = 0
+        grid.land(task, landed)
 
 
 def check_plugin_objectives(configs: Sequence[bench_config.RunConfig]) -> None:
@@ -448,8 +666,12 @@ def _variants(task: RunTask | StackTask) -> tuple[Variant, ...]:
     return task.variants if isinstance(task, StackTask) else (task.variant,)
 
 
-def _run_on_ray(suite: Suite, variants: Sequence[Variant], options: RunOptions,
-                land: Callable, progress: Progress) -> None:
+RAY_LOOKAHEAD = 1  # tasks in flight beyond the free slots: the next starts without a gap
+
+
+def _run_on_ray(suite: Suite, options: RunOptions, grid: _Grid, progress: Progress) -> None:
+    """On Ray, with about `slots` tasks in flight (claimed at submission): the rest of the
+    grid stays unclaimed, free for other runners sharing the store."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -480,10 +702,18 @@ def _run_on_ray(suite: Suite, variants: Sequence[Variant], options: RunOptions,
                                   retry_exceptions=False).remote(task)
 
         # stacks pay only on a GPU: the runs' own (--gpus-per-run 0 keeps them on CPUs)
-        tasks = make_tasks(suite, variants, options, on_gpus=gpus > 0)
-        pending = {submit(task): task for task in tasks}
+        grid.start(on_gpus=gpus > 0)
+        pending: dict = {}
         try:
-            while pending:
+            while pending or not grid.done():
+                while len(pending) < slots + RAY_LOOKAHEAD:
+                    task = grid.take()
+                    if task is None:
+                        break
+                    pending[submit(task)] = task
+                if not pending:  # every run left is another runner's
+                    grid.wait()
+                    continue
                 # runs training: those of the first `slots` tasks waiting (in submission order)
                 progress.running = sum(len(_variants(t)) for t in list(pending.values())[:slots])
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -498,9 +728,8 @@ def _run_on_ray(suite: Suite, variants: Sequence[Variant], options: RunOptions,
                     if isinstance(landed, PluginFailure):
                         landed = [Landed(_plugin_failure_row(task, v, landed), [], [])
                                   for v in _variants(task)]
-                    for one in landed:
-                        land(one)
-        except KeyboardInterrupt:
+                    grid.land(task, landed)
+        except BaseException:  # Ctrl-C, a store that cannot be written: nothing more runs
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
@@ -559,6 +788,7 @@ class Progress:
         self.summary, self.enabled, self.running = summary, enabled, 0
         self.start = time.perf_counter()
         self._live = None
+        self._waiting = ""  # "waiting for 2 runs claimed by host:pid", while it waits
 
     def __enter__(self) -> Progress:
         if self.enabled and sys.stderr.isatty():
@@ -576,7 +806,7 @@ class Progress:
             self._live.__exit__(*exc)
 
     def _done(self) -> int:
-        return sum(self.summary.statuses.values())
+        return sum(self.summary.statuses.values()) + self.summary.by_others
 
     def _line(self) -> str:
         s = self.summary
@@ -585,12 +815,32 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         eta = "--" if done == 0 else _duration(elapsed / done * (to_run - done))
         running = min(self.running, to_run - done)
+        others = f"  by others {s.by_others}" if s.by_others else ""
+        waiting = f"  {self._waiting}" if self._waiting else ""
         return (f"[{done}/{to_run}] done {s.statuses.get('finished', 0)}  running {running}  "
-                f"failed {s.failed}  cached {s.cached}  elapsed {_duration(elapsed)}  ETA {eta}")
+                f"failed {s.failed}  cached {s.cached}{others}  elapsed {_duration(elapsed)}  "
+                f"ETA {eta}{waiting}")
 
     def refresh(self) -> None:
         if self._live is not None:
             self._live.update(self._line(), refresh=True)
+
+    def waiting(self, holders: Counter) -> None:
+        """The runs this runner waits for, by the runner ("host:pid") holding them: a line
+        each time that changes (none: it no longer waits)."""
+        text = "waiting for " + ", ".join(
+            f"{n} run{'s' * (n != 1)} claimed by {holder}"
+            for holder, n in sorted(holders.items())) if holders else ""
+        if text == self._waiting:
+            return
+        self._waiting = text
+        if not self.enabled or not text:
+            self.refresh()
+        elif self._live is not None:
+            self._live.console.print(text)
+            self.refresh()
+        else:
+            print(self._line(), file=sys.stderr, flush=True)
 
     def landed(self, variant: Variant, row: dict) -> None:
         if not self.enabled:

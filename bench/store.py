@@ -19,16 +19,36 @@ provenance entry as a null string), so readers that take the schema from the fir
 carry different columns (a diverged run has no test metrics): pandas unites them; DuckDB
 needs `union_by_name = true`.
 
+Compaction (`vaebench store compact`, bench.compaction) merges a suite's per-run ("loose")
+files into `compacted+<seq>.parquet` files in the same directories (at most
+bench.compaction.MAX_RUNS runs each, sorted by run_id, row groups of COMPACTED_ROW_GROUP
+rows), so that 10^5 runs are a few files to read, not 3 x 10^5. Every reader here
+(finished_run_ids, load_runs, load_curves, load_samples, write_run's finished-row check)
+reads both kinds and takes, per run_id, the newest source: the loose file, else the
+compacted file of the highest sequence number holding it (zero-padded, so names sort as
+numbers); curves and samples come whole from the source of the run's row, never a mix of
+two attempts. A finished row that is only compacted still keeps a non-forced write_run
+from replacing it; a forced one writes a loose file, which wins. Readers that glob the
+files themselves (DuckDB, pyarrow.dataset) may see a run twice after such a replacement
+or while a compaction runs: take, per run_id, the loose row, else the highest `compacted+`
+file's. Compaction's own guarantees (a kill -9 at any point loses and duplicates nothing;
+runners writing meanwhile lose nothing; idempotent) are in bench.compaction. A read that
+a compaction overlapped (a listed file vanished, compacted files changed) is repeated.
+
 Writes are crash- and race-safe: each file is written to a hidden temp file in its final
 directory, fsynced, renamed over the final name and the directory fsynced, so a reader sees
 the old file or the new one, never half of one. The curves land before the run row, so a
-run file never exists without its curves. A per-run lock file (`.<run_id>.lock`, flock)
+run file never exists without its curves; all of a run's files are written before any is
+renamed, so a full disk or a store turned read-only (StoreWriteError, naming the file)
+leaves the store as it was, with no temp file and no curves of a run that has no row. A
+per-run lock file (`.<run_id>.lock`, flock)
 makes the check "is there a finished row already?" and the rename one step between
 processes: a finished result is never replaced unless asked (`replace_finished=True`).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import json
@@ -37,12 +57,13 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench import config as _config
@@ -268,18 +289,39 @@ def write_run(
     run_file.parent.mkdir(parents=True, exist_ok=True)
     with _run_lock(run_file.parent / f".{run_id}.lock"):
         stored = _stored_status(run_file)
+        if stored is None and not run_file.exists():  # compacted: a loose row would win over it
+            stored = _compacted_status(run_file.parent, run_id)
         if not replace_finished and stored == "finished":
             return run_file
-        if stored is None and run_file.exists():  # unreadable: keep it aside, never destroy it
-            os.replace(run_file, run_file.with_name(run_file.name + ".corrupt"))
-        for side_file, side_table in side_tables.items():
-            if side_table is not None:
-                side_file.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomic(side_table, side_file)
-            elif side_file.exists():  # the replaced row's would be mistaken for ours
-                side_file.unlink()
-                _fsync_dir(side_file.parent)
-        _write_atomic(run_table, run_file)
+        # Every file is written (to its temp name) before any is renamed into place: a full
+        # disk or a read-only store fails while writing, and then no final file has changed
+        # (no curves without their run, the row it would replace intact).
+        staged: list[tuple[Path, Path]] = []
+        renamed: list[Path] = []
+        try:
+            for side_file, side_table in side_tables.items():
+                if side_table is not None:
+                    side_file.parent.mkdir(parents=True, exist_ok=True)
+                    staged.append((_stage(side_table, side_file), side_file))
+            staged.append((_stage(run_table, run_file), run_file))
+            if stored is None and run_file.exists():  # unreadable: keep it aside, not destroy it
+                os.replace(run_file, run_file.with_name(run_file.name + ".corrupt"))
+            for side_file, side_table in side_tables.items():
+                if side_table is None and side_file.exists():  # the replaced row's: not ours
+                    side_file.unlink()
+                    _fsync_dir(side_file.parent)
+            for tmp, final in staged:  # the run row last
+                _commit(tmp, final)
+                renamed.append(final)
+        except BaseException:
+            for tmp, _ in staged:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            if run_file not in renamed:  # side files without their run row: orphans
+                for side_file in renamed:
+                    with contextlib.suppress(OSError):
+                        side_file.unlink()
+            raise
     return run_file
 
 
@@ -332,6 +374,28 @@ def _stored_status(run_file: Path) -> str | None:
     return statuses[0] if statuses else None
 
 
+def _compacted_status(directory: Path, run_id: str) -> str | None:
+    """Status of the newest compacted row of `run_id` (bench.compaction), None where none.
+
+    Called under the run's lock, which the compactor also takes to remove a loose file it
+    compacted, after writing the compacted file: the row is loose or compacted, never
+    neither; a compacted file removed while being read (merged into a newer) means list
+    again."""
+    for _ in range(_READ_ATTEMPTS):
+        try:
+            for _, path in reversed(list_suite_dir(directory).compacted):
+                table = _read(path, ["run_id", "status"], True, vanished=True)
+                if table is None:  # unreadable: its rows are not there for readers either
+                    continue
+                mine = table.filter(pc.equal(table.column("run_id"), run_id))
+                if mine.num_rows:
+                    return mine.column("status")[mine.num_rows - 1].as_py()
+            return None
+        except _Vanished:
+            continue
+    return None
+
+
 @contextlib.contextmanager
 def _run_lock(lock_file: Path) -> Iterator[None]:
     """An exclusive inter-process lock; the (empty, hidden) lock file is left in place."""
@@ -346,20 +410,45 @@ def _run_lock(lock_file: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _write_atomic(table: pa.Table, final: Path) -> None:
+class StoreWriteError(OSError):
+    """A store file could not be written (a full disk, a read-only or unwritable store):
+    `filename` is the file's final path, never its temp name; errno and strerror the cause.
+    Its temp file is already removed."""
+
+
+def _write_atomic(table: pa.Table, final: Path, *, row_group_size: int | None = None) -> None:
     """Write `table` so that `final` is either absent, the old file or the complete new one."""
+    _commit(_stage(table, final, row_group_size=row_group_size), final)
+
+
+def _stage(table: pa.Table, final: Path, *, row_group_size: int | None = None) -> Path:
+    """`table` written and fsynced to a hidden temp file beside `final`; returns its path.
+    On any failure the temp file is removed (an OSError becomes a StoreWriteError)."""
     tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                pq.write_table(table, handle, row_group_size=row_group_size)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+    except OSError as err:
+        raise StoreWriteError(err.errno, err.strerror or _one_line(err), str(final)) from err
+    return tmp
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Rename the staged `tmp` over `final` (atomic) and fsync the directory."""
+    try:
         os.replace(tmp, final)
-    except BaseException:
+    except OSError as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise
+        raise StoreWriteError(err.errno, err.strerror or _one_line(err), str(final)) from err
     _fsync_dir(final.parent)
 
 
@@ -400,25 +489,89 @@ def export_runs(results: str | Path, suite: str, path: str | Path, *,
 
 
 # ----------------------------------------------------------------------------- read
+# A suite directory holds loose files (<run_id>.parquet, one run each, as write_run leaves
+# them) and compacted files (bench.compaction: compacted+<seq>.parquet, many runs each; '+'
+# cannot occur in a run_id, so the names never collide). A run_id's row is taken from its
+# newest source: its loose file, else the compacted file of the highest sequence number
+# holding it. Curves and samples come whole from the source of the run's row (loose beside
+# loose, the same sequence number beside compacted), never a mix of two attempts.
+COMPACTED_PREFIX = "compacted+"
+_COMPACTED = re.compile(r"^compacted\+(\d+)\.parquet$")
+_READ_ATTEMPTS = 5  # listings retried while a compaction moves the files being read
+COMPACTED_ROW_GROUP = 8192  # rows per row group of a compacted file
+
+
+def compacted_name(seq: int) -> str:
+    """The file name of compacted file number `seq` (zero-padded: names sort as numbers)."""
+    return f"{COMPACTED_PREFIX}{seq:08d}.parquet"
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """The visible Parquet files of one suite directory (names starting with '.' or '_'
+    are not): loose files by run_id, compacted files as (sequence number, path), oldest
+    first."""
+
+    loose: dict[str, Path]
+    compacted: tuple[tuple[int, Path], ...]
+
+    def compacted_names(self) -> frozenset[str]:
+        return frozenset(path.name for _, path in self.compacted)
+
+
+def list_suite_dir(directory: Path) -> Listing:
+    """What `directory` (<results>/<kind>/suite=<name>) holds; empty where it is absent."""
+    loose: dict[str, Path] = {}
+    compacted: list[tuple[int, Path]] = []
+    try:
+        entries = os.scandir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return Listing({}, ())
+    with entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith((".", "_")) or not name.endswith(".parquet"):
+                continue
+            if not entry.is_file():
+                continue
+            match = _COMPACTED.match(name)
+            if match:
+                compacted.append((int(match[1]), Path(entry.path)))
+            else:
+                loose[name[: -len(".parquet")]] = Path(entry.path)
+    return Listing(dict(sorted(loose.items())), tuple(sorted(compacted)))
+
+
+class _Vanished(Exception):
+    """A listed file was removed while being read (a compaction moved it): list again."""
+
+
 def finished_run_ids(results: str | Path, suite: str, *, skip_corrupt: bool = False) -> set[str]:
-    """run_ids of `suite` with a finished row (reads only the run_id and status columns)."""
+    """run_ids of `suite` whose newest row is finished (reads only the run_id and status
+    columns)."""
+    root = Path(results)
+    columns = ["run_id", "status", "schema_version"]
+    if _one_file(root):  # a baseline, as it stands
+        pieces = [_finish(root, t, None, skip_corrupt) for t in [_read(root, columns,
+                                                                        skip_corrupt)]
+                  if t is not None]
+    else:
+        pieces = _read_suite(root, RUNS, _check_suite(suite), columns, skip_corrupt)
     done: set[str] = set()
-    for path in _files(Path(results), RUNS, suite):
-        table = _read(path, ["run_id", "status", "schema_version"], skip_corrupt)
-        if table is None:
-            continue
-        _check_versions(path, table.column("schema_version").to_pylist())
-        for run_id, status in zip(table.column("run_id").to_pylist(),
-                                  table.column("status").to_pylist(), strict=True):
-            if status == "finished":
-                done.add(run_id)
+    for piece in pieces:
+        if isinstance(piece, pa.Table):
+            piece = piece.filter(pc.equal(piece.column("status"), "finished"))
+            done.update(piece.column("run_id").to_pylist())
+        elif piece is not None:
+            done.update(piece.loc[piece["status"] == "finished", "run_id"])
     return done
 
 
 def load_runs(
     results: str | Path | None = None, *, suite: str | None = None, skip_corrupt: bool = False
 ) -> pd.DataFrame:
-    """Every stored run row (of one suite, or all) as one DataFrame, columns united.
+    """Every stored run row (of one suite, or all; the newest of each run_id) as one
+    DataFrame, columns united, rows by suite and run_id.
 
     `results` may also be a single .parquet run file. A corrupt file raises `BenchError`
     naming it unless `skip_corrupt`, which skips it with a warning.
@@ -434,60 +587,191 @@ def load_curves(
 
 
 def load_samples(
-    results: str | Path | None = None, *, suite: str | None = None, skip_corrupt: bool = False
+    results: str | Path | None = None, *, suite: str | None = None, skip_corrupt: bool = False,
+    run_ids: Iterable[str] | None = None, columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Stored sample images: run_id, suite, kind (prior / original / reconstruction), index,
-    height, width, pixels (row-major floats in [0, 1])."""
-    return _load(results, SAMPLES, suite, skip_corrupt)
+    height, width, pixels (row-major floats in [0, 1]). `run_ids`: only those runs' (the
+    report shows a few runs' images; all of a large suite's would not fit in memory);
+    `columns`: only those columns (e.g. run_id and kind: which runs stored which images)."""
+    return _load(results, SAMPLES, suite, skip_corrupt, run_ids=run_ids, columns=columns)
 
 
-def _load(results: str | Path | None, kind: str, suite: str | None,
-          skip_corrupt: bool) -> pd.DataFrame:
+def _load(results: str | Path | None, kind: str, suite: str | None, skip_corrupt: bool, *,
+          run_ids: Iterable[str] | None = None,
+          columns: Sequence[str] | None = None) -> pd.DataFrame:
     root = results_dir(results)
-    frames = []
-    for path in _files(root, kind, suite):
-        table = _read(path, None, skip_corrupt)
-        if table is None:
-            continue
-        frame = _to_pandas(table)
-        if "schema_version" not in frame.columns:
-            _corrupt(path, "no schema_version column (not a vaebench results file)",
-                     skip_corrupt)
-            continue
-        if "suite" not in frame.columns and path.parent.name.startswith("suite="):
-            frame.insert(0, "suite", path.parent.name[len("suite="):])
-        frame = _migrate(path, frame)
-        if suite is not None and root.is_file():
-            frame = frame[frame["suite"] == suite]
-        frames.append(frame)
+    wanted = None if columns is None else list(dict.fromkeys(
+        ["run_id", "schema_version", *columns]))
+    if _one_file(root):  # a baseline, as it stands
+        pieces = [_finish(root, t, None, skip_corrupt) for t in [_read(root, None, skip_corrupt)]
+                  if t is not None]
+        if suite is not None:
+            pieces = [_to_pandas(p) if isinstance(p, pa.Table) else p for p in pieces
+                      if p is not None]
+            pieces = [p[p["suite"] == suite] for p in pieces]
+    else:
+        suites = [_check_suite(suite)] if suite is not None else sorted(
+            p.name[len("suite="):] for p in (root / kind).glob("suite=*") if p.is_dir())
+        chosen = None if run_ids is None else frozenset(run_ids)
+        pieces = [piece for name in suites
+                  for piece in _read_suite(root, kind, name, wanted, skip_corrupt, chosen)]
+    if run_ids is not None:
+        keep = pa.array(sorted(set(run_ids)), type=pa.string())
+        pieces = [p.filter(pc.is_in(p.column("run_id"), value_set=keep))
+                  if isinstance(p, pa.Table) else p[p["run_id"].isin(keep.to_pylist())]
+                  for p in pieces if p is not None]
+    frames = _frames([p for p in pieces if p is not None])
     frames = [f for f in frames if len(f.columns)]
     if not frames:
-        return pd.DataFrame(columns=_EMPTY_COLUMNS[kind])
+        return pd.DataFrame(columns=list(wanted or _EMPTY_COLUMNS[kind]))
+    if len(frames) == 1:
+        return frames[0]
     with warnings.catch_warnings():  # all-NA columns of some files: the result is what we want
         warnings.simplefilter("ignore", FutureWarning)
         return pd.concat(frames, ignore_index=True, sort=False)
 
 
-def _files(root: Path, kind: str, suite: str | None) -> list[Path]:
-    """The Parquet files to read: one given file, or those of one suite or all suites."""
+def _one_file(root: Path) -> bool:
+    """Whether `root` names one Parquet file rather than a results directory."""
     if root.is_file():
-        return [root]
+        return True
     if root.suffix == ".parquet" and not root.exists():
         raise BenchError(f"results file {root} does not exist")
-    if suite is not None:
-        directories = [_suite_dir(root, kind, suite)]
-    else:
-        base = root / kind
-        directories = sorted(p for p in base.glob("suite=*") if p.is_dir()) if base.is_dir() \
-            else []
-    return sorted(
-        p for d in directories if d.is_dir() for p in d.glob("*.parquet")
-        if not p.name.startswith((".", "_")) and p.is_file()
-    )
+    return False
 
 
-def _read(path: Path, columns: list[str] | None, skip_corrupt: bool) -> pa.Table | None:
-    """The file's table (only `columns` where given), or None where skipped or gone."""
+def _frames(pieces: list[pa.Table | pd.DataFrame]) -> list[pd.DataFrame]:
+    """pandas frames of the pieces: the Arrow tables as ONE frame (a concat of 10^5 small
+    frames would take minutes), the migrated frames as they are."""
+    tables = [p for p in pieces if isinstance(p, pa.Table) and p.num_columns]
+    frames = [p for p in pieces if isinstance(p, pd.DataFrame)]
+    if not tables:
+        return frames
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return [_to_pandas(t) for t in tables] + frames  # types pandas alone can unite
+    return [_to_pandas(table), *frames]
+
+
+def _read_suite(root: Path, kind: str, suite: str, columns: list[str] | None,
+                skip_corrupt: bool, run_ids: frozenset[str] | None = None
+                ) -> list[pa.Table | pd.DataFrame | None]:
+    """The winning rows of `kind` in one suite, as pieces (tables; migrated frames).
+
+    The side directory is listed before the runs directory, and the read is repeated when
+    a listed file vanished or the compacted files changed meanwhile: bench.compaction
+    writes a compacted file (side files before run rows) before it removes what it holds
+    (run rows before side files), so a consistent pair of listings never misses a run."""
+    directory = _suite_dir(root, kind, suite)
+    runs_dir = _suite_dir(root, RUNS, suite)
+    for attempt in range(_READ_ATTEMPTS):
+        last = attempt == _READ_ATTEMPTS - 1
+        listing = list_suite_dir(directory)
+        runs = listing if kind == RUNS else list_suite_dir(runs_dir)
+        try:
+            pieces = _read_winners(kind, suite, listing, runs, columns, skip_corrupt,
+                                   tolerate_vanished=last, run_ids=run_ids)
+        except _Vanished:
+            continue
+        if last or (list_suite_dir(directory).compacted_names() == listing.compacted_names()
+                    and list_suite_dir(runs_dir).compacted_names() == runs.compacted_names()):
+            return _sorted_by_run_id(pieces)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_winners(kind: str, suite: str, listing: Listing, runs: Listing,
+                  columns: list[str] | None, skip_corrupt: bool, *, tolerate_vanished: bool,
+                  run_ids: frozenset[str] | None = None
+                  ) -> list[pa.Table | pd.DataFrame | None]:
+    """`run_ids`: only these runs' side rows are needed (others may come along)."""
+    def read(path: Path, cols: list[str] | None, wanted: frozenset[str] | None = None
+             ) -> pa.Table | None:
+        try:
+            return _read(path, cols, skip_corrupt, vanished=True, run_ids=wanted)
+        except _Vanished:
+            if tolerate_vanished:
+                return None
+            raise
+
+    pieces: list[pa.Table | pd.DataFrame | None] = []
+    # owners[seq]: the run_ids whose newest row is in compacted file seq of runs/
+    owners: dict[int, pa.Array] = {}
+    seen = pa.array(list(runs.loose), type=pa.string())
+    for seq, path in reversed(runs.compacted):
+        table = read(path, columns if kind == RUNS else ["run_id"])
+        if table is None:
+            continue
+        ids = table.column("run_id")
+        newest = pc.invert(pc.is_in(ids, value_set=seen))
+        owners[seq] = pc.filter(ids, newest).combine_chunks()
+        seen = pa.concat_arrays([seen, owners[seq]])
+        if kind == RUNS:
+            pieces.append(_finish(path, table.filter(newest), suite, skip_corrupt))
+    if kind != RUNS:
+        for seq, path in reversed(listing.compacted):
+            if seq not in owners:  # no compacted run rows of this number: left over
+                continue
+            table = read(path, columns, run_ids)
+            if table is not None:
+                mine = pc.is_in(table.column("run_id"), value_set=owners[seq])
+                pieces.append(_finish(path, table.filter(mine), suite, skip_corrupt))
+    compacted_ids = set(seen.to_pylist()) - set(runs.loose) if kind != RUNS else set()
+    for run_id, path in listing.loose.items():
+        if kind != RUNS and run_id in compacted_ids:  # the run's row is compacted: stale
+            continue
+        if kind != RUNS and run_ids is not None and run_id not in run_ids:
+            continue
+        table = read(path, columns)
+        if table is not None:
+            pieces.append(_finish(path, table, suite, skip_corrupt))
+    return pieces
+
+
+def _finish(path: Path, table: pa.Table, suite: str | None,
+            skip_corrupt: bool) -> pa.Table | pd.DataFrame | None:
+    """One file's rows checked (schema version) and brought up to date: the table, or a
+    migrated pandas frame, or None where skipped."""
+    if "schema_version" not in table.column_names:
+        _corrupt(path, "no schema_version column (not a vaebench results file)", skip_corrupt)
+        return None
+    if "suite" not in table.column_names:
+        name = suite or (path.parent.name[len("suite="):]
+                         if path.parent.name.startswith("suite=") else None)
+        if name is not None:
+            table = table.add_column(0, "suite", pa.array([name] * table.num_rows,
+                                                           type=pa.string()))
+    versions = table.column("schema_version")
+    version = _check_versions(path, pc.unique(versions).to_pylist())
+    if version == SCHEMA_VERSION:
+        return table
+    return _migrate(path, _to_pandas(table))
+
+
+def _sorted_by_run_id(pieces: list[pa.Table | pd.DataFrame | None]
+                      ) -> list[pa.Table | pd.DataFrame | None]:
+    """The pieces as one table sorted by run_id (stable: a run's rows keep their order), so
+    a suite reads the same however its runs are spread over files; migrated frames after."""
+    tables = [p for p in pieces if isinstance(p, pa.Table) and p.num_columns]
+    others = [p for p in pieces if isinstance(p, pd.DataFrame)]
+    if len(tables) < 2 and not (tables and tables[0].num_rows > 1):
+        return [*tables, *others]
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return [*tables, *others]
+    if "run_id" in table.column_names:
+        table = table.take(pc.sort_indices(table, sort_keys=[("run_id", "ascending")]))
+    return [table, *others]
+
+
+def _read(path: Path, columns: list[str] | None, skip_corrupt: bool, *,
+          vanished: bool = False, run_ids: frozenset[str] | None = None) -> pa.Table | None:
+    """The file's table (only `columns` where given), or None where skipped or gone
+    (`vanished`: gone raises _Vanished). `run_ids`: only the row groups whose run_id range
+    holds one of them (compacted files are sorted by run_id, in row groups of
+    COMPACTED_ROW_GROUP rows: the images of a few runs without reading all)."""
     try:
         with pq.ParquetFile(path) as parquet:
             names = parquet.schema_arrow.names
@@ -496,12 +780,34 @@ def _read(path: Path, columns: list[str] | None, skip_corrupt: bool) -> pa.Table
                 _corrupt(path, f"no {missing[0]} column (not a vaebench results file)",
                          skip_corrupt)
                 return None
-            return parquet.read(columns=columns)
+            # threads pay for themselves on compacted files only (one run: 1.5x slower)
+            threads = path.name.startswith(COMPACTED_PREFIX)
+            if run_ids is not None and "run_id" in names:
+                groups = _row_groups_of(parquet, names.index("run_id"), sorted(run_ids))
+                return parquet.read_row_groups(groups, columns=columns, use_threads=threads)
+            return parquet.read(columns=columns, use_threads=threads)
     except FileNotFoundError:  # removed between listing and reading (replaced curves)
+        if vanished:
+            raise _Vanished(path) from None
         return None
     except (pa.ArrowException, OSError, ValueError) as err:
         _corrupt(path, _one_line(err), skip_corrupt)
         return None
+
+
+def _row_groups_of(parquet: pq.ParquetFile, column: int, wanted: list[str]) -> list[int]:
+    """The row groups that may hold a run_id of `wanted` (sorted): those without min/max
+    statistics of the column, or whose [min, max] contains one."""
+    groups = []
+    for index in range(parquet.metadata.num_row_groups):
+        stats = parquet.metadata.row_group(index).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            groups.append(index)
+            continue
+        at = bisect.bisect_left(wanted, stats.min)
+        if at < len(wanted) and wanted[at] <= stats.max:
+            groups.append(index)
+    return groups
 
 
 def _corrupt(path: Path, reason: str, skip_corrupt: bool) -> None:

@@ -360,30 +360,41 @@ def filter_variants(variants: Sequence[Variant], filters: Sequence[str]) -> list
     (`k=5` an integer, `beta=0.5` a float, `hidden=[[200,200]]` a list), else as a string
     (`objective=iwae`). `name` compares the raw text.
     """
-    tests: list[tuple[str, Any]] = []
+    tests = parse_filters(filters)
+    if not tests:  # every variant, without flattening each config (10^5 in a sweep)
+        return list(variants)
+    return [v for v in variants if filter_matches({**v.config.flat_dict(), "name": v.name}, tests)]
+
+
+def parse_filters(filters: Sequence[str], text_keys: Sequence[str] = ("name",)
+                  ) -> list[tuple[str, Any, bool]]:
+    """(key, wanted value, compared as text) of each "KEY=VALUE" filter, as `filter_variants`
+    reads them; KEY a RunConfig field, params.<name> of a declared param, or one of
+    `text_keys` (whose VALUE is the raw text). A malformed filter or unknown key is one line."""
+    tests: list[tuple[str, Any, bool]] = []
     for text in filters:
         key, sep, value = text.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
             raise BenchError(f"filter {text!r}: expected KEY=VALUE, e.g. k=5 or objective=iwae")
         known_param = key.startswith(PARAMS_PREFIX) and param_owners(key[len(PARAMS_PREFIX):])
-        if key != "name" and (key not in CONFIG_KEYS or key == "params") and not known_param:
+        is_text = key in text_keys
+        if not is_text and (key not in CONFIG_KEYS or key == "params") and not known_param:
             raise BenchError(
-                f"filter {text!r}: unknown key '{key}' (known: name, "
+                f"filter {text!r}: unknown key '{key}' (known: {', '.join(text_keys)}, "
                 f"{', '.join(k for k in CONFIG_KEYS if k != 'params')}, or {PARAMS_PREFIX}<name> "
                 "of a param some component declares)"
             )
-        tests.append((key, value if key == "name" else parse_value(value)))
-    selected = []
-    for variant in variants:
-        values = variant.config.flat_dict()
-        if all(
-            (variant.name == want) if key == "name"
-            else key in values and _same(values[key], want)
-            for key, want in tests
-        ):
-            selected.append(variant)
-    return selected
+        tests.append((key, value if is_text else parse_value(value), is_text))
+    return tests
+
+
+def filter_matches(values: Mapping[str, Any], tests: Sequence[tuple[str, Any, bool]]) -> bool:
+    """Whether every parsed filter holds for `values` (flat config keys and the text keys):
+    text keys compare the raw text, the others as TOML values (2 == 2.0, lists as tuples)."""
+    return all(key in values and (str(values[key]) == want if is_text
+                                  else _same(values[key], want))
+               for key, want, is_text in tests)
 
 
 def resolve_suite_path(name_or_path: str) -> Path:
@@ -726,8 +737,12 @@ def _expand(spec: _Spec, budget: str | None, where: str, chosen: bool) -> list[V
             label = ",".join(
                 [named.name] * bool(named.name) + [f"{k}={_fmt(v)}" for k, v in point.items()]
             )
+            first = None  # resolved and validated once; the other seeds are copies of it
             for seed in seeds:
-                config = _resolve(layers, seed, where, context)
+                if first is None or not isinstance(seed, int) or isinstance(seed, bool):
+                    config = first = _resolve(layers, seed, where, context)
+                else:
+                    config = first.with_seed(seed)
                 name = label or config.label
                 tag = f"'{name}' seed {seed}"
                 if config.run_id in seen:

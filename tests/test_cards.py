@@ -336,14 +336,14 @@ def card_report(tmp_path_factory):
                                 status="finished", metrics={"test_ll": -31.0},
                                 provenance={}, budget="smoke")
             store.write_run(results, row)
-        md_path = report.build_report(results, root / "report")
-    html = (md_path.parent / "report.html").read_text(encoding="utf-8")
-    return md_path.read_text(encoding="utf-8"), html
+        page = report.build_report(results, root / "report").suites["cardy"]
+    html = page.read_text(encoding="utf-8")
+    return page.with_suffix(".md").read_text(encoding="utf-8"), html
 
 
 def _paper_vs_ours(md: str) -> str:
-    start = md.index("### Paper vs ours")
-    end = md.find("\n### ", start + 1)
+    start = md.index("## Paper vs ours")
+    end = md.find("\n## ", start + 1)
     return md[start:] if end < 0 else md[start:end]
 
 

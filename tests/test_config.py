@@ -164,3 +164,21 @@ def test_non_finite_numbers_are_refused(key):
         config_from_dict({key: float("nan")})
     with pytest.raises(BenchError, match=f"key '{key}' must be a finite number"):
         config_from_dict({key: float("inf")})
+
+
+def test_with_seed_is_the_config_built_at_that_seed():
+    # Guards against: a suite's other seeds (copies of the first seed's config, see
+    # RunConfig.with_seed) keeping the first seed's cached identity, so every seed of a
+    # variant would share one run_id (and one stored row), or drifting from the config the
+    # same values build.
+    cfg = config_from_dict({"dataset": "digits", "objective": "miwae", "k": 4,
+                            "params": {"m": 2}, "epochs": 3, "lr": 3e-4, "seed": 0})
+    first_id = cfg.run_id  # computed (and cached) before the copy
+    seven = cfg.with_seed(7)
+    built = config_from_dict({**cfg.to_dict(), "seed": 7})
+    assert seven.seed == 7 and seven == built
+    assert seven.canonical_json() == built.canonical_json()
+    assert seven.run_id == built.run_id != first_id
+    assert cfg.run_id == first_id and cfg.seed == 0  # the original is untouched
+    with pytest.raises(BenchError, match="key 'seed' must be an integer, got '1'"):
+        cfg.with_seed("1")

@@ -25,15 +25,14 @@ from bench.families.lvm import train, training_step
 from bench.loop import Checkpointing, load_data
 from bench.metrics.catalog import MACHINE_METRICS
 from bench.metrics.disentanglement import beta_vae_score, dci, mig
+from bench.metrics.factor_protocols import FACTOR_POINTS, metric_protocols
 from bench.metrics.factors import (
     ACTIVE_KL,
-    FACTOR_POINTS,
     TRAVERSAL_VALUES,
     dci_draws,
     encode_means,
     factor_metrics,
     has_factors,
-    metric_protocols,
     traversal_rows,
     unit_kls,
 )
@@ -595,7 +594,9 @@ def test_the_report_names_each_metrics_estimator_from_the_stored_config(tmp_path
     panels = set(report.disentanglement_data(new)["panel"])
     assert "DCI disentanglement\n(gradient-boosted trees, 10,000/5,000 independent draws)" \
         in panels
-    md = report.build_report(tmp_path, tmp_path / "out").read_text(encoding="utf-8")
+    pages = report.build_report(tmp_path, tmp_path / "out")
+    md = "".join(p.with_suffix(".md").read_text(encoding="utf-8")
+                 for p in pages.suites.values())
     for heading in ("MIG (20-bin histogram, 6,144 points)",
                     "DCI disentanglement (random forest, 2:1 split of 6,144 points)",
                     "beta-VAE metric (%; logistic regression, 10,000/5,000 points of 64 pairs)",

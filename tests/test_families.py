@@ -79,8 +79,9 @@ def test_a_family_registered_with_one_call_runs_through_runner_store_compare_and
         verdicts = cmp.compare(runs, runs)
         kl = [v for v in verdicts if v.metric == "metric_posterior_kl"]
         assert len(kl) == 2 and {v.verdict for v in kl} == {"unchanged"}
-        md = report.build_report(tmp_path / "r", tmp_path / "out").read_text()
-        assert "## Suite coins" in md and "KL(p(z\\|x)\\|\\|q) (nats)" in md
+        md = report.build_report(tmp_path / "r", tmp_path / "out").suites["coins"] \
+            .with_suffix(".md").read_text()
+        assert "# Suite coins" in md and "KL(p(z\\|x)\\|\\|q) (nats)" in md
         assert "| few | 2 | 5 | 3 finished |" in md
         # the family's own rule and its keys
         with pytest.raises(BenchError, match="needs key 'iterations' >= 1"):

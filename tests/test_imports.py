@@ -83,7 +83,8 @@ def test_bench_has_no_import_cycle():
 
 @pytest.mark.parametrize("module", ["bench", "bench.config", "bench.store", "bench.compare",
                                     "bench.report", "bench.cli", "bench.metrics.catalog",
-                                    "bench.suite", "bench.plugins", "bench.components"])
+                                    "bench.suite", "bench.plugins", "bench.components",
+                                    "bench.export"])
 def test_reading_results_does_not_import_torch(module):
     # Guards against: a torch import creeping into the modules `vaebench --help`, `compare`
     # and `report` load (it costs about a second per command).

@@ -440,7 +440,8 @@ def test_compare_and_the_report_judge_a_plugins_metric_by_its_catalog_record(tmp
                 for v in json.loads(text)["verdicts"]}
     assert verdicts == {("coin_error", "regressed")}, verdicts
     assert code == 1
-    md = build_report(tmp_path / "cand" / "r", tmp_path / "report").read_text()
+    md = build_report(tmp_path / "cand" / "r", tmp_path / "report").suites["coin"] \
+        .with_suffix(".md").read_text()
     digest = plugins.get("coin").short
     (header,) = [line for line in md.splitlines() if line.startswith("| variant | plugin")]
     assert header.rstrip(" |").endswith("| coin error (%)")  # the plugin's metric, by its record
@@ -782,7 +783,8 @@ def test_the_report_finds_a_suite_run_from_its_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path.parent)  # no ./suites/mine.toml here
     run_suite(load_suite(path), RunOptions(results=tmp_path / "r", executor="local",
                                            show_progress=False))
-    md = build_report(tmp_path / "r", tmp_path / "report").read_text()
+    md = build_report(tmp_path / "r", tmp_path / "report").suites["mine"] \
+        .with_suffix(".md").read_text()
     assert "Paper A, Table 1" in md and "Protocol card a" in md, md[:2000]
 
 

@@ -1,12 +1,17 @@
-"""The report: made from the Parquet files alone, tables and plots agree, every image is
-embedded in the HTML, published values are never passed off as reproduced at a smaller budget,
-and older results without the newer metrics or samples still make a report."""
+"""The report: made from the Parquet files alone, tables and plots agree, published values are
+never passed off as reproduced at a smaller budget, and older results without the newer metrics
+or samples still make a report. Its pages: an index whose counts and links are right, a page
+per suite whose table of contents and images resolve, the single self-contained file, and no
+torch loaded to make any of it."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -122,22 +127,37 @@ def results(tmp_path_factory, smoke_suite) -> Path:
 
 @pytest.fixture(scope="module")
 def built(results, tmp_path_factory):
+    """The report of `results`: its pages and each suite page's Markdown."""
     out = tmp_path_factory.mktemp("report")
-    path = report.build_report(results, out)
-    return path, path.read_text(encoding="utf-8")
+    pages = report.build_report(results, out)
+    md = {name: page.with_suffix(".md").read_text(encoding="utf-8")
+          for name, page in pages.suites.items()}
+    return pages, md
 
 
 class ImageCollector(HTMLParser):
+    """The images, links and element ids of a page, and whether its tags balance."""
+
     def __init__(self) -> None:
         super().__init__()
         self.images: list[dict] = []
+        self.links: list[str] = []
+        self.toc: list[str] = []  # the links inside <nav class="toc">
+        self.ids: list[str] = []
         self.stack: list[str] = []
         self.errors: list[str] = []
 
     def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if tag == "a":
+            self.links.append(attrs["href"])
+            if "nav" in self.stack:
+                self.toc.append(attrs["href"])
         if tag == "img":
-            self.images.append(dict(attrs))
-        elif tag not in ("meta", "br", "hr", "link"):
+            self.images.append(attrs)
+        elif tag not in ("meta", "br", "hr", "link", "wbr"):
             self.stack.append(tag)
 
     def handle_endtag(self, tag):
@@ -163,11 +183,12 @@ def md_tables(text: str) -> list[list[list[str]]]:
     return [[t[0], *t[2:]] for t in tables]
 
 
-def section(md: str, suite: str) -> str:
-    """The part of the report about one suite."""
-    start = md.index(f"## Suite {suite}\n")
-    end = md.find("\n## Suite ", start + 1)
-    return md[start:] if end < 0 else md[start:end]
+def parse_page(path: Path) -> ImageCollector:
+    parser = ImageCollector()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    assert not parser.errors and parser.stack == [], (path, parser.errors, parser.stack)
+    return parser
 
 
 def find_table(text: str, first_heading: str, has: str) -> list[list[str]]:
@@ -178,13 +199,16 @@ def find_table(text: str, first_heading: str, has: str) -> list[list[str]]:
 
 
 def test_report_has_summary_tables_per_budget(built, smoke_suite):
-    path, md = built
-    assert path.name == "report.md" and (path.parent / "report.html").is_file()
-    assert "## Suite smoke" in md and "## Suite grid" in md
-    assert "### Summary: budget smoke" in md and "### Summary: budget cpu" in md
+    pages, pages_md = built
+    md = pages_md["smoke"]
+    assert pages.index.name == "index.html" and pages.index.with_suffix(".md").is_file()
+    assert {n: p.name for n, p in pages.suites.items()} == {"grid": "grid.html",
+                                                            "smoke": "smoke.html"}
+    assert md.startswith("[index: all suites](index.md)")
+    assert "\n# Suite smoke\n" in md and "\n# Suite grid\n" in pages_md["grid"]
+    assert "## Summary: budget smoke" in md and "## Summary: budget cpu" in md
     assert md.index("Summary: budget smoke") < md.index("Summary: budget cpu")  # suite order
-    tables = [t for t in md_tables(section(md, "smoke"))
-              if t[0][:2] == ["variant", "objective"]]
+    tables = [t for t in md_tables(md) if t[0][:2] == ["variant", "objective"]]
     smoke, cpu = tables
     assert smoke[0][:6] == ["variant", "objective", "k", "runs", "test LL (nats)",
                             "ELBO (nats)"]
@@ -200,16 +224,17 @@ def test_report_has_summary_tables_per_budget(built, smoke_suite):
     assert iwae["runs"].endswith(", 1 diverged")
     assert [row[0] for row in cpu[1:]] == ["vae"]  # budgets never pooled
     assert dict(zip(cpu[0], cpu[1], strict=True))["runs"] == "1 finished"
-    cost = find_table(section(md, "smoke"), "variant", "train ex/s")
+    cost = find_table(md, "variant", "train ex/s")
     assert {"eval ex/s", "peak memory (MB)", "GFLOP/s"} <= set(cost[0])
     train = dict(zip(cost[0], cost[2], strict=True))["train ex/s"]  # iwae-k5: 10,000 ± 1,000
     assert re.fullmatch(r"10,500 ± 707", train), train
 
 
 def test_paper_vs_ours_never_calls_a_smaller_budget_a_reproduction(built, smoke_suite):
-    _, md = built
+    _, pages_md = built
+    md = pages_md["smoke"]
     reference = smoke_suite.references[0]
-    table = find_table(section(md, "smoke"), "metric", "paper")
+    table = find_table(md, "metric", "paper")
     rows = [dict(zip(table[0], r, strict=True)) for r in table[1:]]
     assert {r["budget"] for r in rows} == {"smoke", "cpu"}
     for r in rows:
@@ -225,7 +250,7 @@ def test_paper_vs_ours_never_calls_a_smaller_budget_a_reproduction(built, smoke_
     assert smoke["ours - paper"] == f"{np.mean(nll) - reference.value:+.2f}"
     assert smoke["seeds"] == "2"
     assert "No run at the paper budget is stored" in md
-    assert "References unavailable (suite file not found)" in md  # the grid suite
+    assert "References unavailable (suite file not found)" in pages_md["grid"]
 
 
 def test_reference_rows_label_the_paper_budget_a_reproduction(smoke_suite):
@@ -242,33 +267,145 @@ def test_reference_rows_label_the_paper_budget_a_reproduction(smoke_suite):
     assert missing["ours"] == "not run" and missing["verdict"].startswith("not run")
 
 
-def test_pngs_exist_and_html_embeds_exactly_them(built):
-    path, md = built
-    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(linked) == len(set(linked)) >= 8
-    for name in linked:
-        png = path.parent / name
-        assert png.is_file() and "/" not in name  # relative, next to report.md
-        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000
-        assert plots.is_png(png)
-    page = (path.parent / "report.html").read_text(encoding="utf-8")
-    parser = ImageCollector()
-    parser.feed(page)
-    parser.close()
-    assert not parser.errors and parser.stack == []
-    assert len(parser.images) == len(linked)
-    for img in parser.images:
+def test_index_lists_each_suite_with_its_counts_and_links_that_resolve(built):
+    # Guards against: an index whose counts are not the stored rows' (a status pooled into
+    # another, a budget left out), or whose links point at pages that were not written.
+    pages, _ = built
+    table = find_table(pages.index.with_suffix(".md").read_text(encoding="utf-8"), "suite",
+                       "budgets (runs)")
+    rows = {r[0]: dict(zip(table[0], r, strict=True)) for r in table[1:]}
+    assert list(rows) == ["[grid](grid.md)", "[smoke](smoke.md)"]
+    smoke = rows["[smoke](smoke.md)"]
+    assert smoke["budgets (runs)"] == "smoke (6), cpu (1)"  # in the suite file's order
+    assert (smoke["runs"], smoke["finished"], smoke["failed"], smoke["diverged"]) == \
+        ("7", "5", "1", "1")
+    assert smoke["last run ended"] == "2026-01-02 03:05 UTC"  # the stored end_time
+    assert smoke["description"] == "VAE vs IWAE-5 on the embedded digits: a tiny, fast " \
+        "pipeline check"
+    grid = rows["[grid](grid.md)"]
+    assert (grid["budgets (runs)"], grid["runs"], grid["finished"], grid["failed"]) == \
+        ("smoke (12)", "12", "12", "0")
+    assert grid["description"] == "suite file unavailable (suite file not found)"
+    index = parse_page(pages.index)
+    assert index.links == ["grid.html", "smoke.html"]
+    for link in index.links:
+        assert (pages.index.parent / link).is_file()
+    assert index.images == []
+
+
+def test_suite_overview_takes_the_newest_end_time_else_the_start_time(tmp_path):
+    # Guards against: the index's "last run" being the first row's time, a start time
+    # preferred over a recorded end, or rows without times breaking it.
+    cfg = RunConfig(dataset="digits", epochs=1)
+    times = [("2026-03-01T10:00:00+00:00", "2026-03-01T11:30:00+00:00"),
+             ("2026-03-05T09:00:00+00:00", "2026-03-05T09:45:00+00:00"),
+             ("2026-03-02T08:00:00+00:00", None)]
+    for seed, (start, end) in enumerate(times):
+        prov = {**PROVENANCE, "start_time": start, "end_time": end}
+        store.write_run(tmp_path, store.run_row(
+            suite="s", variant="vae", config=cfg.replace(seed=seed), status="finished",
+            metrics={"test_ll": -30.0}, provenance=prov, budget="cpu"))
+    data = report.load_suite_data(tmp_path, "s")
+    overview = report.suite_overview(data)
+    assert overview.last_run == pd.Timestamp("2026-03-05 09:45", tz="UTC")
+    assert (overview.runs, overview.budgets, dict(overview.status)) == \
+        (3, (("cpu", 3),), {"finished": 3, "failed": 0, "diverged": 0})
+    no_end = data.runs.drop(columns=["sys_end_time"])
+    assert report.suite_overview(dataclasses.replace(data, runs=no_end)).last_run == \
+        pd.Timestamp("2026-03-05 09:00", tz="UTC")
+    no_time = no_end.drop(columns=["sys_start_time"])
+    assert report.suite_overview(dataclasses.replace(data, runs=no_time)).last_run is None
+
+
+def test_each_suite_page_has_a_contents_whose_links_reach_its_headings(built):
+    # Guards against: a table of contents linking anchors the page does not have (slugs
+    # computed twice, repeated headings given the same id), in the HTML or the Markdown.
+    pages, pages_md = built
+    for name, page in pages.suites.items():
+        parsed = parse_page(page)
+        assert len(parsed.ids) == len(set(parsed.ids)), name  # ids unique on the page
+        assert parsed.toc and all(href.startswith("#") for href in parsed.toc)
+        assert {href[1:] for href in parsed.toc} <= set(parsed.ids)
+        others = [h for h in parsed.links if not h.startswith("#")]
+        assert "index.html" in others
+        for href in others:  # the index, the previous and next suite
+            assert (page.parent / href).is_file(), href
+        # the Markdown: the same contents, to the anchors GitHub gives its headings
+        texts = [h for h in re.findall(r"^#+ (.+)$", pages_md[name], re.M) if h != "Contents"]
+        anchors = {b.anchor for b in report.with_anchors([report.Heading(2, t) for t in texts])}
+        toc = re.findall(r"^ *- \[[^\]]+\]\(#([^)]+)\)$", pages_md[name], re.M)
+        assert toc == [href[1:] for href in parsed.toc] and set(toc) <= anchors
+    smoke = parse_page(pages.suites["smoke"])
+    assert smoke.toc[:3] == ["#summary-budget-smoke", "#summary-budget-cpu", "#paper-vs-ours"]
+    assert "#plots-budget-cpu" in smoke.toc and "#provenance" in smoke.toc
+
+
+def test_anchors_are_github_slugs_numbered_when_repeated():
+    blocks = report.with_anchors([report.Heading(2, "Summary: budget smoke"),
+                                  report.Heading(3, "VAE family"), report.Paragraph("x"),
+                                  report.Heading(3, "VAE family"),
+                                  report.Heading(3, "VAE family")])
+    assert [b.anchor for b in blocks if isinstance(b, report.Heading)] == [
+        "summary-budget-smoke", "vae-family", "vae-family-1", "vae-family-2"]
+    assert report.slug("Suite iwae_table1") == "suite-iwae_table1"
+
+
+def test_a_suite_never_takes_the_index_s_name():
+    # Guards against: a suite called "index" (or "report") overwriting the index page.
+    assert report.page_stems(["index", "report", "a/b", "a b", "smoke"]) == {
+        "index": "suite-index", "report": "suite-report", "a/b": "a_b", "a b": "a_b-2",
+        "smoke": "smoke"}
+
+
+def test_images_are_png_files_beside_the_pages_loaded_lazily(built):
+    # Guards against: an <img> whose file is missing, an image inlined (the page weighs
+    # megabytes again) or loaded eagerly, the Markdown and HTML showing different figures.
+    pages, pages_md = built
+    total = 0
+    for name, page in pages.suites.items():
+        linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", pages_md[name])
+        assert len(linked) == len(set(linked)) >= 3
+        parsed = parse_page(page)
+        assert [img["src"] for img in parsed.images] == linked
+        for img in parsed.images:
+            png = page.parent / img["src"]
+            assert img["src"].startswith(f"{name}/") and png.is_file()
+            assert plots.is_png(png) and png.stat().st_size > 5000
+            assert img["loading"] == "lazy" and img.get("alt")
+            assert (int(img["width"]), int(img["height"])) == report.png_size(png.read_bytes())
+        page_text = page.read_text(encoding="utf-8")
+        assert "data:" not in page_text and len(page_text) < 60_000
+        assert "http://" not in page_text and "https://" not in page_text
+        total += len(linked)
+    assert total >= 8
+
+
+def test_single_file_inlines_every_image_and_its_contents_resolve(results, built, tmp_path):
+    # Guards against: a mailed report that points at files the reader does not have.
+    pages = report.build_report(results, tmp_path / "mail", suites=["smoke"], single_file=True)
+    assert pages.index == tmp_path / "mail" / report.SINGLE_FILE
+    assert [p.name for p in (tmp_path / "mail").iterdir()] == ["report.html"]  # nothing else
+    assert pages.suites == {"smoke": pages.index}
+    parsed = parse_page(pages.index)
+    assert len(parsed.images) == len(parse_page(built[0].suites["smoke"]).images) == 7
+    for img in parsed.images:
         src = img["src"]
         assert src.startswith("data:image/png;base64,")
-        assert base64.b64decode(src.split(",", 1)[1], validate=True)[:8] == PNG
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert png[:8] == PNG and (int(img["width"]), int(img["height"])) == \
+            report.png_size(png)
         assert img.get("alt")
-    assert "http://" not in page and "https://" not in page and "<link" not in page
-    assert "<style>" in page
+    assert all(not h.startswith(("http", "/")) and h.startswith("#") for h in parsed.links)
+    assert parsed.toc and {h[1:] for h in parsed.toc} <= set(parsed.ids)
+    assert {"#suite-smoke", "#summary-budget-cpu", "#provenance"} <= set(parsed.toc)
+    page = pages.index.read_text(encoding="utf-8")
+    assert "<link" not in page and "<style>" in page and 'src="data:' in page
 
 
 def test_plots_made_are_those_the_data_supports(built):
-    path, md = built
-    names = set(re.findall(r"\]\(([^)]+\.png)\)", md))
+    _, pages_md = built
+    md = "\n".join(pages_md.values())
+    names = {Path(n).name for n in re.findall(r"\]\(([^)]+\.png)\)", md)}
     # smoke: one k per objective and no beta axis: no LL-vs-k, no rate-distortion
     assert {"smoke-smoke-throughput.png", "smoke-smoke-learning-curves.png",
             "smoke-cpu-throughput.png"} <= names
@@ -285,7 +422,7 @@ def test_plots_made_are_those_the_data_supports(built):
 
 
 def test_failed_and_diverged_runs_are_listed(built):
-    _, md = built
+    md = built[1]["smoke"]
     table = find_table(md, "variant", "error")
     rows = [dict(zip(table[0], r, strict=True)) for r in table[1:]]
     failed = next(r for r in rows if r["status"] == "failed")
@@ -296,8 +433,8 @@ def test_failed_and_diverged_runs_are_listed(built):
 
 
 def test_provenance_section(built):
-    _, md = built
-    assert "### Provenance" in md
+    md = built[1]["smoke"]
+    assert "## Provenance" in md
     assert "0123456789ab" in md and "torch 2.13.0+cpu" in md and "Ray 2.60.0" in md
     assert "cpu: Test CPU" in md and "node-a" in md
     assert "2026-01-02 03:04 UTC to 2026-01-02 03:05 UTC" in md
@@ -356,8 +493,8 @@ def test_stored_configs_are_rebuilt_exactly(results):
 def test_older_results_without_new_metrics_or_samples(tmp_path, smoke_suite):
     for v in smoke_suite.variants:
         write(tmp_path, "smoke", v.name, v.config, budget="smoke", new=False, samples=False)
-    path = report.build_report(tmp_path, tmp_path / "out", suites=["smoke"])
-    md = path.read_text(encoding="utf-8")
+    pages = report.build_report(tmp_path, tmp_path / "out", suites=["smoke"])
+    md = pages.suites["smoke"].with_suffix(".md").read_text(encoding="utf-8")
     assert "Not recorded by these runs: FLOP/s, peak memory, sharpness" in md
     assert "no sample images stored" in md
     assert "sharpness prior" not in md and "GFLOP/s" not in md
@@ -371,7 +508,8 @@ def test_blur_reason_is_reported(tmp_path):
     values = {**metrics_for(cfg), "sharpness_prior": None, "sharpness_recon": None,
               "blur_reason": "data has no image shape"}
     write(tmp_path, "nosuite", "vae", cfg, budget="smoke", metrics=values, samples=False)
-    md = report.build_report(tmp_path, tmp_path / "out").read_text(encoding="utf-8")
+    pages = report.build_report(tmp_path, tmp_path / "out")
+    md = pages.suites["nosuite"].with_suffix(".md").read_text(encoding="utf-8")
     assert "Blur/sharpness not computed: data has no image shape." in md
 
 
@@ -392,17 +530,19 @@ def test_corrupt_file_is_an_error_unless_skipped(tmp_path, smoke_suite):
     with pytest.raises(BenchError, match="corrupt"):
         report.build_report(tmp_path, tmp_path / "out")
     with pytest.warns(UserWarning, match="skipping corrupt"):
-        path = report.build_report(tmp_path, tmp_path / "out", skip_corrupt=True)
-    assert "iwae-k5" in path.read_text(encoding="utf-8")
+        pages = report.build_report(tmp_path, tmp_path / "out", skip_corrupt=True)
+    assert "iwae-k5" in pages.suites["smoke"].read_text(encoding="utf-8")
 
 
 def test_markdown_and_html_escape_text():
     blocks = [report.Heading(2, "a <b> & c"),
-              report.Table(["x|y", "n"], [["<script>alert(1)</script>", "1"]], [False, True])]
+              report.Table(["x|y", "n"], [["<script>alert(1)</script>", "1"],
+                                          [report.Link("s]<i>", "s"), "2"]], [False, True])]
     md = report.render_markdown(blocks)
-    assert "x\\|y" in md and "<script>" not in md
+    assert "x\\|y" in md and "<script>" not in md and "[s\\]&lt;i&gt;](s.md)" in md
     page = report.render_html(blocks, {}, "t")
     assert "&lt;script&gt;" in page and "<script>" not in page and "a &lt;b&gt; &amp; c" in page
+    assert '<a href="s.html">s]&lt;i&gt;</a>' in page
 
 
 def test_posterior_bounds_plot_only_when_the_posterior_varies_and_shows_the_means():
@@ -448,3 +588,48 @@ def test_bimodal_toy_runs_are_drawn_from_their_stored_fit():
     assert sorted(fits.values()) == [(-0.05, 4.01), (3.95, 0.62)]
     assert any(label.startswith("reverse KL") and "100%" in label for label in fits)
     assert report.bimodal_fit_data(runs[runs["cfg_dataset"] == "mnist"]) is None
+
+
+NO_TORCH = """
+import sys
+from bench.report import build_report
+pages = build_report(sys.argv[1], sys.argv[2])
+assert pages.suites, pages
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+
+
+def test_the_report_loads_no_torch(tmp_path):
+    # Guards against: the report importing torch (seconds of start-up and a GPU build's
+    # gigabytes on the laptop that reports a cluster's results), as its bimodal-toy figure
+    # did to evaluate two Gaussian densities, and its factor metrics' protocols (MIG, DCI)
+    # through bench.metrics.factors and bench.data's package init. A subprocess: this one has
+    # torch loaded.
+    for seed, (direction, mean, std) in enumerate((("reverse", 3.98, 0.61),
+                                                   ("forward", 0.02, 4.03))):
+        cfg = RunConfig(dataset="bimodal", objective="iwae", k=2, iterations=3,
+                        kl_direction=direction)
+        write(tmp_path / "r", "toys", f"bimodal-{direction}", cfg, budget="smoke",
+              samples=False, metrics={"q_mean": mean, "q_std": std, "mass_left": seed * 0.5,
+                                      "mass_right": 1 - seed * 0.5})
+    cfg = RunConfig(dataset="digits", hidden=((16,),), latent=(4,), epochs=2, k_eval=10)
+    write(tmp_path / "r", "digits", "vae", cfg, budget="smoke", samples=False)
+    cfg = RunConfig(dataset="shapes_small", hidden=((16,),), latent=(4,), epochs=2, k_eval=10)
+    write(tmp_path / "r", "shapes", "beta-vae", cfg, budget="smoke", samples=False,
+          metrics={"mig": 0.25, "dci_disentanglement": 0.5, "beta_vae_accuracy": 80.0})
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, str(tmp_path / "r"),
+                           str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert (tmp_path / "out" / "toys" / "toys-smoke-bimodal.png").is_file()  # drawn
+    # the command line, `python -m bench.cli report`: no torch among its imports
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bench.cli", "report",
+                           "--results", str(tmp_path / "r"), "--out", str(tmp_path / "cli")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"report: {tmp_path / 'cli' / 'index.html'}")
+    imported = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line]
+    assert "bench.report.pages" in imported and "matplotlib" in imported
+    assert not [m for m in imported if m == "torch" or m.startswith("torch.")]

@@ -34,15 +34,16 @@ def family_results(tmp_path_factory):
                                               show_progress=False), filters)
         assert summary.failed == 0 and summary.total > 0, name
     out = tmp_path_factory.mktemp("family-report")
-    path = report.build_report(root, out)
-    return root, out, path.read_text(encoding="utf-8")
+    pages = report.build_report(root, out)
+    return root, out, {name: page.with_suffix(".md").read_text(encoding="utf-8")
+                       for name, page in pages.suites.items()}
 
 
 def test_every_family_suite_runs_at_smoke_and_is_reported(family_results):
     root, out, md = family_results
     for name in SMOKE_RUNS:
-        assert f"## Suite {name}\n" in md
-    pngs = {p.name for p in out.glob("*.png")}
+        assert f"\n# Suite {name}\n" in md[name]
+    pngs = {p.name for p in out.glob("*/*.png")}  # each suite's in its folder
     # the family figures, each drawn only where its data exist
     assert "mixture-smoke-prior-iwae.png" in pngs
     assert "cvae-smoke-test_cll-vs-given_quadrants.png" in pngs
@@ -72,9 +73,7 @@ def test_mixture_gap_plot_data_are_the_stored_numbers(family_results):
 
 
 def test_inpainting_table_has_each_mask_and_method(family_results):
-    _, _, md = family_results
-    section = md[md.index("## Suite inpainting"):]
-    section = section[:section.find("\n## Suite ", 1)]
+    section = family_results[2]["inpainting"]
     for mask in report.INPAINT_MASKS.values():
         for method in report.INPAINT_METHODS.values():
             assert re.search(rf"\| {re.escape(mask)} \| {method} \| [0-9.]+", section), \
@@ -189,11 +188,10 @@ def test_a_suite_mixing_families_gets_one_summary_table_per_family():
 
 
 def test_the_cvae_suites_report_has_a_table_for_each_of_its_two_families(family_results):
-    md = family_results[2]
-    cvae = md[md.index("## Suite cvae"):]
+    cvae = family_results[2]["cvae"]
     cvae = cvae[:cvae.index("Throughput and cost")]
-    assert "#### CVAE" in cvae and "#### deterministic NN" in cvae
-    nn = cvae[cvae.index("#### deterministic NN"):]
+    assert "### CVAE" in cvae and "### deterministic NN" in cvae
+    nn = cvae[cvae.index("### deterministic NN"):]
     assert "| variant | given_quadrants | runs |" in nn  # no objective, k, beta columns
 
 
@@ -262,9 +260,7 @@ def test_dropout_models_show_the_ess_beside_their_test_ll():
 
 
 def test_inpainting_section_shows_the_matched_chain_and_the_ess(family_results):
-    _, _, md = family_results
-    section = md[md.index("## Suite inpainting"):]
-    section = section[:section.find("\n## Suite ", 1)]
+    section = family_results[2]["inpainting"]
     assert "matched: the iterative chain" in section
     assert re.search(r"\| input_dropout=0\.5 \| 0\.5 \| -[0-9.]+( ± [0-9.]+)? \| "
                      r"[0-9.]+( ± [0-9.]+)? \|", section)  # test LL, then its ESS

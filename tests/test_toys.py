@@ -40,6 +40,20 @@ def test_density_grid_integrates_to_one(fits):
     assert float(grid["fitted"].sum()) * dz == pytest.approx(1.0, abs=2e-2)
 
 
+def test_the_drawn_density_is_the_target_the_fit_uses():
+    # Guards against: the torch-free density a report draws (bench.toys.bimodal_target)
+    # drifting from the log p(z) the fit optimises (two copies of one formula).
+    import numpy as np
+    import torch
+
+    from bench.toys.bimodal import _target_log_prob
+
+    target = Target(separation=3.0, scale=0.8)
+    z = np.linspace(-9.0, 9.0, 181)
+    fitted = _target_log_prob(target, torch.tensor(z, dtype=torch.float64)).exp().numpy()
+    assert np.allclose(target.density(z), fitted, rtol=1e-12, atol=0)
+
+
 def test_cli_toy_prints_masses_and_both_kls_and_writes_the_plot(tmp_path, capsys):
     from bench.cli import main
     from bench.plots import is_png

@@ -24,22 +24,33 @@ the same 0/1 test images; ``test_size`` then takes a prefix of that fixed set.
 
 Modules: ``dataset`` (Dataset, load_dataset, binarization), ``digits``, ``mnist``,
 ``shapes`` (the procedural grid) and ``cache`` (the checksummed cache they share).
+The package's names load their module on first use (PEP 562), so that code needing one
+torch-free part (``bench.data.shapes`` for the report) does not import torch with ``dataset``.
 """
 
-from bench.data.cache import data_dir
-from bench.data.dataset import (
-    DATASETS,
-    SHAPES_GRIDS,
-    TEST_BINARIZATION_SEED,
-    Dataset,
-    binarize_dynamic,
-    drop_pixels,
-    load_dataset,
-)
-from bench.data.digits import DIGITS_SPLIT_SEED, DIGITS_TEST_SIZE
-from bench.data.mnist import fetch_mnist
+from __future__ import annotations
 
-__all__ = [
-    "DATASETS", "DIGITS_SPLIT_SEED", "DIGITS_TEST_SIZE", "SHAPES_GRIDS", "TEST_BINARIZATION_SEED",
-    "Dataset", "binarize_dynamic", "data_dir", "drop_pixels", "fetch_mnist", "load_dataset",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "data_dir": "cache",
+    "DATASETS": "dataset", "TEST_BINARIZATION_SEED": "dataset", "Dataset": "dataset",
+    "binarize_dynamic": "dataset", "drop_pixels": "dataset", "load_dataset": "dataset",
+    "SHAPES_GRIDS": "shapes",
+    "DIGITS_SPLIT_SEED": "digits", "DIGITS_TEST_SIZE": "digits",
+    "fetch_mnist": "mnist",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

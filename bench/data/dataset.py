@@ -12,11 +12,11 @@ from bench.config import IMAGE_DATASETS
 from bench.data.cache import data_dir
 from bench.data.digits import digits_arrays
 from bench.data.mnist import CACHE_KEYS, MNIST_CACHE_NAME, fetch_mnist, read_cache
+from bench.data.shapes import SHAPES_GRIDS
 from bench.errors import BenchError
 
 TEST_BINARIZATION_SEED = 20151001
 DATASETS: tuple[str, ...] = IMAGE_DATASETS
-SHAPES_GRIDS = {"shapes": "full", "shapes_small": "small"}  # data set -> bench.data.shapes preset
 
 
 @dataclass(frozen=True, eq=False)

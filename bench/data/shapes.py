@@ -93,6 +93,7 @@ import numpy as np
 from bench.data.cache import data_dir, load_npz, one_line, save_npz_atomic
 from bench.errors import BenchError
 
+SHAPES_GRIDS = {"shapes": "full", "shapes_small": "small"}  # data set name -> grid preset
 FACTOR_NAMES: tuple[str, ...] = ("shape", "scale", "orientation", "x", "y")
 SHAPE_NAMES: tuple[str, ...] = ("square", "ellipse", "heart")
 GENERATOR_VERSION = 1  # bump whenever the pixels of any spec change (invalidates caches)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from bench.config import RunConfig
     from bench.data import Dataset
+    from bench.eta import ProgressLines
     from bench.families.lvm import TrainResult
     from bench.loop import Checkpointing, EpochRecord
 
@@ -62,18 +63,22 @@ def train_model(
     on_epoch: OnEpoch | None = None,
     checkpointing: Checkpointing | None = None,
     compile: str = "off",
+    progress: ProgressLines | None = None,
 ) -> TrainResult | FamilyResult:
     """Train and evaluate `cfg` with its family's trainer (bench.families.registry). Only
     the lvm trainer checkpoints; the other families are short and restart from scratch
     when retried. `compile` (auto, on, off) reaches the families that compile their step
     (lvm, m2, cvae, conditional_nn); the others run eagerly, and refuse "on". Toys need no
-    data set: they run through `run_toy`."""
+    data set: they run through `run_toy`. `progress`: where lines with an ETA go during long
+    evaluation and EM, for the families that write them (Family.progress)."""
     from bench.families.registry import FAMILIES
 
     family = FAMILIES.of(cfg)
     if family.toy:
         raise ValueError(f"'{family.name}' is a toy: run it with bench.families.run_toy")
     extra = {"compile": compile} if family.compiles else {}
+    if family.progress:
+        extra["progress"] = progress
     if not family.compiles and compile == "on":
         compiling = ", ".join(f.name for f in FAMILIES if f.compiles)
         raise BenchError(f"model '{family.name}' runs its training loop eagerly: compile "

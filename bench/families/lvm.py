@@ -30,6 +30,7 @@ import torch
 from bench.compiler import compile_fresh, compile_options
 from bench.config import RunConfig
 from bench.data import Dataset, binarize_dynamic, drop_pixels
+from bench.eta import ProgressLines
 from bench.families.compiling import should_compile, should_compile_eval
 from bench.loop import (
     BOUND_STREAM,
@@ -156,6 +157,7 @@ def train(
     on_epoch: Callable[[EpochRecord, int], None] | None = None,
     checkpointing: Checkpointing | None = None,
     compile: str = "off",
+    progress: ProgressLines | None = None,
 ) -> TrainResult:
     """Train `cfg` on `dataset`, then evaluate on its test set with cfg.k_eval samples.
 
@@ -163,7 +165,8 @@ def train(
     `checkpointing`, state is saved every `every_epochs` epochs and a run whose checkpoint
     exists continues from it, giving the same result as an uninterrupted run. `compile`
     (auto, on, off; `should_compile`) runs the step torch.compile'd: the same random stream,
-    metrics equal to the eager run's within float tolerance; not part of the run's identity."""
+    metrics equal to the eager run's within float tolerance; not part of the run's identity.
+    `progress`: where the long evaluation's lines with an ETA go (bench.eta)."""
     device = torch.device(device)
     memory = PeakMemory(device)
     memory.start()
@@ -227,20 +230,23 @@ def train(
     train_seconds = time.perf_counter() - start
     return finish(cfg, dataset, model, device=device, curves=curves,
                   train_seconds=train_seconds, diverged_epoch=diverged_epoch, memory=memory,
-                  compiled=compiled, compile=compile, snr_init=snr_init)
+                  compiled=compiled, compile=compile, snr_init=snr_init, progress=progress)
 
 
 def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
            device: torch.device, curves: list[EpochRecord], train_seconds: float,
            diverged_epoch: int | None, memory: PeakMemory, compiled: bool,
-           compile: str = "off", snr_init: dict | None = None) -> TrainResult:
+           compile: str = "off", snr_init: dict | None = None,
+           progress: ProgressLines | None = None) -> TrainResult:
     """The TrainResult of a trained model: a finished run (diverged_epoch None) evaluated on
     the test set (test LL with cfg.k_eval samples, blur, samples, inpainting, factors) from
     the run's evaluation stream; a diverged one with its training record only. Its own
     function so a stack (bench.families.stack) evaluates each variant as a solo run does.
     `compiled`: the training step ran compiled; `compile`: the run's mode, which decides
     whether the test-set estimate runs compiled (`should_compile_eval`). `snr_init`: the
-    gradient SNR measured at initialisation (cfg.snr_draws > 0), stored with the final one."""
+    gradient SNR measured at initialisation (cfg.snr_draws > 0), stored with the final one.
+    `progress`: where the test-set estimate and the disentanglement metrics write lines with
+    an ETA while they run (bench.eta), None for none."""
     status = "finished" if diverged_epoch is None else "diverged"
     eval_compiled = status == "finished" and should_compile_eval(
         dataset.test.shape[0] * cfg.k_eval, device, compile)
@@ -250,7 +256,8 @@ def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
         x_test = dataset.test.to(device)
         eval_generator = make_generator(cfg.seed + EVAL_STREAM, device)
         test = evaluate(model, x_test, cfg.k_eval, generator=eval_generator,
-                        passes=compiled_passes() if eval_compiled else None)
+                        passes=compiled_passes() if eval_compiled else None,
+                        progress=progress)
         images = blur_metrics(model, dataset, generator=eval_generator)
         samples = sample_records(model, dataset, generator=eval_generator)
         if cfg.eval_inpainting:  # last, so the metrics above are the same with or without it
@@ -259,7 +266,8 @@ def finish(cfg: RunConfig, dataset: Dataset, model: LatentVariableModel, *,
             samples += inpaint_rows
         if has_factors(dataset):  # known generative factors: disentanglement and traversals
             factor_start = time.perf_counter()
-            factors, traversals = factor_metrics(model, dataset, seed=cfg.seed, config=cfg)
+            factors, traversals = factor_metrics(model, dataset, seed=cfg.seed, config=cfg,
+                                                 progress=progress)
             factors["factor_seconds"] = time.perf_counter() - factor_start
             samples += traversals
         # from a stream of their own: every metric above is what it was without them

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench import eta
 from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import BenchError
@@ -229,11 +230,13 @@ def run(
     device: torch.device | str,
     on_epoch: Callable[[EpochRecord, int], None] | None = None,
     checkpointing: object = None,
+    progress: eta.ProgressLines | None = None,
 ) -> FamilyResult:
     """Fit a K = cfg.components mixture by cfg.iterations EM iterations on the once-binarized
     training set, then evaluate exactly on dataset.test. One EpochRecord per iteration, its
     train_bound the exact mean training log p(x) AFTER that iteration's M-step.
-    `checkpointing` is accepted and unused: EM runs are short and restart when retried."""
+    `checkpointing` is accepted and unused: EM runs are short and restart when retried.
+    `progress`: where lines with an ETA go during the EM iterations (bench.eta)."""
     device = torch.device(device)
     n_train = int(dataset.train.shape[0])
     if not dataset.binarized:
@@ -256,6 +259,7 @@ def run(
     status, diverged_epoch = "finished", None
     start = time.perf_counter()
     stats = statistics(x_train, mixture)  # E-step at the initial parameters
+    meter = eta.meter(progress, f"EM ({cfg.components} components)", cfg.iterations, "iterations")
     for iteration in range(1, cfg.iterations + 1):
         iteration_start = time.perf_counter()
         mixture = m_step(stats, mixture)
@@ -269,9 +273,11 @@ def run(
         curves.append(record)
         if on_epoch is not None:
             on_epoch(record, cfg.iterations)
+        meter.update(iteration)
         if not math.isfinite(train_ll):
             status, diverged_epoch = "diverged", iteration
             break
+    meter.finish()
     train_seconds = time.perf_counter() - start
     if status != "finished":
         return FamilyResult(status, curves, train_seconds, diverged_epoch=diverged_epoch)

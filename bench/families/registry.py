@@ -56,6 +56,9 @@ class Family:
     metrics: tuple[str, ...] = ()
     # whether its trainer takes `compile` (auto, on, off) and can run its step compiled
     compiles: bool = False
+    # whether its trainer takes `progress` (bench.eta.ProgressLines): lines with an ETA
+    # during its long work (the lvm's k_eval estimate and disentanglement metrics, EM)
+    progress: bool = False
     # settings of its own, in the config's `params` table (bench.components.Param)
     params: tuple[Param, ...] = ()
     plugin: str = BUILT_IN  # who registered it (a plugin's name)
@@ -191,13 +194,14 @@ _TOY_UNUSED = _FAMILY_ONLY | _LVM_KEYS | {"hidden", "latent", "beta", "analytic_
 
 BUILT_IN: tuple[Family, ...] = (
     Family("lvm", "", "bench.families.lvm:train", owns=_LVM_KEYS | {"kl_direction"} | _NEURAL,
-           unused=_FAMILY_ONLY, check=_check_lvm, metrics=_LVM_METRICS, compiles=True),
+           unused=_FAMILY_ONLY, check=_check_lvm, metrics=_LVM_METRICS, compiles=True,
+           progress=True),
     Family("mixture", "mixture (EM)", "bench.families.mixture:run",
            owns=frozenset({"components", "iterations"}),
            unused=_VAE_ONLY | _NO_BOUND | {"condition", "given_quadrants", "labelled",
                                            "alpha"},
            companions={"components": 1, "iterations": 1}, check=_check_mixture,
-           curve_unit="EM iteration",
+           curve_unit="EM iteration", progress=True,
            metrics=_TRAINING + ("test_ll", "train_ll", "eval_seconds", "prior_iwae_k<N>")),
     Family("cvae", "CVAE", "bench.families.cvae:run", owns=_CONDITIONAL | _NEURAL,
            unused=_VAE_ONLY | {"components", "labelled", "alpha"},

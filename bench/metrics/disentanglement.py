@@ -46,7 +46,9 @@ from typing import Literal
 
 import numpy as np
 
+from bench import eta
 from bench.errors import BenchError
+from bench.eta import ProgressLines
 
 MIG_BINS = 20  # disentanglement_lib's histogram_discretize default
 BETA_VAE_BATCH = 64  # pairs averaged into one z_diff point (disentanglement_lib, Higgins: L)
@@ -225,6 +227,7 @@ def dci(
     test_fraction: float = DCI_TEST_FRACTION,
     test: tuple[np.ndarray, np.ndarray] | None = None,
     seed: int = 0,
+    progress: ProgressLines | None = None,
 ) -> DCIResult:
     """DCI disentanglement, completeness and informativeness (Eastwood and Williams 2018,
     sec. 3; see the module docstring for the equations).
@@ -256,6 +259,7 @@ def dci(
     disentanglement_lib: factors with a single value are dropped (their predictor has zero
     importances and would make R's column degenerate), entropies are taken over the
     remaining F' factors; with F' = 1 (or L = 1) every unit (factor) trivially scores 1.
+    `progress`: where lines with an ETA go, one predictor fitted per factor (bench.eta).
     """
     from sklearn.metrics import accuracy_score
 
@@ -290,6 +294,7 @@ def dci(
         x_train, f_train = codes, factors
     importance = np.zeros((codes.shape[1], len(used)))
     acc_train, acc_test = [], []
+    meter = eta.meter(progress, f"disentanglement: DCI {estimator}", len(used), "factors")
     for col, k in enumerate(used):
         model = _make_predictor(estimator, n_estimators, int(rng.integers(2**31 - 1)))
         y_train = f_train[:, k]
@@ -297,6 +302,8 @@ def dci(
         importance[:, col] = np.abs(model.feature_importances_)
         acc_train.append(accuracy_score(y_train, model.predict(x_train)))
         acc_test.append(accuracy_score(f_test[:, k], model.predict(x_test)))
+        meter.update(col + 1)
+    meter.finish()
     d, c = disentanglement_completeness(importance)
     return DCIResult(
         disentanglement=d,

@@ -32,22 +32,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench import eta
 from bench.data import SHAPES_GRIDS, Dataset
+from bench.eta import ProgressLines
 from bench.metrics.blur import image_rows
-from bench.metrics.disentanglement import (
-    BETA_VAE_BATCH,
-    BETA_VAE_TEST,
-    BETA_VAE_TRAIN,
-    DCI_TEST_FRACTION,
-    MIG_BINS,
-    beta_vae_score,
-    dci,
-    mig,
-)
+from bench.metrics.disentanglement import beta_vae_score, dci, mig
+from bench.metrics.factor_protocols import FACTOR_POINTS
 
-FACTOR_POINTS = 10000  # grid images MIG and DCI are computed on (disentanglement_lib: 10000)
-# report names of bench.config.DCI_ESTIMATORS
-DCI_ESTIMATOR_NAMES = {"forest": "random forest", "boosting": "gradient-boosted trees"}
 # Entropy for the independent DCI draws (dci_train / dci_test > 0), mixed with the run's seed
 # so they are not the stream that picks the MIG / default-DCI points.
 DCI_DRAW_STREAM = 0xDC1
@@ -106,55 +97,38 @@ def dci_draws(sizes, n_train: int, n_test: int, *, seed: int) -> tuple[np.ndarra
             test_rng.integers(0, sizes, size=(n_test, sizes.size)))
 
 
-def metric_protocols(dataset: str | None = None, dci_estimator: str = "forest",
-                     dci_train: int = 0, dci_test: int = 0) -> dict[str, str]:
-    """How each factor metric of a run on `dataset` with these DCI keys is estimated, for
-    the report: {"mig": "20-bin histogram, 6,144 points", "dci": "random forest, 2:1 split
-    of 6,144 points" or "gradient-boosted trees, 10,000/5,000 independent draws",
-    "beta_vae": "logistic regression, 10,000/5,000 points of 64 pairs"}. An unknown (or
-    missing) dataset gives "up to 10,000 points"."""
-    from bench.data.shapes import get_spec
-
-    if dataset in SHAPES_GRIDS:
-        points = f"{min(get_spec(SHAPES_GRIDS[dataset]).count, FACTOR_POINTS):,} points"
-    else:
-        points = f"up to {FACTOR_POINTS:,} points"
-    estimator = DCI_ESTIMATOR_NAMES.get(dci_estimator, str(dci_estimator))
-    if dci_train or dci_test:
-        dci_points = f"{dci_train:,}/{dci_test:,} independent draws"
-    else:
-        train_parts = round(1 / DCI_TEST_FRACTION) - 1
-        dci_points = f"{train_parts}:1 split of {points}"
-    return {
-        "mig": f"{MIG_BINS}-bin histogram, {points}",
-        "dci": f"{estimator}, {dci_points}",
-        "beta_vae": f"logistic regression, {BETA_VAE_TRAIN:,}/{BETA_VAE_TEST:,} points of "
-                    f"{BETA_VAE_BATCH} pairs",
-    }
-
-
-def factor_metrics(model, dataset: Dataset, *, seed: int,
-                   config=None) -> tuple[dict, list[dict]]:
+def factor_metrics(model, dataset: Dataset, *, seed: int, config=None,
+                   progress: ProgressLines | None = None) -> tuple[dict, list[dict]]:
     """Disentanglement metrics, per-unit KL and traversal images (see the module doc).
 
     `config` (a RunConfig, or anything with its dci_estimator / dci_train / dci_test) sets
     how DCI is computed; None, or the keys at their defaults, is the original protocol
-    (random forest on the MIG points split 2:1) with the same numbers bit for bit."""
+    (random forest on the MIG points split 2:1) with the same numbers bit for bit.
+    `progress`: where lines with an ETA go while the grid is encoded and DCI's predictors
+    are fitted (bench.eta; boosting on the full grid takes minutes)."""
     from bench.data.shapes import load_shapes
 
     estimator, n_train, n_test = _dci_protocol(config)
     grid = load_shapes(SHAPES_GRIDS[dataset.name])
     pixels = _grid_pixels(grid)
-    codes = np.concatenate([encode_means(model, chunk) for chunk in pixels])
+    meter = eta.meter(progress, "disentanglement: encoding the grid", len(grid), "images")
+    parts: list[np.ndarray] = []
+    for chunk in pixels:
+        parts.append(encode_means(model, chunk))
+        meter.update(meter.done + len(chunk))
+    meter.finish()
+    codes = np.concatenate(parts)
     rng = np.random.default_rng(seed)
     points = rng.choice(len(grid), size=min(len(grid), FACTOR_POINTS), replace=False)
     factors = grid.factor_indices[points]
     if n_train:  # disentanglement_lib: independent draws of training and test points
         train_f, test_f = dci_draws(grid.spec.factor_sizes, n_train, n_test, seed=seed)
         scores = dci(codes[grid.index_of(train_f)], train_f, estimator=estimator,
-                     test=(codes[grid.index_of(test_f)], test_f), seed=seed)
+                     test=(codes[grid.index_of(test_f)], test_f), seed=seed,
+                     progress=progress)
     else:
-        scores = dci(codes[points], factors, estimator=estimator, seed=seed)
+        scores = dci(codes[points], factors, estimator=estimator, seed=seed,
+                     progress=progress)
     device = next(model.parameters()).device
     kls = unit_kls(model, dataset.test.to(device))
     metrics = {

@@ -20,7 +20,9 @@ from typing import NamedTuple
 
 import torch
 
+from bench import eta
 from bench.compiler import compile_fresh
+from bench.eta import ProgressLines
 from bench.models.lvm import LatentVariableModel, ModelSample
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -131,13 +133,15 @@ def evaluate(
     rows_per_chunk: int = DEFAULT_ROWS_PER_CHUNK,
     rows_per_pass: int = ROWS_PER_PASS,
     passes: PassFn | None = None,
+    progress: ProgressLines | None = None,
 ) -> TestMetrics:
     """Evaluate `model` on the test examples `x` (N, D) with k_eval importance samples each.
     The noise is drawn chunk by chunk (`rows_per_chunk` samples x examples, which fixes the
     estimate) and goes through the model in slices of `rows_per_pass` (the speed depends
     on it, and the estimate's last bits: the order of the sum), each by `passes` (default:
     eagerly; `compiled_passes()`: one torch.compile'd graph per slice, the same noise, the
-    estimate equal to float rounding)."""
+    estimate equal to float rounding). `progress`: where lines with an ETA go while it runs
+    (bench.eta: none for an estimate of a few seconds)."""
     if k_eval < 1:
         raise ValueError(f"k_eval must be >= 1, got {k_eval}")
     was_training = model.training
@@ -153,6 +157,7 @@ def evaluate(
     distortion = torch.empty(n, dtype=torch.float64, device=x.device)
     rate = torch.empty(n, dtype=torch.float64, device=x.device)
     posterior_means: list[torch.Tensor] = []
+    meter = eta.meter(progress, f"eval test_ll (k_eval {k_eval:,})", n, "examples")
     for lo in range(0, n, batch):
         xb = x[lo : lo + batch]
         lse = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
@@ -183,6 +188,8 @@ def evaluate(
         distortion[rows] = -sum_log_px_z / k_eval
         rate[rows] = kl_analytic.double() if kl_analytic is not None else sum_kl_mc / k_eval
         posterior_means.append(torch.cat([m / k_eval for m in sum_means], dim=-1))
+        meter.update(lo + xb.shape[0])
+    meter.finish()
 
     means = torch.cat(posterior_means)  # (N, sum of latent sizes): E_q[z | x]
     active = (means.var(dim=0) > ACTIVE_UNIT_THRESHOLD).cpu()

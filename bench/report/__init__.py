@@ -1,6 +1,8 @@
 """A report regenerated from the results store alone: Markdown, self-contained HTML and PNGs.
 
-    build_report("results", "report")            -> report/report.md (+ report.html, *.png)
+    build_report("results", "report")            -> report/index.html (+ index.md), a page per
+                                                    suite (<suite>.html, .md) and its PNGs
+    build_report(..., single_file=True)          -> report/report.html alone, self-contained
     summary_text("results", "bench")             -> the per-variant summary as fixed-width text
 
 No training happens here: everything comes from the Parquet files (`bench.store`), so a
@@ -18,11 +20,12 @@ The package is in layers, data flowing one way (data -> sections -> document -> 
   `throughput_data`, `curve_data`, `sample_sets`, ...), pure as well;
 * `tables` and `sections`: the prepared data as tables and the report's sections; the
   matplotlib code lives in `bench.plots`;
-* `document`: a small document model (headings, paragraphs, lists, tables, figures) that
-  `render` writes as GitHub-flavoured Markdown and as HTML.
+* `document`: a small document model (headings, paragraphs, lists, tables, figures, tables
+  of contents, links between pages) that `render` writes as GitHub-flavoured Markdown and as
+  HTML; `pages`: the pages of a report (an index, a page per suite) or its single file.
 
-This module is the public API: `build_report`, `summary_text`, and the names of the modules
-above that other code uses.
+This module is the public API: `build_report` (returning `ReportPages`), `summary_text`, and
+the names of the modules above that other code uses.
 
 Runs of different budgets are never pooled: every table and plot is per budget, and a
 comparison with a published value is labelled a reproduction only at the reference's budget.
@@ -51,6 +54,7 @@ from bench.report.data import (
     UNSPECIFIED_BUDGET,
     MetricSpec,
     SuiteData,
+    SuiteOverview,
     _budget_order,
     catalog_spec,
     dropout_ll_data,
@@ -65,10 +69,25 @@ from bench.report.data import (
     provenance_items,
     semisupervised_data,
     suite_file,
+    suite_overview,
     summarize_variants,
     variant_axes,
 )
-from bench.report.document import Block, Bullets, Figure, Heading, Paragraph, Table
+from bench.report.document import (
+    Block,
+    Bullets,
+    Contents,
+    Figure,
+    Heading,
+    Link,
+    Nav,
+    Paragraph,
+    Table,
+    contents,
+    shifted,
+    slug,
+    with_anchors,
+)
 from bench.report.figures import (
     DISENTANGLEMENT_PANELS,
     SAMPLE_KINDS,
@@ -91,6 +110,13 @@ from bench.report.figures import (
     unit_kl_data,
 )
 from bench.report.history import history_section
+from bench.report.pages import (
+    SINGLE_FILE,
+    ReportPages,
+    page_stems,
+    write_single_file,
+    write_site,
+)
 from bench.report.references import (
     reference_matches,
     reference_rows,
@@ -98,12 +124,19 @@ from bench.report.references import (
     reproduction_label,
     run_config,
 )
-from bench.report.render import format_text_table, md_escape, render_html, render_markdown
-from bench.report.sections import _Report, _suite_section, card_blocks
+from bench.report.render import (
+    format_text_table,
+    md_escape,
+    png_size,
+    render_html,
+    render_markdown,
+)
+from bench.report.sections import _Report, card_blocks
 from bench.report.tables import (
     dropout_ll_table,
     family_summary_tables,
     format_mean_std,
+    index_table,
     inpainting_table,
     reference_table,
     semisupervised_table,
@@ -112,14 +145,15 @@ from bench.report.tables import (
 
 __all__ = [
     # the public API
-    "build_report", "summary_text",
+    "build_report", "summary_text", "ReportPages", "SINGLE_FILE",
     # bench.report.data
     "ALL_METRICS", "COST_METRICS", "FACTOR_METRIC_NAMES", "INPAINT_MASKS", "INPAINT_METHODS",
     "NEW_METRICS", "QUALITY_METRICS", "STATUS_COLUMNS", "UNSPECIFIED_BUDGET", "MetricSpec",
-    "SuiteData", "catalog_spec", "dropout_ll_data", "factor_metric_protocols",
+    "SuiteData", "SuiteOverview", "catalog_spec", "dropout_ll_data", "factor_metric_protocols",
     "factor_metric_sentence", "failure_rows", "inpainting_data", "load_suite_data",
     "metric_headings", "prepare_runs", "present_metrics", "provenance_items",
-    "semisupervised_data", "suite_file", "summarize_variants", "variant_axes",
+    "semisupervised_data", "suite_file", "suite_overview", "summarize_variants",
+    "variant_axes",
     # bench.report.references
     "reference_matches", "reference_rows", "reference_value_column", "reproduction_label",
     "run_config",
@@ -130,25 +164,29 @@ __all__ = [
     "prior_iwae_data", "rate_distortion_data", "sample_sets", "sharpness_data",
     "throughput_data", "unit_kl_data",
     # bench.report.document
-    "Block", "Bullets", "Figure", "Heading", "Paragraph", "Table",
+    "Block", "Bullets", "Contents", "Figure", "Heading", "Link", "Nav", "Paragraph", "Table",
+    "contents", "shifted", "slug", "with_anchors",
+    # bench.report.pages
+    "page_stems",
     # bench.report.tables
     "dropout_ll_table", "format_mean_std", "inpainting_table", "reference_table",
-    "semisupervised_table", "summary_tables", "family_summary_tables",
+    "semisupervised_table", "summary_tables", "family_summary_tables", "index_table",
     # bench.report.sections
     "card_blocks",
     # bench.report.render
-    "format_text_table", "md_escape", "render_html", "render_markdown",
+    "format_text_table", "md_escape", "png_size", "render_html", "render_markdown",
 ]
 
 
 def build_report(results: str | Path, out: str | Path, *, suites: Sequence[str] | None = None,
-                 skip_corrupt: bool = False) -> Path:
-    """Write report.md, a self-contained report.html and the PNGs into `out`.
+                 skip_corrupt: bool = False, single_file: bool = False) -> ReportPages:
+    """Write the report of `suites` (default: every suite in the store) into `out`: an index
+    (index.html, index.md) and one page per suite with its figures as PNG files beside it
+    (`bench.report.pages`), or with `single_file` one self-contained report.html.
 
-    `suites`: the suites to report (default: every suite in the store). Nothing is trained:
-    the report is a function of the Parquet files (and the suite files, where found).
-    Returns the path of report.md. An empty store or a suite without runs is a BenchError.
-    """
+    Nothing is trained: the report is a function of the Parquet files (and the suite files,
+    where found). Returns the pages written (`ReportPages`: the index to open first and each
+    suite's page). An empty store or a suite without runs is a BenchError."""
     root = store.results_dir(results)
     runs = store.load_runs(root, skip_corrupt=skip_corrupt)
     if runs.empty:
@@ -160,26 +198,8 @@ def build_report(results: str | Path, out: str | Path, *, suites: Sequence[str] 
             raise BenchError(f"suite '{name}' has no runs in {root} (suites with runs: "
                              f"{', '.join(present)})")
     out = make_directory(Path(out), "report directory")
-
-    report = _Report(out)
-    report.add(Heading(1, f"vaebench report: {', '.join(chosen)}"))
-    report.add(Bullets([
-        ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-        ("results", str(root)),
-        ("suites", ", ".join(chosen)),
-    ]))
-    for name in chosen:
-        data = load_suite_data(root, name, skip_corrupt=skip_corrupt,
-                               runs=runs[runs["suite"] == name])
-        _suite_section(report, data)
-        history_section(report, root, name, level=3)  # where `vaebench track` kept any
-
-    md_path = out / "report.md"
-    md_path.write_text(render_markdown(report.blocks), encoding="utf-8")
-    title = f"vaebench report: {', '.join(chosen)}"
-    (out / "report.html").write_text(render_html(report.blocks, report.images, title),
-                                     encoding="utf-8")
-    return md_path
+    write = write_single_file if single_file else write_site
+    return write(root, out, runs, chosen, skip_corrupt=skip_corrupt)
 
 
 def build_history_report(results: str | Path, out: str | Path, suite: str) -> Path:

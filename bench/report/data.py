@@ -122,13 +122,42 @@ def load_suite_data(results: str | Path, name: str, *, skip_corrupt: bool = Fals
         runs = store.load_runs(results, suite=name, skip_corrupt=skip_corrupt)
     runs = prepare_runs(runs)
     curves = store.load_curves(results, suite=name, skip_corrupt=skip_corrupt)
-    samples = store.load_samples(results, suite=name, skip_corrupt=skip_corrupt)
+    samples = shown_samples(results, name, runs, skip_corrupt=skip_corrupt)
     stored_budgets = list(dict.fromkeys(runs["budget"]))
     recorded = [str(p) for p in runs.get("sys_suite_file", pd.Series(dtype=object))
                 if isinstance(p, str) and p]
     suite, note = suite_file(name, stored_budgets, recorded[-1] if recorded else None)
     return SuiteData(name, runs, curves, samples, suite, note,
                      _budget_order(stored_budgets, suite))
+
+
+#: the image kinds every run stores (bench.report.figures.sample_sets); others are extra
+SAMPLE_KINDS = ("prior", "reconstruction", "original")
+
+
+def shown_samples(results: str | Path, name: str, runs: pd.DataFrame, *,
+                  skip_corrupt: bool = False) -> pd.DataFrame:
+    """The stored images of the runs whose images the report can show, not of every run: per
+    budget and variant, the lowest-seed finished runs among those with images (of any kind,
+    and of the extra kinds: figures.sample_sets and image_row_sets choose among them). First
+    which runs stored which kinds (two columns), then only the chosen runs' pixels: a suite
+    of 10^5 runs stores gigabytes of images."""
+    kinds = store.load_samples(results, suite=name, skip_corrupt=skip_corrupt,
+                               columns=["kind"])
+    if kinds.empty or runs.empty:
+        return kinds
+    finished = runs[runs["status"] == "finished"]
+    extra = kinds.loc[~kinds["kind"].isin(SAMPLE_KINDS), "run_id"]
+    chosen: set[str] = set()
+    for with_images in (set(kinds["run_id"]), set(extra)):
+        candidates = finished[finished["run_id"].isin(with_images)]
+        if "cfg_seed" not in candidates.columns:
+            chosen.update(candidates["run_id"])
+            continue
+        seeds = pd.to_numeric(candidates["cfg_seed"], errors="coerce")
+        lowest = seeds.groupby([candidates["budget"], candidates["variant"]]).transform("min")
+        chosen.update(candidates.loc[(seeds == lowest) | lowest.isna(), "run_id"])
+    return store.load_samples(results, suite=name, skip_corrupt=skip_corrupt, run_ids=chosen)
 
 
 def _budget_order(stored: Sequence[str], suite: Suite | None) -> list[str]:
@@ -238,7 +267,7 @@ def present_metrics(summary: pd.DataFrame, specs: Sequence[MetricSpec]) -> list[
             and summary[f"{s.column}_mean"].notna().any()]
 
 
-# factor metric column -> (its name, key of bench.metrics.factors.metric_protocols)
+# factor metric column -> (its name, key of bench.metrics.factor_protocols.metric_protocols)
 FACTOR_METRIC_NAMES = {
     "metric_mig": ("MIG", "mig"),
     "metric_dci_disentanglement": ("DCI disentanglement", "dci"),
@@ -250,10 +279,10 @@ def factor_metric_protocols(runs: pd.DataFrame) -> dict[str, str]:
     """How each factor metric of `runs` was estimated, from the stored config (cfg_dataset,
     cfg_dci_estimator, cfg_dci_train, cfg_dci_test; runs stored before the dci keys existed
     lack them and get the defaults): metric column -> "random forest, 2:1 split of 6,144
-    points" etc. (`bench.metrics.factors.metric_protocols`); runs with different protocols
-    give every distinct one, joined by " | ". Only runs with factor metrics count when any
-    has them."""
-    from bench.metrics.factors import metric_protocols
+    points" etc. (`bench.metrics.factor_protocols.metric_protocols`); runs with different
+    protocols give every distinct one, joined by " | ". Only runs with factor metrics count
+    when any has them."""
+    from bench.metrics.factor_protocols import metric_protocols
 
     rows = runs  # a runs table (metric_mig) or a summary (metric_mig_mean)
     mig = next((c for c in ("metric_mig", "metric_mig_mean") if c in runs.columns), None)
@@ -427,6 +456,38 @@ def failure_rows(runs: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass(frozen=True)
+class SuiteOverview:
+    """One suite at a glance, a row of the report's index."""
+
+    name: str
+    description: str  # the suite file's, or why it is unavailable
+    budgets: tuple[tuple[str, int], ...]  # (budget, runs) in the suite file's order
+    runs: int
+    status: tuple[tuple[str, int], ...]  # (status, runs) for each of STATUS_COLUMNS
+    last_run: pd.Timestamp | None  # when the newest run ended (UTC); None: not recorded
+
+
+def suite_overview(data: SuiteData) -> SuiteOverview:
+    """The index row of a suite: runs per budget and per status, and when its last run
+    ended: the newest stored end_time (provenance), else the newest start_time (rows that
+    recorded no end), else None."""
+    runs = data.runs
+    last = None
+    for column in ("sys_end_time", "sys_start_time"):
+        if column in runs.columns:
+            stamps = pd.to_datetime(runs[column], errors="coerce", utc=True).dropna()
+            if len(stamps):
+                last = stamps.max()
+                break
+    description = (_one_line(data.suite.description) if data.suite is not None
+                   else f"suite file unavailable ({data.suite_note})")
+    return SuiteOverview(
+        data.name, description,
+        tuple((b, int((runs["budget"] == b).sum())) for b in data.budgets), len(runs),
+        tuple((s, int((runs["status"] == s).sum())) for s in STATUS_COLUMNS), last)
+
+
 def plugin_label(stored: Any) -> str:
     """A row's plugins (its sys_plugins JSON) as "vaebench-vr 0.1.0 (code 1a2b3c4d5e6f)";
     "" for vaebench's own code."""
@@ -455,9 +516,10 @@ def provenance_items(runs: pd.DataFrame) -> list[tuple[str, str]]:
     if commits is not None:
         dirty = column("sys_git_dirty")
         labels = []
-        for i, commit in enumerate(commits):
+        dirty_flags = [None] * n if dirty is None else dirty.tolist()  # .iloc: 10^5 lookups
+        for commit, dirty_flag in zip(commits.tolist(), dirty_flags, strict=True):
             text = "unknown" if _missing(commit) else str(commit)[:12]
-            flag = None if dirty is None else _py(dirty.iloc[i])
+            flag = _py(dirty_flag)
             if flag in (True, "True", "true", 1):
                 text += " (dirty: uncommitted changes)"
             labels.append(text)
@@ -475,9 +537,10 @@ def provenance_items(runs: pd.DataFrame) -> list[tuple[str, str]]:
         device = column("sys_device")
         name = column("sys_device_name")
         labels = []
-        for i in range(n):
-            parts = [str(s.iloc[i]) for s in (device, name)
-                     if s is not None and not _missing(s.iloc[i])]
+        pairs = zip(*[[None] * n if s is None else s.tolist() for s in (device, name)],
+                    strict=True)
+        for pair in pairs:
+            parts = [str(v) for v in pair if v is not None and not _missing(v)]
             labels.append(": ".join(parts) if parts else "unknown")
         items.append(("devices", counted(labels)))
     items.append(("execution", counted(executions(runs))))

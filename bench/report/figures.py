@@ -15,12 +15,10 @@ import numpy as np
 import pandas as pd
 
 from bench.metrics.loglog import fit_slope
-from bench.report.data import _family, _family_label, factor_metric_protocols
+from bench.report.data import SAMPLE_KINDS, _family, _family_label, factor_metric_protocols
 from bench.report.references import reference_matches, reference_value_column
 from bench.report.values import _fmt_value, _key, _mean_std, _missing, _num, _numeric, _py
 from bench.suite import Reference
-
-SAMPLE_KINDS = ("prior", "reconstruction", "original")
 
 
 def _line_labels(table: pd.DataFrame, exclude: Iterable[str]) -> list[str]:
@@ -422,8 +420,16 @@ def curve_data(runs: pd.DataFrame, curves: pd.DataFrame, order: Sequence[str] = 
     if curves is None or curves.empty or not {"run_id", "epoch", "train_bound"} <= set(
             curves.columns):
         return None
-    in_unit = np.array([(f.curve_unit if (f := _family(row)) is not None else "epoch") == unit
-                        for _, row in runs.iterrows()], dtype=bool)
+    units: dict[tuple[Any, Any], bool] = {}  # a family per (dataset, model), not per run
+    flags = []
+    for key in zip(runs.get("cfg_dataset", pd.Series([None] * len(runs))),
+                   runs.get("cfg_model", pd.Series([None] * len(runs))), strict=True):
+        flag = units.get(key)
+        if flag is None:
+            family = _family({"cfg_dataset": key[0], "cfg_model": key[1]})
+            flag = units[key] = (family.curve_unit if family is not None else "epoch") == unit
+        flags.append(flag)
+    in_unit = np.array(flags, dtype=bool)
     finished = runs[(runs["status"] == "finished").to_numpy() & in_unit][["run_id", "variant"]]
     merged = curves.merge(finished, on="run_id", how="inner")
     merged = merged.assign(train_bound=pd.to_numeric(merged["train_bound"], errors="coerce"))

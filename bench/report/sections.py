@@ -57,6 +57,7 @@ from bench.report.tables import (
 )
 from bench.report.values import _missing
 from bench.suite import Card
+from bench.toys import bimodal_target
 
 
 def card_blocks(card: Card | None, budgets: Sequence[str], rows: int) -> list[Block]:
@@ -78,10 +79,13 @@ def card_blocks(card: Card | None, budgets: Sequence[str], rows: int) -> list[Bl
 
 
 class _Report:
-    """Accumulates blocks and figures for one report directory."""
+    """Accumulates the blocks and figures of one page. The PNGs are drawn into `out`/`folder`
+    (a folder per suite page keeps a report directory of a hundred figures browsable) and a
+    figure's filename is that path relative to `out`, where the page is written."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, folder: str = "") -> None:
         self.out = out
+        self.folder = folder
         self.blocks: list[Block] = []
         self.images: dict[str, bytes] = {}
         self._names: set[str] = set()
@@ -96,8 +100,9 @@ class _Report:
         while candidate in self._names:
             candidate, i = f"{name}-{i}", i + 1
         self._names.add(candidate)
-        filename = f"{candidate}.png"
+        filename = f"{self.folder}/{candidate}.png" if self.folder else f"{candidate}.png"
         path = self.out / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
         draw(path, title)
         self.images[filename] = path.read_bytes()
         self.add(Figure(filename, caption, len(self.images), title))
@@ -226,13 +231,6 @@ def _reference_section(report: _Report, data: SuiteData) -> None:
         report.add(Bullets([("note", n) for n in notes]))
 
 
-def _plot_bimodal_fits(*args, **kwargs):
-    """bench.toys.bimodal.plot_fits, imported (with torch) only when a report draws it."""
-    from bench.toys import bimodal
-
-    return bimodal.plot_fits(*args, **kwargs)
-
-
 def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataFrame,
                    summary: pd.DataFrame, order: Sequence[str]) -> None:
     from bench import plots
@@ -272,7 +270,7 @@ def _plots_section(report: _Report, data: SuiteData, budget: str, runs: pd.DataF
         "Bimodal toy: one Gaussian q fitted to a target with two well-separated modes by "
         "reverse KL(q||p) (mode-seeking) and forward KL(p||q) (mass-covering), drawn over "
         f"the target density ({where}).",
-        f"One Gaussian fitted to two modes ({name}, {budget})", _plot_bimodal_fits)
+        f"One Gaussian fitted to two modes ({name}, {budget})", bimodal_target.plot_fits)
 
     _family_figures(report, data, summary, runs, stem, where, seeds)
 

@@ -17,12 +17,13 @@ from bench.report.data import (
     QUALITY_METRICS,
     STATUS_COLUMNS,
     MetricSpec,
+    SuiteOverview,
     _family,
     metric_headings,
     plugin_metrics,
     present_metrics,
 )
-from bench.report.document import Table
+from bench.report.document import Link, Table
 from bench.report.values import _fmt_value, _key, _num
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -165,3 +166,18 @@ def semisupervised_table(data: pd.DataFrame) -> Table:
     return Table(["labelled N", "M2 test error (%)", "supervised only (%)",
                   "M2 - supervised (points)", "seeds (M2 / sup.)"], rows,
                  [True, True, True, True, True])
+
+
+def index_table(rows: Sequence[SuiteOverview], pages: Mapping[str, str]) -> Table:
+    """The report's index: one row per suite, its name linking to its page (`pages`: suite ->
+    the page's stem), with its budgets, runs per status and when its last run ended."""
+    cells: list[list[str | Link]] = []
+    for row in rows:
+        cells.append([
+            Link(row.name, pages[row.name]), row.description,
+            ", ".join(f"{b} ({n})" for b, n in row.budgets), f"{row.runs:,}",
+            *(f"{n:,}" for _, n in row.status),
+            row.last_run.strftime("%Y-%m-%d %H:%M UTC") if row.last_run is not None
+            else "not recorded"])
+    return Table(["suite", "description", "budgets (runs)", "runs", *STATUS_COLUMNS,
+                  "last run ended"], cells, [False, False, False, True, True, True, True, True])

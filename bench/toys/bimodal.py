@@ -10,7 +10,8 @@ q(z) = N(mu, sigma^2) from the same start in two ways:
              function the forward-KL encoder uses); mass-covering, q spans both modes.
 
 `fit` returns the fitted q, the probability mass it puts on each mode (z < 0, z > 0) and
-both KL values computed by quadrature on a fine grid.
+both KL values computed by quadrature on a fine grid. The target and the drawing of fits are
+torch-free (`bench.toys.bimodal_target`), so a report draws a stored fit without torch.
 """
 
 from __future__ import annotations
@@ -19,24 +20,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.errors import make_directory
 from bench.objectives import wake_phi_surrogate
+from bench.toys.bimodal_target import TARGET, Target, grid, plot_fits
 
 DIRECTIONS = ("reverse", "forward")
-
-
-@dataclass(frozen=True)
-class Target:
-    separation: float = 4.0  # m: the modes sit at -m and +m
-    scale: float = 0.6  # s: each mode's standard deviation
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        modes = torch.stack([z + self.separation, z - self.separation])
-        log_component = -0.5 * (modes / self.scale) ** 2 - math.log(
-            self.scale * math.sqrt(2 * math.pi))
-        return torch.logsumexp(log_component, dim=0) - math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -56,7 +47,7 @@ class Fit:
 
 def fit(
     direction: str,
-    target: Target = Target(),
+    target: Target = TARGET,
     *,
     steps: int = 2000,
     k: int = 64,
@@ -76,11 +67,11 @@ def fit(
         z = mu + torch.exp(log_sigma) * eps  # (k,)
         if direction == "reverse":
             log_q = -0.5 * eps**2 - log_sigma - 0.5 * math.log(2 * math.pi)
-            loss = (log_q - target.log_prob(z)).mean()
+            loss = (log_q - _target_log_prob(target, z)).mean()
         else:
             z = z.detach()
             log_q = _normal_log_prob(z, mu, log_sigma)
-            log_w = target.log_prob(z) - log_q
+            log_w = _target_log_prob(target, z) - log_q
             loss = -wake_phi_surrogate(log_w.unsqueeze(1), log_q.unsqueeze(1)).sum()
         optimizer.zero_grad()
         loss.backward()
@@ -89,12 +80,18 @@ def fit(
     return _describe(direction, target, mu, sigma)
 
 
-def density_grid(target: Target, fitted: Fit, n: int = 4001) -> dict[str, torch.Tensor]:
+def density_grid(target: Target, fitted: Fit, n: int = 4001) -> dict[str, np.ndarray]:
     """z, target density and fitted density on a grid covering both modes (for plots)."""
-    reach = max(target.separation + 4 * target.scale, abs(fitted.mean) + 4 * fitted.std)
-    z = torch.linspace(-reach, reach, n, dtype=torch.float64)
-    log_q = _normal_log_prob(z, torch.tensor(fitted.mean), torch.tensor(math.log(fitted.std)))
-    return {"z": z, "target": target.log_prob(z).exp(), "fitted": log_q.exp()}
+    z, density, q = grid(target, {"fitted": (fitted.mean, fitted.std)}, n)
+    return {"z": z, "target": density, "fitted": q["fitted"]}
+
+
+def _target_log_prob(target: Target, z: torch.Tensor) -> torch.Tensor:
+    """log p(z) of `target` in torch (differentiable, for the reverse-KL fit)."""
+    modes = torch.stack([z + target.separation, z - target.separation])
+    log_component = -0.5 * (modes / target.scale) ** 2 - math.log(
+        target.scale * math.sqrt(2 * math.pi))
+    return torch.logsumexp(log_component, dim=0) - math.log(2.0)
 
 
 def _normal_log_prob(z, mu, log_sigma):
@@ -109,28 +106,14 @@ def _describe(direction: str, target: Target, mu: float, sigma: float) -> Fit:
     reach = max(target.separation + 10 * target.scale, abs(mu) + 10 * sigma)
     z = torch.linspace(-reach, reach, 40001, dtype=torch.float64)
     dz = z[1] - z[0]
-    log_p, log_q = target.log_prob(z), normal.log_prob(z)
+    log_p, log_q = _target_log_prob(target, z), normal.log_prob(z)
     p, q = log_p.exp(), log_q.exp()
     kl_reverse = float(torch.sum(q * (log_q - log_p)) * dz)
     kl_forward = float(torch.sum(p * (log_p - log_q)) * dz)
     return Fit(direction, mu, sigma, left, 1.0 - left, kl_reverse, kl_forward)
 
 
-def plot_fits(fits: dict[str, tuple[float, float]], path: Path, *, title: str,
-              target: Target = Target()) -> Path:
-    """Draw the target density and each fitted N(mean, std^2) ({label: (mean, std)})."""
-    from bench import plots
-
-    reach = max([target.separation + 4 * target.scale]
-                + [abs(m) + 4 * s for m, s in fits.values()])
-    z = torch.linspace(-reach, reach, 4001, dtype=torch.float64)
-    fitted = {label: _normal_log_prob(z, torch.tensor(m), torch.tensor(math.log(s))).exp().numpy()
-              for label, (m, s) in fits.items()}
-    return plots.bimodal_fits(z.numpy(), target.log_prob(z).exp().numpy(), fitted, path,
-                              title=title)
-
-
-def report(out: Path, target: Target = Target(), seed: int = 0) -> tuple[list[Fit], Path]:
+def report(out: Path, target: Target = TARGET, seed: int = 0) -> tuple[list[Fit], Path]:
     """Fit both directions, plot the fitted densities over the target into `out`, and
     return the fits and the PNG's path."""
     make_directory(out, "output directory")  # before fitting: a bad --out fails at once

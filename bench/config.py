@@ -189,6 +189,7 @@ class RunConfig:
         object.__setattr__(clone, "seed", seed)
         clone.__dict__.pop("_canonical", None)
         clone.__dict__.pop("_hash", None)
+        object.__setattr__(clone, "_plain_values", {**self._values(), "seed": seed})
         return clone
 
     def param(self, name: str) -> Any:
@@ -211,8 +212,15 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON-able values (lists for tuples, a dict of
         params)."""
-        values = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        values["params"] = dict(self.params)
+        return _fresh(self._values())
+
+    def _values(self) -> dict[str, Any]:
+        """to_dict's values, computed once per config (frozen) and shared: never mutate."""
+        values = self.__dict__.get("_plain_values")
+        if values is None:
+            values = {f.name: _plain(getattr(self, f.name)) for f in _FIELDS}
+            values["params"] = dict(self.params)
+            object.__setattr__(self, "_plain_values", values)
         return values
 
     def flat_dict(self) -> dict[str, Any]:
@@ -235,7 +243,7 @@ class RunConfig:
         cached = self.__dict__.get("_canonical")
         if cached is not None and cached[0] == code:
             return cached[1]
-        values = self.to_dict()
+        values = dict(self._values())  # keys are removed below, nested values only read
         for name, default in LATER_FIELDS.items():
             if values[name] == default:
                 del values[name]
@@ -320,6 +328,16 @@ class RunConfig:
 
 
 PARAMS_PREFIX = "params."
+_FIELDS = dataclasses.fields(RunConfig)
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of plain JSON-like `value` (dicts and lists copied, leaves shared)."""
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value
 
 
 def config_from_dict(values: Mapping[str, Any], *, where: str = "config") -> RunConfig:

@@ -182,3 +182,11 @@ def test_with_seed_is_the_config_built_at_that_seed():
     assert cfg.run_id == first_id and cfg.seed == 0  # the original is untouched
     with pytest.raises(BenchError, match="key 'seed' must be an integer, got '1'"):
         cfg.with_seed("1")
+    # to_dict hands out a copy of the values the identity is computed from (cached, shared
+    # with the copies at other seeds): a caller editing it must not change any run_id
+    values = seven.to_dict()
+    values["hidden"][0].append(7)
+    values["params"]["m"] = 4
+    values["seed"] = 8
+    assert seven.to_dict() == built.to_dict()
+    assert cfg.with_seed(7).run_id == built.run_id == seven.run_id

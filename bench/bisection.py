@@ -119,7 +119,7 @@ def bisect(repo: Path, results: Path, suite: str, variant: str, metric: str, goo
             if near + Z * se < far - Z * se and near <= threshold:
                 break
             n = len(found.values)
-            if n >= max_seeds:
+            if n >= max_seeds or (seeds is not None and n < seeds):  # or no more seeds ran
                 say(f"undecided between {chain[lo].short} and {chain[hi].short}: "
                     f"{chain[mid].short} measures {found.mean:.4g} +- {se:.2g} with {n} seeds, "
                     f"not within the threshold {threshold:g} of either end ({ends[0].mean:.4g}"

@@ -32,14 +32,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-try:  # POSIX; without it claims are written whole but not locked against each other
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from bench import store
 
 CLAIMS = "claims"
 DEFAULT_STALE_AFTER = 60.0  # seconds without a heartbeat before a claim may be taken over
@@ -81,7 +77,7 @@ def read_claim(path: Path) -> Claim | None:
     """The claim at `path`; None where there is none. A file that is not a claim (written by
     hand, or by another version) reads as a claim whose heartbeat stopped long ago."""
     try:
-        text = path.read_text()
+        text = path.read_bytes()  # bytes: json decodes them, bad UTF-8 is a ValueError
     except FileNotFoundError:
         return None
     try:
@@ -225,14 +221,5 @@ class Claims:
                 tmp.unlink()
             raise
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        if fcntl is None:  # pragma: no cover
-            yield
-            return
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return store._run_lock(self.dir / ".lock")  # flock; not locked without fcntl

@@ -93,7 +93,7 @@ def compact(results: str | Path, suites: Sequence[str] = (), *,
     base = root / store.RUNS
     if not base.is_dir():
         raise BenchError(f"{root} is not a results store (it has no {store.RUNS}/ directory)")
-    present = sorted(p.name[len("suite="):] for p in base.glob("suite=*") if p.is_dir())
+    present = store.list_suites(root)
     for name in suites:
         store.check_suite_name(name)
         if name not in present:
@@ -101,7 +101,15 @@ def compact(results: str | Path, suites: Sequence[str] = (), *,
                              f"{', '.join(present) or 'none'})")
     if max_runs < 1:
         raise BenchError(f"max_runs must be at least 1, got {max_runs}")
-    return [_compact_suite(root, name, max_runs) for name in (list(suites) or present)]
+    done = []
+    for name in list(suites) or present:
+        try:
+            done.append(_compact_suite(root, name, max_runs))
+        except OSError as err:  # a full disk, a read-only store: rerun to finish, nothing lost
+            where = f" {err.filename}:" if err.filename else ""
+            raise BenchError(f"cannot compact suite {name}:{where} "
+                             f"{err.strerror or store._one_line(err)}") from None
+    return done
 
 
 # Each write and removal goes through these two (tests make them fail at the n-th call).
@@ -176,7 +184,7 @@ def _compact_suite(root: Path, suite: str, max_runs: int) -> Compaction:
                 side = _read_loose(dirs[kind] / path.name)
                 snapshots[kind] = side[1] if side is not None else None
                 sides[kind] = side
-            if any(side is None and snapshots[kind] is None and (dirs[kind] / path.name).exists()
+            if any(side is None and (dirs[kind] / path.name).exists()
                    for kind, side in sides.items()):  # an unreadable side file: leave the run
                 kept += 1
                 continue
@@ -257,20 +265,20 @@ def _snapshot(path: Path) -> Snapshot:
 def _read_loose(path: Path) -> tuple[pa.Table, Snapshot] | None:
     """A loose file's rows and the identity of the file they were read from (fstat of the
     open file, so a file renamed over it meanwhile is never mistaken for it); None where
-    absent, unreadable or not of this schema version."""
+    absent, unreadable, not of this schema version or not only rows of the run it names."""
     try:
         with open(path, "rb") as handle:
             stat = os.fstat(handle.fileno())
             table = pq.ParquetFile(handle).read()
-    except FileNotFoundError:
-        return None
-    except (pa.ArrowException, OSError, ValueError):
+    except (pa.ArrowException, OSError, ValueError):  # OSError: also a file gone meanwhile
         return None
     if "run_id" not in table.column_names or "schema_version" not in table.column_names:
         return None
     versions = pc.unique(table.column("schema_version")).to_pylist()
     if versions != [store.SCHEMA_VERSION]:
         return None
+    if pc.unique(table.column("run_id")).to_pylist() != [path.stem]:
+        return None  # not one run's file as write_run leaves it (copied in): its rows stay
     return table, (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 

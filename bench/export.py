@@ -53,7 +53,6 @@ behind MLFLOW_ALLOW_FILE_STORE=true). Without the extra, a one-line error names 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import hashlib
 import html
@@ -77,7 +76,7 @@ import numpy as np
 import pandas as pd
 
 from bench import store
-from bench.config import RunConfig
+from bench.config import _INT_FIELDS  # the config's int fields, as it coerces them
 from bench.errors import BenchError, make_directory
 from bench.suite import filter_matches, parse_filters
 
@@ -89,8 +88,6 @@ RUN_ID_TAG = "vaebench.run_id"  # MLflow: how a vaebench run's tracker run is fo
 FINGERPRINT_TAG = "vaebench.fingerprint"  # MLflow: set last; its absence = a partial export
 #: keys a --filter may use besides the config's: compared as text with the row's own columns
 TEXT_FILTER_KEYS = ("name", "variant", "status", "budget", "run_id")
-_INT_FIELDS = {f.name for f in dataclasses.fields(RunConfig)
-               if str(f.type).split("|")[0].strip() == "int"}
 _CURVE_SKIP = ("run_id", "suite", "schema_version", "epoch")
 
 

@@ -30,9 +30,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -124,19 +126,28 @@ def history_file(results: Path, suite: str, commit: Commit, machine: str) -> Pat
     return history_dir(results, suite) / f"{commit.sha}{dirty}-{_slug(machine)}.parquet"
 
 
+def _read(path: Path, reader: Callable[..., Any] = pq.read_table, **kwargs: Any) -> Any:
+    """`reader(path, **kwargs)`, a file that is not Parquet a BenchError naming it."""
+    try:
+        return reader(path, **kwargs)
+    except (OSError, pa.ArrowException) as err:
+        raise BenchError(f"history file {path} is unreadable ({type(err).__name__}); "
+                         "move it away and track that commit again") from None
+
+
 def tracked_run_ids(results: Path, suite: str, commit: Commit, machine: str) -> set[str]:
     """The run_ids of `suite` already in the history at this commit on this machine (none for
     a dirty tree: its code may have changed since, so it always runs again)."""
     if commit.dirty:
         return set()
     path = history_file(results, suite, commit, machine)
-    found = set(store.read_rows(path, columns=["run_id"])["run_id"]) if path.exists() else set()
+    found = set(_read(path, store.read_rows, columns=["run_id"])["run_id"]) if path.exists() \
+        else set()
     for pack in history_dir(results, suite).glob(f"{PACK_PREFIX}*.parquet"):
-        rows = pq.read_table(pack, columns=["run_id", "hist_commit", "hist_machine",
-                                            "hist_dirty"],
-                             filters=[("hist_commit", "=", commit.sha),
-                                      ("hist_machine", "=", machine),
-                                      ("hist_dirty", "=", False)])
+        rows = _read(pack, columns=["run_id", "hist_commit", "hist_machine", "hist_dirty"],
+                     filters=[("hist_commit", "=", commit.sha),
+                              ("hist_machine", "=", machine),
+                              ("hist_dirty", "=", False)])
         found |= set(rows.column("run_id").to_pylist())
     return found
 
@@ -156,7 +167,7 @@ def append(results: Path, suite: str, commit: Commit, machine: str,
     rows["hist_tracked_at"] = datetime.now(UTC).isoformat(timespec="microseconds")
     path = history_file(results, suite, commit, machine)
     if path.exists():
-        rows = pd.concat([store.read_rows(path), rows], ignore_index=True)
+        rows = pd.concat([_read(path, store.read_rows), rows], ignore_index=True)
         rows = rows.drop_duplicates(subset=list(KEY), keep="last")
     path.parent.mkdir(parents=True, exist_ok=True)
     store.write_rows(rows.to_dict("records"), path)
@@ -169,7 +180,7 @@ def append(results: Path, suite: str, commit: Commit, machine: str,
 def _pack(files: list[Path]) -> Path:
     """Merge loose history files into one pack (written atomically, then the loose files
     removed; a reader in between sees a row twice, which load_history drops)."""
-    frame = pa.concat_tables([pq.read_table(f) for f in files],
+    frame = pa.concat_tables([_read(f) for f in files],
                              promote_options="permissive").to_pandas()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     pack = files[0].parent / f"{PACK_PREFIX}{stamp}.parquet"
@@ -188,13 +199,7 @@ def load_history(results: Path, suite: str | None = None) -> pd.DataFrame:
     files = [f for folder in folders if folder.is_dir() for f in sorted(folder.glob("*.parquet"))]
     if not files:
         return pd.DataFrame()
-    tables = []
-    for path in files:
-        try:
-            tables.append(pq.read_table(path))
-        except (OSError, pa.ArrowException) as err:
-            raise BenchError(f"history file {path} is unreadable ({type(err).__name__}); "
-                             "move it away and track that commit again") from None
+    tables = [_read(path) for path in files]
     frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
     # committer dates carry their own UTC offsets (git %cI): order by the instant, not text
     instant = pd.to_datetime(frame["hist_commit_date"], utc=True, errors="coerce")

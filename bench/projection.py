@@ -43,7 +43,7 @@ import re
 import socket
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,38 +151,14 @@ class StoredRate:
     wall_seconds: float
 
 
-def _plain(value):
-    """Stored values as plain Python (Parquet's nested lists read back as numpy arrays)."""
-    if hasattr(value, "tolist") and not isinstance(value, str):
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)  # a stored column with NaN holds its ints as floats
-    return value
-
-
-def _show(value) -> str:
-    value = _plain(value)
-    if value is None or (isinstance(value, float) and value != value):
-        return "unset"
-    return str(value)
-
-
-def _variant_key(values: Iterable[tuple[str, object]]) -> tuple[str, ...]:
-    """A config without its seed, as comparable text (a stored float 2.0 reads as 2; unset
-    values, None or a column older rows lack, are left out on both sides)."""
-    shown = ((k, _show(v)) for k, v in values if k != "seed")
-    return tuple(sorted(f"{k}={text}" for k, text in shown if text != "unset"))
-
-
-def stored_rates(runs, machine: Machine) -> dict[tuple[str, ...], StoredRate]:
-    """Finished rows of this machine, by their config without the seed (the last wins);
-    rows of a stack (sys_stack_size > 1) share a step and do not stand for a solo run."""
-    out: dict[tuple[str, ...], StoredRate] = {}
+def stored_rates(runs, machine: Machine) -> dict[str, StoredRate]:
+    """Finished rows of this machine, by their config without the seed
+    (bench.compare.variant_key; the last wins); rows of a stack (sys_stack_size > 1) share
+    a step and do not stand for a solo run."""
+    out: dict[str, StoredRate] = {}
     if runs is None or runs.empty:
         return out
-    cfg_columns = [c for c in runs.columns if c.startswith("cfg_")]
+    from bench.compare import variant_key
 
     def col(row: dict, name: str):
         value = row.get(name)
@@ -201,11 +177,10 @@ def stored_rates(runs, machine: Machine) -> dict[tuple[str, ...], StoredRate]:
         stack = col(row, "sys_stack_size")
         if stack is not None and int(stack) > 1:
             continue
-        key = _variant_key((c[len("cfg_"):], row.get(c)) for c in cfg_columns)
-        out[key] = StoredRate(str(row.get("run_id")),
-                              float(col(row, "metric_train_samples_per_s") or math.nan),
-                              float(col(row, "metric_eval_samples_per_s") or math.nan),
-                              float(col(row, "sys_wall_seconds") or math.nan))
+        out[variant_key(row)] = StoredRate(
+            str(row.get("run_id")), float(col(row, "metric_train_samples_per_s") or math.nan),
+            float(col(row, "metric_eval_samples_per_s") or math.nan),
+            float(col(row, "sys_wall_seconds") or math.nan))
     return out
 
 
@@ -243,8 +218,10 @@ def read_rates(path: Path) -> GpuRates:
             if m["setting"] != "alone" or int(m["runs"]) != 1 or match is None:
                 continue  # a set of processes or a stack is not one run's rate
             layers, batch, k = (int(g) for g in match.groups())
-            entries.append(GpuEntry(m["case"], str(m["mode"]), layers, batch, k,
-                                    float(m["samples_per_s"])))
+            rate = float(m["samples_per_s"])
+            if not (batch > 0 and k > 0 and rate > 0 and math.isfinite(rate)):
+                raise ValueError(f"case {m['case']} at {rate} samples/s is not a rate")
+            entries.append(GpuEntry(m["case"], str(m["mode"]), layers, batch, k, rate))
         evaluation = {key.split("_")[0]: float(value)
                       for key, value in dict(report.get("evaluation") or {}).items()}
         return GpuRates(Path(path), str(report["device"]), tuple(entries), evaluation)
@@ -345,8 +322,12 @@ class Projector:
         return self._calibrated[key]
 
     def here(self, cfg: RunConfig, work: Work | None) -> tuple[float | None, str]:
-        stored = (self.stored.get(_variant_key(cfg.flat_dict().items())) if self.stored
-                  else None)
+        stored = None
+        if self.stored:
+            from bench.compare import variant_key
+
+            stored = self.stored.get(variant_key({f"cfg_{k}": v
+                                                  for k, v in cfg.flat_dict().items()}))
         if work is None:
             if stored is not None and math.isfinite(stored.wall_seconds):
                 return stored.wall_seconds, f"stored wall time of {stored.run_id} (this machine)"

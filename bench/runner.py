@@ -46,7 +46,7 @@ from bench import config as bench_config
 from bench import plugins, provenance, store
 from bench.claims import DEFAULT_STALE_AFTER, Claims
 from bench.errors import BenchError
-from bench.eta import ProgressLines
+from bench.eta import ProgressLines, clock_text
 from bench.families.registry import FAMILIES
 from bench.plugins import Plugin
 from bench.suite import Suite, Variant, filter_variants
@@ -621,11 +621,7 @@ class _Grid:
         else:
             kept += ": rerun to run the rest"
         path = err.filename or self.options.results
-        return StoreFault(f"cannot write {path}: {err.strerror or _one_line(err)}: {kept}")
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+        return StoreFault(f"cannot write {path}: {err.strerror or store._one_line(err)}: {kept}")
 
 
 def _run_locally(grid: _Grid) -> None:
@@ -813,12 +809,12 @@ class Progress:
         to_run = s.total - s.cached
         done = self._done()
         elapsed = time.perf_counter() - self.start
-        eta = "--" if done == 0 else _duration(elapsed / done * (to_run - done))
+        eta = "--" if done == 0 else clock_text(elapsed / done * (to_run - done))
         running = min(self.running, to_run - done)
         others = f"  by others {s.by_others}" if s.by_others else ""
         waiting = f"  {self._waiting}" if self._waiting else ""
         return (f"[{done}/{to_run}] done {s.statuses.get('finished', 0)}  running {running}  "
-                f"failed {s.failed}  cached {s.cached}{others}  elapsed {_duration(elapsed)}  "
+                f"failed {s.failed}  cached {s.cached}{others}  elapsed {clock_text(elapsed)}  "
                 f"ETA {eta}{waiting}")
 
     def refresh(self) -> None:
@@ -859,7 +855,3 @@ def _landed_line(variant: Variant, row: dict) -> str:
                                                                                     or "")
     return f"{status:<8} {variant.name} seed={variant.seed} ({variant.run_id})  {detail}"
 
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

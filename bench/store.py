@@ -134,6 +134,11 @@ def _suite_dir(results: Path, kind: str, suite: str) -> Path:
     return results / kind / f"suite={_check_suite(suite)}"
 
 
+def list_suites(results: Path, kind: str = RUNS) -> list[str]:
+    """The suites with a directory under <results>/<kind>, sorted."""
+    return sorted(p.name[len("suite="):] for p in (results / kind).glob("suite=*") if p.is_dir())
+
+
 def _check_suite(suite: str) -> str:
     if not isinstance(suite, str) or not _SAFE_NAME.match(suite):
         raise BenchError(
@@ -611,8 +616,7 @@ def _load(results: str | Path | None, kind: str, suite: str | None, skip_corrupt
                       if p is not None]
             pieces = [p[p["suite"] == suite] for p in pieces]
     else:
-        suites = [_check_suite(suite)] if suite is not None else sorted(
-            p.name[len("suite="):] for p in (root / kind).glob("suite=*") if p.is_dir())
+        suites = [_check_suite(suite)] if suite is not None else list_suites(root, kind)
         chosen = None if run_ids is None else frozenset(run_ids)
         pieces = [piece for name in suites
                   for piece in _read_suite(root, kind, name, wanted, skip_corrupt, chosen)]

@@ -1,9 +1,9 @@
 """Planning and `vaebench run --dry-run` of a sweep of 10^5 runs (issue 27, part 3): linear
 in the number of runs. Before: the listing sorted with `suite.variants.index` (each
 comparison a config's canonical JSON, recomputed) and `explain` scanned every stored row per
-run: this grid's dry-run took 57 s at 4,000 runs and 315 s at 8,000 on the shared 2-core
-machine (the issue: 4,000 5 s, 16,000 74 s). After: 4,000 10 s, 16,000 15 s and 10^5
-about 20 s there, most of it load_suite (validating 10^5 configs) and torch's import.
+run: this grid's dry-run took 315 s at 8,000 runs on the shared 2-core machine (the issue:
+4,000 5 s, 16,000 74 s). After: 10^5 about 20 s there, most of it load_suite (validating
+10^5 configs) and torch's import.
 
 The suite: a grid of 10 cells x 10,000 seeds on the digits data set (written into a tmp
 dir). The dry-run projects the cost with --no-calibrate (FLOPs per distinct architecture,

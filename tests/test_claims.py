@@ -102,6 +102,9 @@ def test_a_claim_whose_heartbeat_stopped_is_taken_over_and_a_live_one_is_not(tmp
     garbage = write_claim(tmp_path, "garbage")
     garbage.write_text("{not json")  # not a claim: as good as a stopped one
     assert fresh.claim("garbage") is None
+    binary = write_claim(tmp_path, "binary")
+    binary.write_bytes(b"\xff\xfe\x00")  # not even UTF-8: no traceback either
+    assert fresh.claim("binary") is None
 
 
 def test_on_the_same_host_a_claim_of_a_dead_process_is_stale_at_once(tmp_path):

@@ -282,6 +282,36 @@ def test_bisect_adds_seeds_to_a_noisy_probe_and_says_undecided_rather_than_guess
     assert said[-1].startswith("undecided between")
 
 
+def test_bisect_stops_undecided_when_more_seeds_do_not_come(tmp_path, monkeypatch):
+    # Guards against: a probe asking for more seeds that never come (the extra runs fail)
+    # being retrained forever instead of ending undecided with the range.
+    from bench import bisection
+
+    commits = [history.Commit(f"{c}" * 40, "2026-01-01T00:00:00+00:00", f"commit {c}", False)
+               for c in "abc"]
+    monkeypatch.setattr(history, "current_commit",
+                        lambda repo, rev="HEAD": next(c for c in commits if c.sha == rev))
+    monkeypatch.setattr(history, "commits_in", lambda repo, spec: [c.sha for c in commits[1:]])
+    centre = {"a": (-90.2, -89.8, -90.0), "b": (-90.8, -90.2, -90.5), "c": (-91.2, -90.8, -91.0)}
+    tracked: list[str] = []
+
+    def track(suite, budget, sha, results, repo, *, seeds=None, **kw):
+        tracked.append(sha[0])
+        if len(tracked) > 10:
+            raise AssertionError(f"retrained without end: {tracked}")
+        return history.Tracked(history.current_commit(repo, sha), "box", 3, 0, {}, 0.0, None)
+
+    monkeypatch.setattr(bisection, "_values",
+                        lambda results, suite, variant, metric, commit, machine:
+                        centre[commit.sha[0]])  # never more than 3 seeds
+    monkeypatch.setattr(history, "track_commit", track)
+    said: list[str] = []
+    found = bisection.bisect(tmp_path, tmp_path, "s", "v", "test_ll", "a" * 40, "c" * 40,
+                             max_seeds=12, say=said.append)
+    assert found.verdict == "undecided" and tracked == ["b"], said
+    assert said[-1].startswith("undecided between")
+
+
 def test_the_history_is_ordered_by_the_commits_instants_across_time_zones(tmp_path):
     # Guards against: ordering by the date's text, where git writes each committer's own
     # offset: 10:00+02:00 (08:00 UTC) sorts after 09:00+00:00 as text, before it in time.

@@ -88,6 +88,17 @@ def test_another_machines_rate_is_not_used(monkeypatch, other):
     assert unknown.project(cfg).here_s is None
 
 
+def test_a_row_older_than_a_later_field_is_the_same_variant():
+    """A row stored before snr_draws existed lacks its column (NaN beside newer rows): at
+    the field's default it is the same variant, as for the run_id and bench.compare."""
+    cfg = tiny()
+    old = stored_row(cfg)
+    del old["cfg_snr_draws"]
+    p = Projector(MACHINE, pd.DataFrame([old, stored_row(cfg.replace(k=4), seed=2)]),
+                  calibrate=False).project(cfg)
+    assert p.here_source == "stored rates of stored1box (same variant, this machine)"
+
+
 def test_another_variants_rate_is_not_used():
     cfg = tiny()
     runs = pd.DataFrame([stored_row(cfg.replace(k=4))])
@@ -152,6 +163,11 @@ def test_a_rates_file_of_another_shape_is_one_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"device": "x"}')
     with pytest.raises(BenchError, match=r"--rates .*bad.json: not a benchmarks/gpu_thr"):
+        projection.read_rates(bad)
+    zero = json.loads(rates_file(tmp_path).read_text())
+    zero["measures"][0]["samples_per_s"] = 0  # was a ZeroDivisionError at projection time
+    bad.write_text(json.dumps(zero))
+    with pytest.raises(BenchError, match=r"case 1layer-b20-k5 at 0.0 samples/s is not a rate"):
         projection.read_rates(bad)
     with pytest.raises(BenchError, match="cannot read it"):
         projection.read_rates(tmp_path / "absent.json")

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -174,6 +175,33 @@ def test_compacted_files_are_bounded_and_small_ones_merged(tmp_path):
     assert files(tmp_path) == ["compacted+00000001.parquet", "compacted+00000002.parquet",
                                "compacted+00000004.parquet"]
     assert len(store.load_runs(tmp_path)) == 13
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(template, tmp_path, monkeypatch):
+    results = shutil.copytree(template, tmp_path / "full")
+    before = view(results)
+
+    def full(table, path):
+        raise store.StoreWriteError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(compaction, "_write", full)
+    with pytest.raises(BenchError, match=r"cannot compact suite s1: .*compacted\+.*: No space"):
+        compaction.compact(results)
+    monkeypatch.undo()
+    assert_same(view(results), before)
+
+
+def test_a_loose_file_not_of_the_run_it_names_stays_loose(tmp_path):
+    populate(tmp_path, range(4))
+    runs_dir = tmp_path / "runs" / "suite=s1"
+    both = pq.read_table(sorted(runs_dir.glob("*.parquet"))[0])
+    copied = pq.read_table(sorted(runs_dir.glob("*.parquet"))[1])
+    pq.write_table(pa.concat_tables([both, copied], promote_options="permissive"),
+                   runs_dir / "copied-in.parquet")
+    before = view(tmp_path)
+    assert compaction.compact(tmp_path)[0].kept == 1  # its rows would hide behind others'
+    assert "copied-in.parquet" in files(tmp_path)
+    assert_same(view(tmp_path), before)
 
 
 def count_steps(results: Path, monkeypatch) -> int:

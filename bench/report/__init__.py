@@ -37,7 +37,6 @@ paper's text and from the authors' code) follows the rows that name it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import store
@@ -76,15 +75,11 @@ from bench.report.data import (
 from bench.report.document import (
     Block,
     Bullets,
-    Contents,
     Figure,
     Heading,
     Link,
-    Nav,
     Paragraph,
     Table,
-    contents,
-    shifted,
     slug,
     with_anchors,
 )
@@ -113,6 +108,7 @@ from bench.report.history import history_section
 from bench.report.pages import (
     SINGLE_FILE,
     ReportPages,
+    _stamp,
     page_stems,
     write_single_file,
     write_site,
@@ -136,7 +132,6 @@ from bench.report.tables import (
     dropout_ll_table,
     family_summary_tables,
     format_mean_std,
-    index_table,
     inpainting_table,
     reference_table,
     semisupervised_table,
@@ -145,7 +140,7 @@ from bench.report.tables import (
 
 __all__ = [
     # the public API
-    "build_report", "summary_text", "ReportPages", "SINGLE_FILE",
+    "build_report", "build_history_report", "summary_text", "ReportPages", "SINGLE_FILE",
     # bench.report.data
     "ALL_METRICS", "COST_METRICS", "FACTOR_METRIC_NAMES", "INPAINT_MASKS", "INPAINT_METHODS",
     "NEW_METRICS", "QUALITY_METRICS", "STATUS_COLUMNS", "UNSPECIFIED_BUDGET", "MetricSpec",
@@ -164,13 +159,13 @@ __all__ = [
     "prior_iwae_data", "rate_distortion_data", "sample_sets", "sharpness_data",
     "throughput_data", "unit_kl_data",
     # bench.report.document
-    "Block", "Bullets", "Contents", "Figure", "Heading", "Link", "Nav", "Paragraph", "Table",
-    "contents", "shifted", "slug", "with_anchors",
+    "Block", "Bullets", "Figure", "Heading", "Link", "Paragraph", "Table", "slug",
+    "with_anchors",
     # bench.report.pages
     "page_stems",
     # bench.report.tables
     "dropout_ll_table", "format_mean_std", "inpainting_table", "reference_table",
-    "semisupervised_table", "summary_tables", "family_summary_tables", "index_table",
+    "semisupervised_table", "summary_tables", "family_summary_tables",
     # bench.report.sections
     "card_blocks",
     # bench.report.render
@@ -210,9 +205,7 @@ def build_history_report(results: str | Path, out: str | Path, suite: str) -> Pa
     out = make_directory(Path(out), "report directory")
     report = _Report(out)
     report.add(Heading(1, f"vaebench history: {suite}"))
-    report.add(Bullets([
-        ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-        ("results", str(root))]))
+    report.add(Bullets([("generated", _stamp()), ("results", str(root))]))
     if not history_section(report, root, suite, level=2):
         raise BenchError(f"no history of suite '{suite}' in {root}: run `vaebench track "
                          f"{suite}` at some commits first")

@@ -70,8 +70,8 @@ def history_section(report: Any, results: Path, suite: str, level: int = 3) -> b
     report.add(Paragraph(
         "Steps: change points of each series (ruptures' PELT on the per-commit means scaled "
         "by the seeds' spread), kept beyond the metric's practical threshold and with "
-        "Welch's t-test p < 0.05 on the seeds either side; a step at a PROTOCOL bump or a "
-        "torch change is declared, never an alarm (bench/steps.py)."))
+        f"Welch's t-test p < {steps.ALPHA:g} on the seeds either side; a step at a PROTOCOL "
+        "bump or a torch change is declared, never an alarm (bench/steps.py)."))
     opened = open_regressions(found)
     report.add(Heading(level + 1, "Open regressions"))
     if opened.empty:

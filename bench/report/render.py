@@ -34,13 +34,14 @@ def md_escape(text: str) -> str:
     return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _md_href(link: Link) -> str:
-    page = f"{link.page}.md" if link.page else ""
+def _href(link: Link, extension: str) -> str:
+    """The link's target: its page with this renderer's extension, then its anchor."""
+    page = f"{link.page}.{extension}" if link.page else ""
     return page + (f"#{link.anchor}" if link.anchor else "")
 
 
 def _md_link(link: Link) -> str:
-    return f"[{md_escape(link.text)}]({_md_href(link)})"
+    return f"[{md_escape(link.text)}]({_href(link, 'md')})"
 
 
 def _md_cell(cell: str | Link) -> str:
@@ -122,13 +123,9 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def _html_href(link: Link) -> str:
-    page = f"{link.page}.html" if link.page else ""
-    return html.escape(page + (f"#{link.anchor}" if link.anchor else "") or "#")
-
-
 def _html_link(link: Link) -> str:
-    return f'<a href="{_html_href(link)}">{html.escape(link.text)}</a>'
+    href = html.escape(_href(link, "html") or "#")
+    return f'<a href="{href}">{html.escape(link.text)}</a>'
 
 
 def render_html(blocks: Sequence[Block], images: Mapping[str, bytes], title: str, *,

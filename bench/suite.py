@@ -744,14 +744,14 @@ def _expand(spec: _Spec, budget: str | None, where: str, chosen: bool) -> list[V
                 else:
                     config = first.with_seed(seed)
                 name = label or config.label
-                tag = f"'{name}' seed {seed}"
-                if config.run_id in seen:
+                run_id = config.run_id
+                if run_id in seen:
                     raise BenchError(
-                        f"{where}: [grid]/[[variant]]: runs {seen[config.run_id]} and {tag} "
-                        f"resolve to the same config (run_id {config.run_id}){context}; "
-                        f"a grid axis or variant is overridden by a later layer"
+                        f"{where}: [grid]/[[variant]]: runs {seen[run_id]} and "
+                        f"'{name}' seed {seed} resolve to the same config (run_id {run_id})"
+                        f"{context}; a grid axis or variant is overridden by a later layer"
                     )
-                seen[config.run_id] = tag
+                seen[run_id] = f"'{name}' seed {seed}"
                 out.append(Variant(name, config))
     return out
 

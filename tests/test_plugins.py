@@ -761,6 +761,33 @@ def test_a_row_records_the_plugin_code_of_its_config(vr):
     assert row["run_id"] == cfg.run_id
 
 
+def test_a_suite_of_seeds_whose_objective_has_a_param_named_seed(tmp_path):
+    # Guards against: a suite's other seeds (RunConfig.with_seed substitutes the seed into
+    # the first seed's canonical JSON) taking the param's "seed" for the run's, or keeping
+    # the first seed's cached identity where the substitution cannot be used: two runs of a
+    # sweep with one run_id, or a run_id other than the config's own.
+    write(tmp_path / "seeded.py", """
+        from bench.plugins import Param
+
+
+        def register(api):
+            api.objective("seeded", "bench.objectives:make_iwae",
+                          params=[Param("seed", int, 3)])
+        """)
+    path = tiny(tmp_path, "seeded", """
+        objective = "seeded"
+        params = { seed = 0 }
+        """, '"seeded.py"').read_text().replace("seeds = [0]", "seeds = [0, 1, 2]")
+    (tmp_path / "seeded.toml").write_text(path)
+    suite = load_suite(tmp_path / "seeded.toml")
+    assert [v.config.seed for v in suite.variants] == [0, 1, 2]
+    for variant in suite.variants:
+        built = config_from_dict(variant.config.to_dict())
+        assert variant.config.canonical_json() == built.canonical_json()
+        assert variant.config.run_id == built.run_id and built.param("seed") == 0
+    assert len({v.config.run_id for v in suite.variants}) == 3
+
+
 def test_the_report_finds_a_suite_run_from_its_path(tmp_path, monkeypatch):
     # Guards against: a user's suite (run by its path, outside ./suites) reported without
     # its description, references and cards because the report looks suites up by name

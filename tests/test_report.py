@@ -633,3 +633,41 @@ def test_the_report_loads_no_torch(tmp_path):
                 if line.startswith("import time:") and "|" in line]
     assert "bench.report.pages" in imported and "matplotlib" in imported
     assert not [m for m in imported if m == "torch" or m.startswith("torch.")]
+
+
+
+def test_a_sample_grid_shows_each_image_once_at_a_whole_scale(tmp_path):
+    # Guards against: a sample grid that drops, repeats or resamples images (a fractional
+    # scale blends tiles into the separator), shows reconstructions above originals, or
+    # draws the gaps between tiles in a colour an image could have. Three prior samples
+    # (black), two originals (white), two reconstructions (mid gray) of 5x4 pixels.
+    from PIL import Image
+
+    path = plots.sample_grid(np.zeros((3, 5, 4)), np.ones((2, 5, 4)), np.full((2, 5, 4), 0.5),
+                             tmp_path / "g.png", title="t")
+    image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    gap = [int(plots._SEPARATOR[i:i + 2], 16) for i in (1, 3, 5)]
+    is_gap = (image == gap).all(axis=2)
+    scale = 28  # 3 columns of 4 pixels + 4 separators = 16, scaled to the 440-pixel panel
+    # the panels: the prior's (one row of 3) and the pairs' (originals row, reconstructions
+    # row, the third slot of each empty), each a mosaic of 1-pixel separators
+    columns = np.flatnonzero(is_gap.any(axis=0))
+    split = np.flatnonzero(np.diff(columns) > 1)
+    assert len(split) == 1
+    crops = []
+    for cols in (columns[:split[0] + 1], columns[split[0] + 1:]):
+        rows = np.flatnonzero(is_gap[:, cols].any(axis=1))
+        crops.append(image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    assert [c.shape[:2] for c in crops] == [(7 * scale, 16 * scale), (13 * scale, 16 * scale)]
+    mosaics = []
+    for crop in crops:
+        mosaic = crop[::scale, ::scale]
+        assert (np.kron(mosaic, np.ones((scale, scale, 1), dtype=int)) == crop).all()
+        mosaics.append(mosaic)
+    expected = [np.full((7, 16, 3), gap), np.full((13, 16, 3), gap)]
+    for left in (1, 6, 11):
+        expected[0][1:6, left:left + 4] = 0
+    for left in (1, 6):
+        expected[1][1:6, left:left + 4] = 255
+        expected[1][7:12, left:left + 4] = 128
+    assert (mosaics[0] == expected[0]).all() and (mosaics[1] == expected[1]).all()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +150,7 @@ def shown_samples(results: str | Path, name: str, runs: pd.DataFrame, *,
     finished = runs[runs["status"] == "finished"]
     extra = kinds.loc[~kinds["kind"].isin(SAMPLE_KINDS), "run_id"]
     chosen: set[str] = set()
-    for with_images in (set(kinds["run_id"]), set(extra)):
+    for with_images in (kinds["run_id"].unique(), extra.unique()):
         candidates = finished[finished["run_id"].isin(with_images)]
         if "cfg_seed" not in candidates.columns:
             chosen.update(candidates["run_id"])
@@ -190,12 +191,13 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.copy()
     if "budget" not in runs.columns:
         runs["budget"] = UNSPECIFIED_BUDGET
-    runs["budget"] = [UNSPECIFIED_BUDGET if _missing(b) else str(b) for b in runs["budget"]]
+    budget = runs["budget"].astype(object)
+    runs["budget"] = budget.where(budget.notna(), UNSPECIFIED_BUDGET).astype(str)
     for column in ("variant", "status"):
         if column not in runs.columns:
             runs[column] = None
-    runs["variant"] = [str(v) if not _missing(v) else str(r)
-                       for v, r in zip(runs["variant"], runs["run_id"], strict=True)]
+    variant = runs["variant"].astype(object)
+    runs["variant"] = variant.where(variant.notna(), runs["run_id"]).astype(str)
     return runs
 
 
@@ -501,56 +503,51 @@ def provenance_items(runs: pd.DataFrame) -> list[tuple[str, str]]:
     hosts, resources, time range."""
     n = len(runs)
 
-    def counted(values: Iterable[Any]) -> str:
-        values = ["unknown" if _missing(v) else str(v) for v in values]
-        counts = pd.Series(values, dtype=object).value_counts(sort=False)
-        if len(counts) == 1:
-            return f"{counts.index[0]} (all {n} runs)"
-        return "; ".join(f"{value} ({count} runs)" for value, count in counts.items())
-
     def column(name: str) -> pd.Series | None:
         return runs[name] if name in runs.columns else None
 
+    def counted(label: Any, *columns: pd.Series | None) -> str:
+        """Runs per label(*a row's values), in order of first appearance; each distinct row
+        labelled once (a suite of 10^5 runs has a handful)."""
+        counts = _tally(label, n, *columns)
+        if len(counts) == 1:
+            return f"{next(iter(counts))} (all {n} runs)"
+        return "; ".join(f"{value} ({count} runs)" for value, count in counts.items())
+
+    def known(value: Any) -> str:
+        return "unknown" if value is None else str(value)
+
+    def commit_label(commit: Any, dirty: Any) -> str:
+        dirty = _py(dirty) in (True, "True", "true", 1)
+        return known(commit)[:12] + (" (dirty: uncommitted changes)" if dirty else "")
+
+    def device_label(device: Any, name: Any) -> str:
+        return ": ".join(str(v) for v in (device, name) if v is not None) or "unknown"
+
     items: list[tuple[str, str]] = []
-    commits = column("sys_git_commit")
-    if commits is not None:
-        dirty = column("sys_git_dirty")
-        labels = []
-        dirty_flags = [None] * n if dirty is None else dirty.tolist()  # .iloc: 10^5 lookups
-        for commit, dirty_flag in zip(commits.tolist(), dirty_flags, strict=True):
-            text = "unknown" if _missing(commit) else str(commit)[:12]
-            flag = _py(dirty_flag)
-            if flag in (True, "True", "true", 1):
-                text += " (dirty: uncommitted changes)"
-            labels.append(text)
-        items.append(("git commit", counted(labels)))
+    if column("sys_git_commit") is not None:
+        items.append(("git commit", counted(commit_label, column("sys_git_commit"),
+                                            column("sys_git_dirty"))))
     versions = []
     for name, label in (("sys_python", "Python"), ("sys_torch", "torch"),
                         ("sys_numpy", "numpy"), ("sys_ray", "Ray")):
         values = column(name)
         if values is not None:
-            distinct = sorted({str(v) for v in values if not _missing(v)})
+            distinct = sorted({str(v) for v in values.dropna().unique()})
             versions.append(f"{label} {', '.join(distinct) or 'unknown'}")
     if versions:
         items.append(("versions", "; ".join(versions)))
     if column("sys_device_name") is not None or column("sys_device") is not None:
-        device = column("sys_device")
-        name = column("sys_device_name")
-        labels = []
-        pairs = zip(*[[None] * n if s is None else s.tolist() for s in (device, name)],
-                    strict=True)
-        for pair in pairs:
-            parts = [str(v) for v in pair if v is not None and not _missing(v)]
-            labels.append(": ".join(parts) if parts else "unknown")
-        items.append(("devices", counted(labels)))
-    items.append(("execution", counted(executions(runs))))
+        items.append(("devices", counted(device_label, column("sys_device"),
+                                         column("sys_device_name"))))
+    items.append(("execution", counted(known, pd.Series(executions(runs), dtype=object))))
     plugins = column("sys_plugins")
     if plugins is not None and plugins.notna().any():
-        items.append(("plugins", counted(plugin_label(v) or "none (vaebench's own code)"
-                                         for v in plugins)))
+        items.append(("plugins", counted(lambda v: plugin_label(v) or
+                                         "none (vaebench's own code)", plugins)))
     for name, label in (("sys_hostname", "hosts"), ("sys_platform", "platforms")):
         if column(name) is not None:
-            items.append((label, counted(column(name))))
+            items.append((label, counted(known, column(name))))
     resources = []
     for name, label in (("sys_cpu_count", "CPUs"), ("sys_gpu_count", "GPUs"),
                         ("sys_torch_threads", "torch threads")):
@@ -576,6 +573,18 @@ def provenance_items(runs: pd.DataFrame) -> list[tuple[str, str]]:
                 text += f" ({total / 60:,.1f} run-minutes in all)"
             items.append(("ran", text))
     return items
+
+
+def _tally(label: Any, n: int, *columns: pd.Series | None) -> dict[str, int]:
+    """{label(*values): number of rows} over the rows of `columns` (None: a column of None;
+    missing values as None), label called once per distinct row."""
+    lists = [[None] * n if c is None else c.astype(object).where(c.notna(), None).tolist()
+             for c in columns]
+    counts: dict[str, int] = {}
+    for values, count in Counter(zip(*lists, strict=True)).items():
+        text = label(*values)
+        counts[text] = counts.get(text, 0) + count
+    return counts
 
 
 def _when(stamp: pd.Timestamp) -> str:

@@ -50,11 +50,13 @@ _STEP_HEADERS = ["verdict", "commit", "date", "subject", "variant", "metric",
 def history_section(report: Any, results: Path, suite: str, level: int = 3) -> bool:
     """Add the history of `suite` to `report` (bench.report.sections._Report); False, adding
     nothing, where the suite has no history."""
-    from bench import history, plots, steps
+    from bench import history
 
     rows = history.load_history(results, suite)
     if rows.empty:
         return False
+    from bench import plots, steps  # scipy and ruptures: a second, only for a history
+
     found = steps.find_steps(rows)
     commits = rows.drop_duplicates("hist_commit")
     series = list(steps.series(rows))

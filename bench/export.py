@@ -47,7 +47,9 @@ The tracker libraries are optional extras, imported only here and only when used
 `pip install 'vaebench[tensorboard]'` (tensorboard, which writes and reads event files with
 numpy alone) and `pip install 'vaebench[mlflow]'` (mlflow-skinny, the client: a tracking
 server, or with the full `mlflow` package an sqlite:/// store; MLflow 3 keeps its file store
-behind MLFLOW_ALLOW_FILE_STORE=true). Without the extra, a one-line error names it.
+behind MLFLOW_ALLOW_FILE_STORE=true). Without the extra, a one-line error names it. An
+http(s) tracking server is connected to first (`probe_server`): one that cannot be reached is
+one line naming its URI within seconds, where MLflow's client would retry for minutes.
 """
 
 from __future__ import annotations
@@ -63,8 +65,11 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -526,6 +531,7 @@ class MlflowExporter:
         except MlflowException as err:
             raise BenchError(f"mlflow tracking URI {tracking_uri or '(default)'}: "
                              f"{_one_line(err.message)}") from None
+        probe_server(self.target)  # before any run is trained or exported
         self._experiments: dict[str, str] = {}  # name -> id
         self._index: dict[str, dict[str, list[Any]]] = {}  # experiment id -> run_id -> runs
 
@@ -533,6 +539,7 @@ class MlflowExporter:
         return self.experiment or f"vaebench/{run.suite}"
 
     def export(self, run: RunExport, *, force: bool = False) -> str:
+        probe_server(self.target)  # a server gone since: seconds, not MLflow's retries
         try:
             return self._export(run, force)
         except self._error as err:
@@ -620,6 +627,40 @@ class MlflowExporter:
         return self.client.get_run(mlflow_id)
 
 
+PROBE_TIMEOUT = 5.0  # seconds to connect to a tracking server before it counts as unreachable
+
+
+def probe_server(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Connect to the server of an http(s) tracking URI (or to the proxy the environment
+    sends it through), or one line naming the URI: MLflow's own client retries a refused or
+    timed-out connection with backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7) for about
+    four minutes before it says so, for each request. Other URIs (a local store) pass."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as err:  # a port that is not a number in 0-65535
+        raise BenchError(f"mlflow tracking URI {uri}: {err}") from None
+    if not host:
+        raise BenchError(f"mlflow tracking URI {uri}: no host")
+    via = ""
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):  # requests would connect there
+        proxied = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        with contextlib.suppress(ValueError):
+            if proxied.hostname:
+                host, port = proxied.hostname, proxied.port or 80
+                via = f" through the proxy {host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise BenchError(f"mlflow tracking server {uri} is unreachable{via}: {reason}") \
+            from None
+
+
 def _param_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
 
@@ -690,8 +731,10 @@ def export_each(results: str | Path, exporters: Sequence[Exporter],
     """run_suite's `on_stored` for `vaebench run --export`: each stored run goes to the
     trackers at once. A failed export is one line on stderr and the grid goes on: the run is
     stored, and a later `vaebench export` sends it. A tracker that failed once gets no more
-    runs of this grid: an unreachable MLflow server costs MLflow's own retries
-    (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7: minutes) once, not for every run."""
+    runs of this grid. An MLflow server that cannot be reached fails in seconds
+    (`probe_server`: when the exporter is made, before any run trains, and before each run);
+    one that answers with errors costs MLflow's own retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    default 7: minutes) once, not for every run."""
     results = Path(results)
     report = Path(report_dir) if report_dir is not None else results / "report"
     failed: set[int] = set()  # the exporters (by position) that gave up

@@ -1,12 +1,13 @@
 """Export to the trackers: what TensorBoard's event reader and MLflow's client read back is what
 the store holds (config, curves per epoch, final metrics, tags, sample grids, the report), a
-second export adds nothing, a changed row replaces its stale copy, and a missing extra is one
-line naming it."""
+second export adds nothing, a changed row replaces its stale copy, and a missing extra or an
+unreachable tracking server is one line naming it."""
 
 from __future__ import annotations
 
 import io
 import math
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from bench import export, store
 from bench.cli import main
 from bench.config import RunConfig
+from bench.errors import BenchError
 
 START, END = "2026-01-02T03:04:05+00:00", "2026-01-02T03:05:00+00:00"
 PROVENANCE = {"git_commit": "abc123", "git_dirty": False, "start_time": START,
@@ -391,6 +393,83 @@ def test_run_export_with_a_missing_extra_fails_before_training(tmp_path, monkeyp
     assert store.load_runs(results).empty
     assert main(["run", "smoke", "--results", str(results), "--export", "wandb"]) == 2
     assert "expected mlflow, mlflow=URI or tensorboard=DIR" in capsys.readouterr().err
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_without_retries(monkeypatch):
+    """MLflow's client failing at its first refused connection, as it does after ~4 minutes
+    of retries by default: without the probe these tests fail (on MLflow's own message) in
+    a second instead of hanging."""
+    pytest.importorskip("mlflow")
+    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy",
+                  "NO_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def test_an_unreachable_tracking_server_is_one_line_before_anything_runs(
+        results, tmp_path, mlflow_without_retries, capsys):
+    # Guards against: an export to a server that is down waiting out MLflow's retries
+    # (minutes) for its error, and `vaebench run --export` training the whole grid first.
+    uri = f"http://127.0.0.1:{closed_port()}"
+    line = f"vaebench: error: mlflow tracking server {uri} is unreachable: Connection refused\n"
+    assert main(["export", "mlflow", "--tracking-uri", uri, "--results", str(results)]) == 2
+    assert capsys.readouterr().err == line
+    other = tmp_path / "r2"
+    assert main(["run", "smoke", "--results", str(other), "--executor", "local",
+                 "--no-progress", "--export", f"mlflow={uri}"]) == 2
+    assert capsys.readouterr().err == line
+    assert store.load_runs(other).empty and not (other / "logs").exists()  # nothing trained
+
+
+def test_a_tracking_server_gone_mid_grid_fails_the_next_export_at_once(
+        results, mlflow_without_retries):
+    # Guards against: a server that went away after the start costing MLflow's retries
+    # (minutes) in the middle of a grid.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+        exporter = export.MlflowExporter(uri)  # reachable now: the probe connects
+    run = export.load_exports(results, suites=["s1"])[0][0]
+    with pytest.raises(BenchError) as caught:
+        exporter.export(run)
+    assert str(caught.value) == f"mlflow tracking server {uri} is unreachable: Connection refused"
+
+
+def test_the_probe_goes_where_the_client_would_connect(monkeypatch):
+    # Guards against: a probe that connects straight to a server the environment reaches
+    # through a proxy (refusing a working setup, or passing a dead proxy).
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}/prefix"
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        export.probe_server(uri)  # no proxy: the server itself
+        proxy = closed_port()
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy}")
+        with pytest.raises(BenchError) as caught:
+            export.probe_server(uri)
+        assert str(caught.value) == (f"mlflow tracking server {uri} is unreachable through "
+                                     f"the proxy 127.0.0.1:{proxy}: Connection refused")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        export.probe_server(uri)  # bypassed: the server again
+    for uri, message in (("http://127.0.0.1:99999", "Port out of range 0-65535"),
+                         ("https:///x", "no host")):
+        with pytest.raises(BenchError, match=f"^mlflow tracking URI {uri}: {message}$"):
+            export.probe_server(uri)
+    export.probe_server("sqlite:///nowhere/mlflow.db")  # local stores are not probed
+    export.probe_server(f"file:///127.0.0.1:{closed_port()}")
 
 
 def test_report_files_are_the_suite_page_and_what_it_links(results):

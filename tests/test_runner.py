@@ -25,16 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 VAEBENCH = [sys.executable, "-m", "bench.cli"]
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One embedded Ray for the whole test session (~3.5 s, ~470 MB); the runner reuses it."""
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=128 * 1024**2)
-    yield ray
-    ray.shutdown()
-
-
 def write_suite(tmp_path: Path, body: str, name: str = "t") -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(textwrap.dedent(body))

@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 test: install  ## run the test suite (CPU, a few minutes)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15  # the slowest, to keep CI well under 15 min
 
 SUITE  ?= bench
 BUDGET ?= cpu

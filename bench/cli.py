@@ -934,6 +934,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `vaebench run X --dry-run | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if argv is None:  # the program itself (the console script, python -m bench.cli)
+            _before_exit()
+
+
+def _before_exit() -> None:
+    """Freeze the objects alive now out of the cyclic garbage collector's reach, just
+    before the process exits. The interpreter's shutdown runs several full collections of
+    the heap torch (and torch._dynamo, sympy, pandas) leave behind: 1.2 s of the 5 s of
+    `vaebench run smoke` on 2 cores, against 0.2 s frozen. Exit handlers, the flushing of
+    stdout and stderr and the freeing of modules still run; objects held only by reference
+    cycles are not finalized (Python does not promise that at exit either; the runner
+    closes its files itself). Not for `main(argv)` in a process that goes on (tests)."""
+    import gc
+
+    gc.freeze()
 
 
 if __name__ == "__main__":

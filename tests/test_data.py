@@ -55,6 +55,33 @@ def test_digits_shapes_range_and_deterministic_split() -> None:
     assert not torch.equal(a.train_labels[:50], torch.arange(50) % 10)
 
 
+def test_digits_read_from_the_shipped_file_are_scikit_learns_and_each_call_is_a_copy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Guards against: the file read without importing scikit-learn parsing other values or
+    # types than load_digits (the split, and so every digits metric, would change), and the
+    # once-read table being handed out, so that one run's edit reaches the next run's data.
+    from sklearn.datasets import load_digits
+
+    from bench.data import digits
+
+    bunch = load_digits()
+    values, labels = bunch.data.astype(np.uint8), bunch.target.astype(np.int64)
+    perm = np.random.default_rng(digits.DIGITS_SPLIT_SEED).permutation(1797)
+    expected = (values[perm[:1500]], labels[perm[:1500]], values[perm[1500:]],
+                labels[perm[1500:]])
+    assert digits.shipped_csv() is not None
+    for shipped in (True, False):  # the shipped file, and load_digits where it is not found
+        if not shipped:
+            monkeypatch.setattr(digits, "shipped_csv", lambda: None)
+        digits._digits_table.cache_clear()
+        got = digits.digits_arrays()
+        assert [a.dtype for a in got] == [np.uint8, np.int64, np.uint8, np.int64]
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+        got[0][:] = 0
+        assert np.array_equal(digits.digits_arrays()[0], expected[0])
+    digits._digits_table.cache_clear()
+
+
 def test_digits_binarized_test_set_is_fixed_and_follows_documented_seed() -> None:
     raw = load_dataset("digits", binarize=False)
     a = load_dataset("digits", binarize=True)

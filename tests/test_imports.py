@@ -92,3 +92,27 @@ def test_reading_results_does_not_import_torch(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_a_digits_run_does_not_import_scikit_learn_or_ray(tmp_path):
+    # Guards against: scikit-learn coming back on a runner's way to its first run (digits
+    # through sklearn.datasets.load_digits: about a second of every runner's start-up, for
+    # a table bench.data.digits reads from the file scikit-learn ships), or Ray (0.2-0.5 s,
+    # imported by the provenance for its version number). A whole run of the smoke suite
+    # in a fresh process, as `vaebench run --executor local` does it.
+    code = f"""if True:
+        import sys
+        from pathlib import Path
+        from bench.runner import RunTask, execute
+        from bench.suite import load_suite, resolve_suite_path
+        suite = load_suite(resolve_suite_path("smoke"), budget="smoke")
+        task = RunTask(suite.name, suite.budget, suite.variants[0], Path({str(tmp_path)!r}),
+                       threads=1, checkpoint_every=10)
+        [landed] = execute(task, device="cpu")
+        print(landed.row["status"], landed.row["sys_ray"], "sklearn" in sys.modules,
+              "ray" in sys.modules)"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    from importlib.metadata import version
+
+    assert done.stdout.split() == ["finished", version("ray"), "False", "False"], \
+        done.stderr[-2000:]

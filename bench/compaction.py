@@ -114,7 +114,9 @@ def compact(results: str | Path, suites: Sequence[str] = (), *,
 
 # Each write and removal goes through these two (tests make them fail at the n-th call).
 def _write(table: pa.Table, path: Path) -> None:
-    store._write_atomic(table, path, row_group_size=store.COMPACTED_ROW_GROUP)
+    samples = path.parent.parent.name == store.SAMPLES  # <results>/samples/suite=<name>/
+    store._write_atomic(table, path, row_group_size=store.COMPACTED_SAMPLES_ROW_GROUP
+                        if samples else store.COMPACTED_ROW_GROUP)
 
 
 def _unlink(path: Path) -> None:

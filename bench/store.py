@@ -504,6 +504,9 @@ COMPACTED_PREFIX = "compacted+"
 _COMPACTED = re.compile(r"^compacted\+(\d+)\.parquet$")
 _READ_ATTEMPTS = 5  # listings retried while a compaction moves the files being read
 COMPACTED_ROW_GROUP = 8192  # rows per row group of a compacted file
+# ... of samples, one image a row: a report reads the images of one run per variant, and
+# reads each such run's whole row group (256 MNIST images are 1.6 MB; 8192 would be 51 MB)
+COMPACTED_SAMPLES_ROW_GROUP = 256
 
 
 def compacted_name(seq: int) -> str:
@@ -585,10 +588,12 @@ def load_runs(
 
 
 def load_curves(
-    results: str | Path | None = None, *, suite: str | None = None, skip_corrupt: bool = False
+    results: str | Path | None = None, *, suite: str | None = None, skip_corrupt: bool = False,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Every stored per-epoch row (one per run and epoch) as one DataFrame, with run_id."""
-    return _load(results, CURVES, suite, skip_corrupt)
+    """Every stored per-epoch row (one per run and epoch) as one DataFrame, with run_id;
+    `columns`: only those (besides run_id and schema_version)."""
+    return _load(results, CURVES, suite, skip_corrupt, columns=columns)
 
 
 def load_samples(

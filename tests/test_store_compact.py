@@ -329,7 +329,7 @@ def test_cli_store_compact(tmp_path, capsys):
 
 
 def test_samples_of_a_few_runs_read_only_their_row_groups(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "COMPACTED_ROW_GROUP", 8)  # 2 runs of 4 images per group
+    monkeypatch.setattr(store, "COMPACTED_SAMPLES_ROW_GROUP", 8)  # 2 runs of 4 images a group
     populate(tmp_path, range(1, 20))
     compaction.compact(tmp_path)
     everything = store.load_samples(tmp_path)

@@ -122,7 +122,8 @@ def load_suite_data(results: str | Path, name: str, *, skip_corrupt: bool = Fals
     if runs is None:
         runs = store.load_runs(results, suite=name, skip_corrupt=skip_corrupt)
     runs = prepare_runs(runs)
-    curves = store.load_curves(results, suite=name, skip_corrupt=skip_corrupt)
+    curves = store.load_curves(results, suite=name, skip_corrupt=skip_corrupt,
+                               columns=CURVE_COLUMNS)
     samples = shown_samples(results, name, runs, skip_corrupt=skip_corrupt)
     stored_budgets = list(dict.fromkeys(runs["budget"]))
     recorded = [str(p) for p in runs.get("sys_suite_file", pd.Series(dtype=object))
@@ -130,6 +131,11 @@ def load_suite_data(results: str | Path, name: str, *, skip_corrupt: bool = Fals
     suite, note = suite_file(name, stored_budgets, recorded[-1] if recorded else None)
     return SuiteData(name, runs, curves, samples, suite, note,
                      _budget_order(stored_budgets, suite))
+
+
+#: the per-epoch columns the report draws (bench.report.figures.curve_data); a suite of 10^5
+#: runs stores millions of curve rows of a dozen columns
+CURVE_COLUMNS = ("epoch", "train_bound")
 
 
 #: the image kinds every run stores (bench.report.figures.sample_sets); others are extra

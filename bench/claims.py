@@ -39,7 +39,7 @@ from bench import store
 
 CLAIMS = "claims"
 DEFAULT_STALE_AFTER = 60.0  # seconds without a heartbeat before a claim may be taken over
-HEARTBEATS_PER_TIMEOUT = 4  # a claim misses three refreshes before it counts as stale
+HEARTBEATS_PER_TIMEOUT = 4  # a claim misses at least three refreshes before it is stale
 MAX_HEARTBEAT_EVERY = 5.0
 
 
@@ -125,7 +125,6 @@ class Claims:
         self.runner = uuid.uuid4().hex[:12]
         self.held: dict[str, Claim] = {}
         self.lost: set[str] = set()
-        self.error: OSError | None = None  # the last heartbeat's failure (a full disk)
         self._mutex = threading.Lock()  # `held` between the caller and the heartbeat thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -203,11 +202,8 @@ class Claims:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_every):
-            try:
+            with contextlib.suppress(OSError):  # a full disk: the runner's next write says so
                 self.refresh()
-                self.error = None
-            except OSError as err:  # a full disk: the runner's next store write says so
-                self.error = err
 
     def _write(self, claim: Claim) -> None:
         """The claim file, whole: a temp file renamed over it (under the lock)."""

@@ -152,7 +152,7 @@ def _groups(frame: pd.DataFrame) -> dict[tuple[str, str], _Group]:
     finished = frame[frame["status"] == "finished"]
     if len(finished) == 0:
         return {}
-    keys = _variant_keys(finished)
+    keys = variant_keys(finished)
     finished = finished.assign(_variant_key=keys)
     groups: dict[tuple[str, str], _Group] = {}
     for (suite, key), rows in finished.groupby(["suite", "_variant_key"], sort=True):
@@ -162,7 +162,7 @@ def _groups(frame: pd.DataFrame) -> dict[tuple[str, str], _Group]:
     return groups
 
 
-def _variant_keys(frame: pd.DataFrame) -> list[str]:
+def variant_keys(frame: pd.DataFrame) -> list[str]:
     """variant_key of every row, computed once per distinct combination of cfg_ values (a
     row at a time, 10^5 rows took a minute): rows whose values are equal column by column
     (lists compared by their repr; None and NaN alike, as variant_key takes them) share

@@ -59,7 +59,6 @@ import datetime as dt
 import hashlib
 import html
 import importlib
-import io
 import json
 import math
 import os
@@ -80,13 +79,14 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from bench import store
+from bench import images, store
+from bench.claims import pid_alive
 from bench.config import _INT_FIELDS  # the config's int fields, as it coerces them
 from bench.errors import BenchError, make_directory
-from bench.suite import filter_matches, parse_filters
+from bench.report.values import _py  # numpy values unwrapped, NaN/NA/NaT -> None
+from bench.suite import _one_line, filter_matches, parse_filters
 
-GRID_COLUMNS = 8  # images per row of a sample grid
-_SEPARATOR = (0x7A, 0xA6, 0xD6)  # between tiles: not a gray level, as in the report's grids
+GRID_COLUMNS = 8  # images per row of a sample grid (bench.images draws it)
 MARKER = "vaebench-export.json"  # TensorBoard: the fingerprint of the row a run directory holds
 TMP_DIR = ".vaebench-tmp"  # TensorBoard: run directories being written, renamed into place
 RUN_ID_TAG = "vaebench.run_id"  # MLflow: how a vaebench run's tracker run is found again
@@ -131,8 +131,7 @@ def run_export(row: Mapping[str, Any], curves: pd.DataFrame | None = None,
            if value is not None}
     run_id, suite = str(row["run_id"]), str(row["suite"])
     variant = str(row.get("variant", run_id))
-    params = {key[len("cfg_"):]: _config_value(key[len("cfg_"):], value)
-              for key, value in row.items() if key.startswith("cfg_")}
+    params = _config_params(row)
     seed = params.get("seed")
     seed = int(seed) if isinstance(seed, (int, float)) and not isinstance(seed, bool) else None
     status = str(row.get("status", "failed"))
@@ -161,17 +160,14 @@ def run_export(row: Mapping[str, Any], curves: pd.DataFrame | None = None,
         fingerprint=digest.hexdigest()[:16])
 
 
-def _py(value: Any) -> Any:
-    """A stored value as plain Python: numpy scalars and arrays unwrapped, NaN -> None."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if value is pd.NaT:
-        return None
-    return value
+def _config_params(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's set cfg_* values by config key, as plain Python (unset ones left out)."""
+    params = {}
+    for column, value in row.items():
+        value = _py(value)
+        if column.startswith("cfg_") and value is not None:
+            params[column[len("cfg_"):]] = _config_value(column[len("cfg_"):], value)
+    return params
 
 
 def _config_value(key: str, value: Any) -> Any:
@@ -184,10 +180,6 @@ def _config_value(key: str, value: Any) -> Any:
 def _finite_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _seconds(iso: Any) -> float | None:
@@ -227,36 +219,11 @@ def _sample_grids(samples: pd.DataFrame | None) -> dict[str, np.ndarray]:
     grids = {}
     for kind in dict.fromkeys(samples["kind"]):
         rows = samples[samples["kind"] == kind]
-        images = [np.asarray(p, dtype=float).reshape(int(h), int(w))
-                  for p, h, w in zip(rows["pixels"], rows["height"], rows["width"], strict=True)]
-        if images and len({im.shape for im in images}) == 1:
-            grids[str(kind)] = grid_image(np.stack(images))
+        tiles = [np.asarray(p, dtype=float).reshape(int(h), int(w))
+                 for p, h, w in zip(rows["pixels"], rows["height"], rows["width"], strict=True)]
+        if tiles and len({tile.shape for tile in tiles}) == 1:
+            grids[str(kind)] = images.grid_rgb(np.stack(tiles), GRID_COLUMNS)
     return grids
-
-
-def grid_image(images: np.ndarray, columns: int = GRID_COLUMNS, pad: int = 1) -> np.ndarray:
-    """(n, h, w) images in [0, 1] tiled `columns` to a row as one (H, W, 3) uint8 image:
-    pixel = round(255 * value), tiles `pad` pixels apart on the separator colour."""
-    n, h, w = images.shape
-    columns = max(1, min(columns, n))
-    rows = -(-n // columns)
-    out = np.empty((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), dtype=np.uint8)
-    out[:] = _SEPARATOR
-    gray = np.rint(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
-    for i in range(n):
-        r, c = divmod(i, columns)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        out[top:top + h, left:left + w] = gray[i][..., None]
-    return out
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """An (H, W, 3) uint8 image as PNG (Pillow, which matplotlib already needs)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image, "RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------- reading the store
@@ -321,9 +288,7 @@ def load_exports(results: Path, *, suites: Sequence[str] | None = None,
 
 
 def _filter_values(row: Mapping[str, Any]) -> dict[str, Any]:
-    values = {key[len("cfg_"):]: _config_value(key[len("cfg_"):], _py(value))
-              for key, value in row.items() if key.startswith("cfg_")}
-    values = {k: v for k, v in values.items() if v is not None}
+    values = _config_params(row)
     for key in ("status", "budget", "run_id"):
         if _py(row.get(key)) is not None:
             values[key] = row[key]
@@ -455,7 +420,7 @@ class TensorBoardExporter:
                       run.final_step, end)
             for kind, image in run.images.items():
                 picture = Summary.Image(height=image.shape[0], width=image.shape[1],
-                                        colorspace=3, encoded_image_string=png_bytes(image))
+                                        colorspace=3, encoded_image_string=images.png_bytes(image))
                 write(Summary(value=[Summary.Value(tag=f"samples/{kind}", image=picture)]),
                       run.final_step, end)
             handle.flush()
@@ -498,18 +463,8 @@ def _clean_leftovers(tmp_root: Path) -> None:
     """Remove run directories an export that is no longer running left half-written."""
     for entry in tmp_root.iterdir():
         pid = entry.name.split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 class MlflowExporter:
@@ -528,9 +483,9 @@ class MlflowExporter:
         try:
             self.client = MlflowClient(tracking_uri=tracking_uri)
             self.target = str(self.client.tracking_uri)
-        except MlflowException as err:
+        except (MlflowException, ValueError) as err:  # ValueError: e.g. http://[::1
             raise BenchError(f"mlflow tracking URI {tracking_uri or '(default)'}: "
-                             f"{_one_line(err.message)}") from None
+                             f"{store._one_line(err)}") from None
         probe_server(self.target)  # before any run is trained or exported
         self._experiments: dict[str, str] = {}  # name -> id
         self._index: dict[str, dict[str, list[Any]]] = {}  # experiment id -> run_id -> runs
@@ -543,7 +498,7 @@ class MlflowExporter:
         try:
             return self._export(run, force)
         except self._error as err:
-            raise BenchError(f"mlflow ({self.target}): {_one_line(err.message)}") from None
+            raise BenchError(f"mlflow ({self.target}): {store._one_line(err)}") from None
         except OSError as err:  # a local store or an artifact's temporary file
             raise BenchError(f"mlflow ({self.target}): {err.strerror or err}"
                              f"{f': {err.filename}' if err.filename else ''}") from None
@@ -606,7 +561,7 @@ class MlflowExporter:
         metrics += [Metric(tag, value, end_ms, run.final_step)
                     for tag, value in run.metrics.items()]
         params = [Param(key, _param_text(value)) for key, value in run.params.items()]
-        for i in range(0, max(len(params), 1), 100):  # MLflow's limit per batch
+        for i in range(0, len(params), 100):  # MLflow's limit per batch
             self.client.log_batch(mlflow_id, params=params[i:i + 100])
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(mlflow_id, metrics=metrics[i:i + 1000])
@@ -615,7 +570,7 @@ class MlflowExporter:
                 folder = Path(tmp) / "samples"
                 folder.mkdir()
                 for kind, image in run.images.items():
-                    (folder / f"{_path_part(kind)}.png").write_bytes(png_bytes(image))
+                    (folder / f"{_path_part(kind)}.png").write_bytes(images.png_bytes(image))
                 self.client.log_artifacts(mlflow_id, str(folder), "samples")
         for path, relative in run.report_files:
             parent = Path("report", relative).parent.as_posix()
@@ -633,14 +588,15 @@ PROBE_TIMEOUT = 5.0  # seconds to connect to a tracking server before it counts 
 def probe_server(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
     """Connect to the server of an http(s) tracking URI (or to the proxy the environment
     sends it through), or one line naming the URI: MLflow's own client retries a refused or
-    timed-out connection with backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7) for about
-    four minutes before it says so, for each request. Other URIs (a local store) pass."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in ("http", "https"):
-        return
+    timed-out connection with backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7: "~ 4
+    minutes" by mlflow/environment_variables.py of MLflow 3.18) before it says so, for each
+    request. Other URIs (a local store) pass."""
     try:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.scheme not in ("http", "https"):
+            return
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as err:  # a port that is not a number in 0-65535
+    except ValueError as err:  # a port that is not a number in 0-65535, a bad [IPv6] host
         raise BenchError(f"mlflow tracking URI {uri}: {err}") from None
     if not host:
         raise BenchError(f"mlflow tracking URI {uri}: no host")
@@ -761,5 +717,5 @@ def export_each(results: str | Path, exporters: Sequence[Exporter],
 
 def _warn(row: Mapping[str, Any], where: str, err: BaseException, more: str) -> None:
     print(f"vaebench: warning: run {row.get('run_id')} is stored but could not be exported to "
-          f"{where}: {_one_line(str(err)) or type(err).__name__}{more}; `vaebench export` "
+          f"{where}: {store._one_line(err)}{more}; `vaebench export` "
           "sends what is missing later", file=sys.stderr, flush=True)

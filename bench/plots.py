@@ -22,6 +22,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from bench.images import SEPARATOR_HEX, mosaic, to_rgb  # noqa: E402
+
 DPI = 110
 _STYLE = {
     "font.size": 10,
@@ -34,7 +36,6 @@ _STYLE = {
     "axes.spines.right": False,
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_SEPARATOR = "#7aa6d6"  # between tiles of a sample grid: a colour no grayscale image has
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -305,20 +306,6 @@ def learning_curves(data: pd.DataFrame, path: str | Path, *, title: str, xlabel:
         return _save(fig, path)
 
 
-def _mosaic(images: np.ndarray, columns: int, pad: int = 1,
-            fill: float = np.nan) -> np.ndarray:
-    """Tile (n, h, w) images into rows of `columns`, separated by `pad` pixels of `fill`
-    (NaN: drawn in the separator colour, distinct from any gray level)."""
-    n, h, w = images.shape
-    rows = max(1, -(-n // columns))
-    out = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad), fill, dtype=float)
-    for i in range(n):
-        r, c = divmod(i, columns)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        out[top:top + h, left:left + w] = images[i]
-    return out
-
-
 def interleave_rows(originals: np.ndarray, reconstructions: np.ndarray,
                     columns: int) -> tuple[np.ndarray, list[str]]:
     """Rows of `columns` originals, each followed by the row of their reconstructions."""
@@ -352,18 +339,18 @@ def sample_grid(prior: np.ndarray | None, originals: np.ndarray | None,
         min(len(originals), len(reconstructions))
     columns = max(1, min(columns, max(pairs, 0 if prior is None else len(prior))))
     if prior is not None and len(prior):
-        panels.append((f"samples from the prior ({len(prior)})", _mosaic(prior, columns), []))
+        panels.append((f"samples from the prior ({len(prior)})", mosaic(prior, columns), []))
     if pairs:
         tiles, labels = interleave_rows(originals, reconstructions, columns)
-        panels.append((f"test images and reconstructions ({pairs})", _mosaic(tiles, columns),
+        panels.append((f"test images and reconstructions ({pairs})", mosaic(tiles, columns),
                        ["orig." if label == "original" else "recon." for label in labels]))
     title_font, heading_font, label_font = (_font(points) for points in (11, 10, 8))
     margin, gap = 12, 24
     panel_width = round(4.0 * DPI)  # as the matplotlib figures: about 4 inches a panel
     pictures = []
-    for heading, mosaic, labels in panels:
-        scale = max(1, round(panel_width / mosaic.shape[1]))
-        pixels = _gray_rgb(mosaic).repeat(scale, axis=0).repeat(scale, axis=1)
+    for heading, tiled, labels in panels:
+        scale = max(1, round(panel_width / tiled.shape[1]))
+        pixels = to_rgb(tiled).repeat(scale, axis=0).repeat(scale, axis=1)
         label_width = max([int(label_font.getlength(x)) + 6 for x in labels] or [0])
         pictures.append((heading, Image.fromarray(pixels), labels, label_width))
     line = _line_height(heading_font)
@@ -401,15 +388,6 @@ def _font(points: float) -> ImageFont.FreeTypeFont:
 def _line_height(font: ImageFont.FreeTypeFont) -> int:
     ascent, descent = font.getmetrics()
     return ascent + descent
-
-
-def _gray_rgb(mosaic: np.ndarray) -> np.ndarray:
-    """A mosaic of intensities in [0, 1] as uint8 RGB: NaN (between tiles) in the separator
-    colour, which no gray level has."""
-    gray = np.rint(np.clip(np.nan_to_num(mosaic, nan=0.0), 0.0, 1.0) * 255).astype(np.uint8)
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    rgb[np.isnan(mosaic)] = [int(_SEPARATOR[i:i + 2], 16) for i in (1, 3, 5)]
-    return rgb
 
 
 def metric_vs_axis(data: pd.DataFrame, references: pd.DataFrame | None, path: str | Path, *,
@@ -484,16 +462,16 @@ def image_rows(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, *, titl
     tiles = np.full((max(1, len(rows)) * width, *shape), np.nan)
     for r, (_, images) in enumerate(rows):
         tiles[r * width:r * width + len(images)] = images
-    mosaic = _mosaic(tiles, width)
-    cmap = plt.get_cmap("gray").with_extremes(bad=_SEPARATOR)
+    tiled = mosaic(tiles, width)
+    cmap = plt.get_cmap("gray").with_extremes(bad=SEPARATOR_HEX)
     with plt.rc_context({**_STYLE, "axes.grid": False}):
         tile = min(0.6, 7.4 / width)  # inches per image: at most 0.6, the row within 7.4
         label_inches = 0.075 * max([len(label) for label, _ in rows] or [4]) + 0.4
         fig, ax = plt.subplots(figsize=(tile * width + label_inches + 0.4,
                                         min(16.0, tile * len(rows) * shape[0] / shape[1] + 0.9)))
-        ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0.0, vmax=1.0,
+        ax.imshow(np.ma.masked_invalid(tiled), cmap=cmap, vmin=0.0, vmax=1.0,
                   interpolation="nearest")
-        h = (mosaic.shape[0] - 1) / max(1, len(rows))
+        h = (tiled.shape[0] - 1) / max(1, len(rows))
         ax.set_yticks([h * (i + 0.5) for i in range(len(rows))])
         ax.set_yticklabels([label for label, _ in rows], fontsize=8)
         ax.tick_params(axis="y", length=0)

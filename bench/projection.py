@@ -19,7 +19,8 @@ Per run still to run:
                         stored sys_wall_seconds
             calibrated  a few timed eager training steps of the run's model at its batch size
                         and k on random data, and a short timed estimate; once per distinct
-                        shape, cached in the Projector (about 1-2 s each)
+                        shape, cached in the Projector (0.8 s each for iwae_table1's
+                        1-layer models on 2 shared CPU cores, after the first's imports)
             GPU         with `--rates FILE` (benchmarks/gpu_throughput.py --out FILE): the
                         measured samples/s of the matching (layers, batch, k) entry of the
                         IWAE paper's MNIST models, or else the nearest entry of the same depth
@@ -49,6 +50,7 @@ from pathlib import Path
 
 from bench.config import RunConfig, config_from_dict
 from bench.errors import BenchError
+from bench.eta import clock_text
 from bench.families.registry import FAMILIES
 
 #: the MNIST models of gpu_throughput.py's cases (bench suite iwae_table1): layers -> model
@@ -153,18 +155,19 @@ class StoredRate:
 
 def stored_rates(runs, machine: Machine) -> dict[str, StoredRate]:
     """Finished rows of this machine, by their config without the seed
-    (bench.compare.variant_key; the last wins); rows of a stack (sys_stack_size > 1) share
+    (bench.compare.variant_keys; the last wins); rows of a stack (sys_stack_size > 1) share
     a step and do not stand for a solo run."""
-    out: dict[str, StoredRate] = {}
     if runs is None or runs.empty:
-        return out
-    from bench.compare import variant_key
+        return {}
+    from bench.compare import variant_keys
 
     def col(row: dict, name: str):
         value = row.get(name)
         return None if value is None or (isinstance(value, float) and value != value) else value
 
-    for row in runs.to_dict("records"):
+    kept: list[int] = []
+    rates: list[StoredRate] = []
+    for position, row in enumerate(runs.to_dict("records")):
         if row.get("status") != "finished":
             continue
         if (col(row, "sys_hostname") != machine.hostname
@@ -177,11 +180,13 @@ def stored_rates(runs, machine: Machine) -> dict[str, StoredRate]:
         stack = col(row, "sys_stack_size")
         if stack is not None and int(stack) > 1:
             continue
-        out[variant_key(row)] = StoredRate(
+        kept.append(position)
+        rates.append(StoredRate(
             str(row.get("run_id")), float(col(row, "metric_train_samples_per_s") or math.nan),
             float(col(row, "metric_eval_samples_per_s") or math.nan),
-            float(col(row, "sys_wall_seconds") or math.nan))
-    return out
+            float(col(row, "sys_wall_seconds") or math.nan)))
+    # one variant_key per distinct config, not per row (10^5 rows: seconds, not a minute)
+    return dict(zip(variant_keys(runs.iloc[kept]), rates, strict=True))
 
 
 # ---------------------------------------------------------------- GPU rates file
@@ -222,8 +227,12 @@ def read_rates(path: Path) -> GpuRates:
             if not (batch > 0 and k > 0 and rate > 0 and math.isfinite(rate)):
                 raise ValueError(f"case {m['case']} at {rate} samples/s is not a rate")
             entries.append(GpuEntry(m["case"], str(m["mode"]), layers, batch, k, rate))
-        evaluation = {key.split("_")[0]: float(value)
-                      for key, value in dict(report.get("evaluation") or {}).items()}
+        evaluation = {}
+        for key, value in dict(report.get("evaluation") or {}).items():
+            speed = float(value)
+            if not (speed > 0 and math.isfinite(speed)):
+                raise ValueError(f"evaluation {key} at {speed} s is not a speed")
+            evaluation[key.split("_")[0]] = speed
         return GpuRates(Path(path), str(report["device"]), tuple(entries), evaluation)
     except OSError as err:
         raise BenchError(f"--rates {path}: cannot read it ({err.strerror or err})") from None
@@ -262,7 +271,8 @@ class Projector:
     def _architecture(self, cfg: RunConfig) -> tuple:
         from bench.components import POSTERIORS
 
-        return (data_shape(cfg).dim, data_shape(cfg).image_shape, cfg.hidden, cfg.latent,
+        shape = data_shape(cfg)
+        return (shape.dim, shape.image_shape, cfg.hidden, cfg.latent,
                 cfg.likelihood, cfg.posterior, cfg.flow_steps, cfg.architecture,
                 tuple((p.name, cfg.param(p.name)) for p in POSTERIORS.get(cfg.posterior).params))
 
@@ -484,11 +494,8 @@ def hms(seconds: float | None) -> str:
         return "unknown"
     if seconds < 60:
         return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
-    whole = int(round(seconds))
-    days, rest = divmod(whole, 86_400)
-    h, rest = divmod(rest, 3600)
-    m, s = divmod(rest, 60)
-    return (f"{days}d " if days else "") + f"{h}:{m:02d}:{s:02d}"
+    days, rest = divmod(int(round(seconds)), 86_400)
+    return (f"{days}d " if days else "") + clock_text(rest)
 
 
 def flops_text(value: float | None) -> str:

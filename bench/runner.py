@@ -468,7 +468,7 @@ def run_suite(suite: Suite, options: RunOptions, filters: Sequence[str] = (), *,
             if options.executor == "local":
                 _run_locally(grid)
             elif to_run:
-                _run_on_ray(suite, options, grid, progress)
+                _run_on_ray(grid)
         except KeyboardInterrupt:
             summary.interrupted = True
     return summary
@@ -639,8 +639,7 @@ def _run_locally(grid: _Grid) -> None:
         try:
             landed = execute(task, device=None)
         except OSError as err:  # its log could not be written: the store's disk
-            ids = [v.run_id for v in _variants(task)]
-            raise grid.fault(err, lost=len(ids), trained=False) from None
+            raise grid.fault(err, lost=len(_variants(task)), trained=False) from None
         grid.progress.running = 0
         grid.land(task, landed)
 
@@ -665,10 +664,12 @@ def _variants(task: RunTask | StackTask) -> tuple[Variant, ...]:
 RAY_LOOKAHEAD = 1  # tasks in flight beyond the free slots: the next starts without a gap
 
 
-def _run_on_ray(suite: Suite, options: RunOptions, grid: _Grid, progress: Progress) -> None:
+def _run_on_ray(grid: _Grid) -> None:
     """On Ray, with about `slots` tasks in flight (claimed at submission): the rest of the
     grid stays unclaimed, free for other runners sharing the store."""
     import ray
+
+    options, progress = grid.options, grid.progress
 
     started_here = not ray.is_initialized()
     if started_here:

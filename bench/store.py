@@ -300,7 +300,9 @@ def write_run(
             return run_file
         # Every file is written (to its temp name) before any is renamed into place: a full
         # disk or a read-only store fails while writing, and then no final file has changed
-        # (no curves without their run, the row it would replace intact).
+        # (no curves without their run, the row it would replace intact). A rename failing
+        # after some side files were renamed (rare: the data are already on disk) removes
+        # them again, so a replaced row is then left without its curves or samples.
         staged: list[tuple[Path, Path]] = []
         renamed: list[Path] = []
         try:
@@ -389,7 +391,8 @@ def _compacted_status(directory: Path, run_id: str) -> str | None:
     for _ in range(_READ_ATTEMPTS):
         try:
             for _, path in reversed(list_suite_dir(directory).compacted):
-                table = _read(path, ["run_id", "status"], True, vanished=True)
+                table = _read(path, ["run_id", "status"], True, vanished=True,
+                              run_ids=frozenset([run_id]))  # its row group alone
                 if table is None:  # unreadable: its rows are not there for readers either
                     continue
                 mine = table.filter(pc.equal(table.column("run_id"), run_id))
@@ -560,9 +563,7 @@ def finished_run_ids(results: str | Path, suite: str, *, skip_corrupt: bool = Fa
     root = Path(results)
     columns = ["run_id", "status", "schema_version"]
     if _one_file(root):  # a baseline, as it stands
-        pieces = [_finish(root, t, None, skip_corrupt) for t in [_read(root, columns,
-                                                                        skip_corrupt)]
-                  if t is not None]
+        pieces = _read_file(root, columns, skip_corrupt)
     else:
         pieces = _read_suite(root, RUNS, _check_suite(suite), columns, skip_corrupt)
     done: set[str] = set()
@@ -614,11 +615,14 @@ def _load(results: str | Path | None, kind: str, suite: str | None, skip_corrupt
     wanted = None if columns is None else list(dict.fromkeys(
         ["run_id", "schema_version", *columns]))
     if _one_file(root):  # a baseline, as it stands
-        pieces = [_finish(root, t, None, skip_corrupt) for t in [_read(root, None, skip_corrupt)]
-                  if t is not None]
+        pieces = _read_file(root, None, skip_corrupt)
         if suite is not None:
             pieces = [_to_pandas(p) if isinstance(p, pa.Table) else p for p in pieces
                       if p is not None]
+            if pieces and "suite" not in pieces[0].columns:
+                _corrupt(root, f"no suite column (cannot select suite '{suite}')",
+                         skip_corrupt)
+                pieces = []
             pieces = [p[p["suite"] == suite] for p in pieces]
     else:
         suites = [_check_suite(suite)] if suite is not None else list_suites(root, kind)
@@ -648,6 +652,13 @@ def _one_file(root: Path) -> bool:
     if root.suffix == ".parquet" and not root.exists():
         raise BenchError(f"results file {root} does not exist")
     return False
+
+
+def _read_file(path: Path, columns: list[str] | None, skip_corrupt: bool
+               ) -> list[pa.Table | pd.DataFrame | None]:
+    """One given Parquet file's rows, as pieces (none where skipped)."""
+    table = _read(path, columns, skip_corrupt)
+    return [] if table is None else [_finish(path, table, None, skip_corrupt)]
 
 
 def _frames(pieces: list[pa.Table | pd.DataFrame]) -> list[pd.DataFrame]:

@@ -7,8 +7,10 @@ suite and a compare, before and after `vaebench store compact`.
 The rows are what a runner stores: the columns, Arrow types and values of a real run of the
 smoke suite (`store.run_row` of each variant's own config, metrics and provenance as a real
 row has them, with noise), 20 epochs of curves per run (the cpu budget's), and a samples
-file per run with 2 images of each kind (8x8, as digits runs store; a real run stores 32 of
-each, which at 10^5 runs would make a 5 GB store). The suites are TOML grids (iwae over k and
+file per run with 2 images of each kind (8x8, as digits runs store; a real run stores 96:
+64 prior samples, 16 test images and their reconstructions, bench.metrics.blur.sample_records;
+96 x 64 float64 pixels are 49 KB a run before compression, about 5 GB at 10^5 runs, by
+arithmetic, not measured). The suites are TOML grids (iwae over k and
 lr) with many seeds, written beside the store; the big suite has 40 variants, so its report
 draws 40 sample figures. benchmarks/test_store_scale.py runs this at a small N under
 pytest-benchmark (`make microbench`); VAEBENCH_SCALE_RUNS sets its N.
@@ -38,6 +40,7 @@ EPOCHS = 20
 K_VALUES = (1, 2, 5, 10, 20, 50, 100, 200)
 LR_VALUES = (1e-3, 5e-4, 3e-4, 2e-3, 1e-4)
 SMALL_SUITES = 3
+DEFAULT_STEPS = ("build", "measure", "compact", "measure")
 PROVENANCE = {
     "git_commit": "7f6e8a13cecd231dcdaa958d902f42d13fb5f431", "git_dirty": False,
     "python": "3.11.7", "torch": "2.13.0+cpu", "numpy": "2.4.6", "ray": "2.60.0",
@@ -248,9 +251,9 @@ def measure(work: Path, label: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("steps", nargs="*", default=["build", "measure", "compact", "measure"],
-                        choices=["build", "measure", "compact"],
-                        help="what to do, in order (default: build measure compact measure)")
+    # no `choices`: Python 3.11's argparse checks an empty "*" against them, as one value
+    parser.add_argument("steps", nargs="*", metavar="STEP", help="build, measure or compact: "
+                        "what to do, in order (default: build measure compact measure)")
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--compacted", action="store_true",
                         help="build: write the store as compaction leaves it (minutes less "
@@ -258,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a "
                         "temporary one, removed after)")
     args = parser.parse_args(argv)
+    for step in args.steps:
+        if step not in ("build", "measure", "compact"):
+            parser.error(f"invalid step {step!r} (choose from build, measure, compact)")
     work = args.dir or Path(tempfile.mkdtemp(prefix="vaebench-scale-"))
     try:
-        for step in args.steps:
+        for step in args.steps or DEFAULT_STEPS:
             start = time.perf_counter()
             if step == "build":
                 suites = build_store(work / "results", work / "suites", args.runs,
@@ -277,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"*/{store.COMPACTED_PREFIX}*")) else "loose"
                 measure(work, state)
             else:
-                from bench.compaction import compact
-                for done in compact(work / "results"):
+                for done in compaction.compact(work / "results"):
                     print(done.describe())
                 print(f"compaction took {time.perf_counter() - start:.1f} s", flush=True)
     finally:

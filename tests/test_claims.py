@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -352,7 +351,7 @@ def test_a_killed_runners_run_is_taken_over_and_the_grid_completes(tmp_path):
     waits for A's, and once A is SIGKILLed takes it over (from its checkpoint): every run
     trained once, but the killed one's, trained twice (once partly)."""
     path = tmp_path / "killed.toml"
-    path.write_text(textwrap.dedent(KILLED))
+    path.write_text(KILLED)
     suite = load_suite(path)
     long_run = suite.variants[0].run_id
     results = tmp_path / "r"

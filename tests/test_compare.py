@@ -318,3 +318,21 @@ def test_a_field_added_later_at_its_default_still_matches_older_results():
     new = {**old, "cfg_iterations": 0, "cfg_seed": 1}
     assert variant_key(old) == variant_key(new)
     assert variant_key({**new, "cfg_iterations": 10}) != variant_key(old)
+
+
+def test_variant_keys_of_a_frame_are_each_rows_variant_key():
+    """The keys computed once per distinct config (bench.compare.variant_keys) are the ones
+    variant_key gives row by row: lists, None beside NaN, a later field absent or at its
+    default, a bool beside the int 1, a float 3.0 beside the int 3 in one column; a value
+    of another type (the text "1") is another key."""
+    frame = pd.DataFrame({
+        "cfg_hidden": [[[20]], [[20]], [[30]], [[20]], [[20]], [[20]]],
+        "cfg_k": [3, 3, 3, 3, 3, 3],
+        "cfg_snr_draws": [None, 0, math.nan, 0, None, 0],
+        "cfg_flag": [True, 1, 1, True, 1.0, "1"],
+        "cfg_lr": [1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3],
+        "cfg_seed": [0, 1, 2, 3, 4, 5],
+    })
+    keys = cmp.variant_keys(frame)
+    assert keys == [cmp.variant_key(r) for r in frame.to_dict("records")]
+    assert keys[0] == keys[3] != keys[1] == keys[4] != keys[5] and len(set(keys)) == 4

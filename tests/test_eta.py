@@ -119,6 +119,42 @@ def test_dci_writes_a_line_per_fitted_factor_when_long():
                                                               plain.completeness)
 
 
+
+def test_encoding_the_grid_writes_the_images_done(monkeypatch):
+    """factor_metrics' encoding of the shapes_small grid (6,144 images) in chunks of 2,048
+    (ENCODE_CHUNK 128 here): a line per chunk with the images encoded, the same progress
+    handed on to DCI. DCI and the beta-VAE metric are stubbed (test_dci_... covers DCI's)."""
+    import bench.metrics.factors as factors
+    from bench.data import load_dataset
+    from bench.models import build_model
+
+    handed = []
+    monkeypatch.setattr(factors, "ENCODE_CHUNK", 128)
+    monkeypatch.setattr(factors, "dci", lambda *a, progress=None, **kw: _dci_stub(handed,
+                                                                                progress))
+    monkeypatch.setattr(factors, "beta_vae_score", lambda *a, **kw: 0.0)
+    cfg = config_from_dict({"dataset": "shapes_small", "hidden": [[8]], "latent": [2]})
+    shapes = load_dataset("shapes_small", train_size=16, test_size=16)
+    model = build_model(cfg, shapes.test.shape[1], image_shape=shapes.image_shape)
+    lines_to, lines = collect(20.0)
+    factors.factor_metrics(model, shapes, seed=0, config=cfg, progress=lines_to)
+    assert lines == [
+        "disentanglement: encoding the grid: 2,048/6,144 images (33%), 0:00:20 elapsed, "
+        "ETA 0:00:40",
+        "disentanglement: encoding the grid: 4,096/6,144 images (67%), 0:00:40 elapsed, "
+        "ETA 0:00:20",
+        "disentanglement: encoding the grid: 6,144/6,144 images (100%), 0:01:00 elapsed, "
+        "ETA 0:00:00",
+        "disentanglement: encoding the grid: 6,144/6,144 images done, 0:01:20"]
+    assert handed == [lines_to]
+
+
+def _dci_stub(handed: list, progress):
+    from bench.metrics.disentanglement import DCIResult
+
+    handed.append(progress)
+    return DCIResult(0.0, 0.0, 0.0, 0.0, np.zeros((2, 0)), ())
+
 def every_line(monkeypatch, module) -> None:
     """ProgressLines in `module` without the quiet start and interval: every update writes."""
     import functools

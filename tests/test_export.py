@@ -9,7 +9,6 @@ import io
 import math
 import socket
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -345,7 +344,7 @@ def test_run_export_sends_each_landed_run_and_a_failing_tracker_loses_no_run(tmp
                                                                             capsys):
     pytest.importorskip("tensorboard")
     suite = tmp_path / "tiny.toml"
-    suite.write_text(textwrap.dedent(TINY))
+    suite.write_text(TINY)
     results, tb = tmp_path / "r", tmp_path / "tb"
     argv = ["run", str(suite), "--results", str(results), "--executor", "local",
             "--no-progress"]
@@ -468,8 +467,26 @@ def test_the_probe_goes_where_the_client_would_connect(monkeypatch):
                          ("https:///x", "no host")):
         with pytest.raises(BenchError, match=f"^mlflow tracking URI {uri}: {message}$"):
             export.probe_server(uri)
+    with pytest.raises(BenchError) as caught:
+        export.probe_server("http://[::1")
+    assert str(caught.value) == "mlflow tracking URI http://[::1: Invalid IPv6 URL"
     export.probe_server("sqlite:///nowhere/mlflow.db")  # local stores are not probed
     export.probe_server(f"file:///127.0.0.1:{closed_port()}")
+
+
+def test_a_malformed_tracking_uri_is_one_line(results, tmp_path, mlflow_without_retries,
+                                              capsys):
+    # Guards against: a URI MLflow's client cannot even parse (a ValueError) being a
+    # traceback, from `vaebench export mlflow` and from `vaebench run --export`.
+    line = "vaebench: error: mlflow tracking URI http://[::1: Invalid IPv6 URL\n"
+    assert main(["export", "mlflow", "--tracking-uri", "http://[::1", "--results",
+                 str(results)]) == 2
+    assert capsys.readouterr().err == line
+    other = tmp_path / "r2"
+    assert main(["run", "smoke", "--results", str(other), "--executor", "local",
+                 "--no-progress", "--export", "mlflow=http://[::1"]) == 2
+    assert capsys.readouterr().err == line
+    assert store.load_runs(other).empty
 
 
 def test_report_files_are_the_suite_page_and_what_it_links(results):

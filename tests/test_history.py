@@ -126,6 +126,27 @@ def test_an_unreadable_history_file_is_named(tmp_path):
         history.load_history(tmp_path, "tiny")
 
 
+
+def test_an_unreadable_history_file_is_named_when_tracking(tmp_path):
+    """The commit's own file and a pack, read to skip tracked runs and to append, are named
+    as load_history names them, not a pyarrow traceback; the bad file is left as it was."""
+    import pandas as pd
+
+    commit = history.Commit("a" * 40, "2026-01-01T00:00:00+00:00", "c", False)
+    own = history.history_file(tmp_path, "tiny", commit, "box")
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"not parquet")
+    with pytest.raises(BenchError, match=f"{own.name} is unreadable"):
+        history.tracked_run_ids(tmp_path, "tiny", commit, "box")
+    with pytest.raises(BenchError, match=f"{own.name} is unreadable"):
+        history.append(tmp_path, "tiny", commit, "box", pd.DataFrame({"run_id": ["r"]}))
+    assert own.read_bytes() == b"not parquet"
+    own.unlink()
+    pack = own.parent / f"{history.PACK_PREFIX}1.parquet"
+    pack.write_bytes(b"not parquet")
+    with pytest.raises(BenchError, match=f"{pack.name} is unreadable"):
+        history.tracked_run_ids(tmp_path, "tiny", commit, "box")
+
 def test_track_outside_a_git_checkout_is_one_line(tmp_path):
     (tmp_path / "tiny.toml").write_text(SUITE)
     suite = load_suite(tmp_path / "tiny.toml")

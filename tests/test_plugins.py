@@ -777,9 +777,9 @@ def test_a_suite_of_seeds_whose_objective_has_a_param_named_seed(tmp_path):
     path = tiny(tmp_path, "seeded", """
         objective = "seeded"
         params = { seed = 0 }
-        """, '"seeded.py"').read_text().replace("seeds = [0]", "seeds = [0, 1, 2]")
-    (tmp_path / "seeded.toml").write_text(path)
-    suite = load_suite(tmp_path / "seeded.toml")
+        """, '"seeded.py"')
+    path.write_text(path.read_text().replace("seeds = [0]", "seeds = [0, 1, 2]"))
+    suite = load_suite(path)
     assert [v.config.seed for v in suite.variants] == [0, 1, 2]
     for variant in suite.variants:
         built = config_from_dict(variant.config.to_dict())

@@ -171,6 +171,13 @@ def test_a_rates_file_of_another_shape_is_one_line(tmp_path):
         projection.read_rates(bad)
     with pytest.raises(BenchError, match="cannot read it"):
         projection.read_rates(tmp_path / "absent.json")
+    for speed in (-1, 0):  # was a negative or zero projected time on the GPU
+        negative = json.loads(rates_file(tmp_path).read_text())
+        negative["evaluation"]["compiled_s_per_example_per_1000"] = speed
+        bad.write_text(json.dumps(negative))
+        with pytest.raises(BenchError, match=r"evaluation compiled_s_per_example_per_1000 at "
+                                             rf"{float(speed)} s is not a speed"):
+            projection.read_rates(bad)
 
 
 def test_paper_models_are_gpu_throughputs():

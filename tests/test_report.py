@@ -643,10 +643,12 @@ def test_a_sample_grid_shows_each_image_once_at_a_whole_scale(tmp_path):
     # (black), two originals (white), two reconstructions (mid gray) of 5x4 pixels.
     from PIL import Image
 
+    from bench.images import SEPARATOR
+
     path = plots.sample_grid(np.zeros((3, 5, 4)), np.ones((2, 5, 4)), np.full((2, 5, 4), 0.5),
                              tmp_path / "g.png", title="t")
     image = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    gap = [int(plots._SEPARATOR[i:i + 2], 16) for i in (1, 3, 5)]
+    gap = list(SEPARATOR)
     is_gap = (image == gap).all(axis=2)
     scale = 28  # 3 columns of 4 pixels + 4 separators = 16, scaled to the 440-pixel panel
     # the panels: the prior's (one row of 3) and the pairs' (originals row, reconstructions

@@ -9,12 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_runner import TINY
 
 from bench import store
 from bench.cli import main
@@ -115,53 +115,46 @@ def test_a_run_log_that_cannot_be_written_stops_the_grid_before_training(tmp_pat
     assert leftovers(tmp_path) == []
 
 
-def test_a_full_disk_on_ray_cancels_the_runs_in_flight(tmp_path, monkeypatch):
+FAST_THEN_SLOW = """
+[[variant]]
+name = "fast"
+
+[[variant]]
+name = "slow"
+epochs = 100000
+"""
+
+
+def test_a_full_disk_on_ray_cancels_the_runs_in_flight(ray_session, tmp_path, monkeypatch):
     # Guards against: a driver that stops on a StoreFault but leaves its submitted Ray tasks
     # training (on a cluster they would run on for nothing, holding their claims' slots).
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=128 * 1024**2)
-    try:
-        path = tmp_path / "slow.toml"
-        path.write_text(textwrap.dedent("""
-            [suite]
-            name = "slow"
-            description = "a fast run, then a store that is full, with a slow run in flight"
-            seeds = [0]
+    path = tmp_path / "slow.toml"  # a fast run, then a store that is full, a slow run in flight
+    path.write_text(TINY.format(name="slow", epochs=1).replace("seeds = [0, 1]", "seeds = [0]")
+                    + FAST_THEN_SLOW)
+    suite = load_suite(path)
+    assert [(v.name, v.config.epochs) for v in suite.variants] == [("fast", 1), ("slow", 100000)]
+    results = tmp_path / "r"
+    slow = log_path(results, "slow", suite.variants[1].run_id)
+    fail_writes(monkeypatch, 1, errno.ENOSPC)
+    full = pq.write_table
 
-            [base]
-            dataset = "digits"
-            hidden = [[16]]
-            latent = [4]
-            train_size = 200
-            test_size = 50
-            k_eval = 10
+    def once_the_slow_run_trains(*args, **kwargs):  # else the check below proves nothing
+        deadline = time.monotonic() + 120
+        while not (slow.exists() and "\nepoch " in slow.read_text()):
+            assert time.monotonic() < deadline, "the slow run never started training"
+            time.sleep(0.05)
+        return full(*args, **kwargs)
 
-            [[variant]]
-            name = "fast"
-            epochs = 1
-
-            [[variant]]
-            name = "slow"
-            epochs = 100000
-        """))
-        suite = load_suite(path)
-        fail_writes(monkeypatch, 1, errno.ENOSPC)
-        results = tmp_path / "r"
-        with pytest.raises(StoreFault, match="No space left on device: 0 runs stored; 1 "
-                                             "trained run could not be stored"):
-            run_suite(suite, RunOptions(results=results, show_progress=False))
-        slow = log_path(results, "slow", suite.variants[1].run_id)
-        lines = slow.read_text().count("\nepoch ") if slow.exists() else 0
-        time.sleep(3)  # ~60 epochs of the slow run, were it still training
-        after = slow.read_text().count("\nepoch ") if slow.exists() else 0
-        assert after == lines, "the slow run went on training after the fault"
-        assert leftovers(results) == []
-    finally:
-        if started:
-            ray.shutdown()
+    monkeypatch.setattr(pq, "write_table", once_the_slow_run_trains)
+    with pytest.raises(StoreFault, match="No space left on device: 0 runs stored; 1 "
+                                         "trained run could not be stored"):
+        run_suite(suite, RunOptions(results=results, show_progress=False))
+    time.sleep(0.5)  # the forced cancel lands
+    lines = slow.read_text().count("\nepoch ")
+    time.sleep(3)  # hundreds of epochs of the slow run, were it still training
+    after = slow.read_text().count("\nepoch ")
+    assert after == lines, "the slow run went on training after the fault"
+    assert leftovers(results) == []
 
 
 NAMESPACE_SCRIPT = """

@@ -321,6 +321,14 @@ def test_load_runs_accepts_a_single_parquet_file(tmp_path):
     assert store.load_runs(path_a, suite="other").empty
     curves_file = store.curves_path(tmp_path, "s1", a.run_id)
     assert store.load_curves(curves_file)["epoch"].tolist() == [1, 2]
+    no_suite = tmp_path / "no-suite.parquet"  # a file without a suite column: no suite to pick
+    pq.write_table(pq.read_table(path_a).drop_columns(["suite"]), no_suite)
+    assert store.load_runs(no_suite)["run_id"].tolist() == [a.run_id]
+    with pytest.raises(BenchError, match=r"no-suite.parquet: no suite column \(cannot select "
+                       "suite 's1'\\)"):
+        store.load_runs(no_suite, suite="s1")
+    with pytest.warns(UserWarning, match="skipping corrupt results file .*no suite column"):
+        assert store.load_curves(no_suite, suite="s1", skip_corrupt=True).empty
     with pytest.raises(BenchError, match="does not exist"):
         store.load_runs(tmp_path / "nope.parquet")
 

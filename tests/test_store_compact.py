@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def no_fsync(monkeypatch):
-    """Writes here need not reach the disk (a store of 300 runs in 1 s, not 7 s)."""
+    """Writes here need not reach the disk (populate() of 300 runs on a 2-core VM: 1.6-1.7 s
+    without fsync, 1.9-2.6 s with)."""
     monkeypatch.setattr(os, "fsync", lambda fd: None)
 
 

@@ -34,7 +34,6 @@ import torch
 
 from bench import eta
 from bench.data import SHAPES_GRIDS, Dataset
-from bench.eta import ProgressLines
 from bench.metrics.blur import image_rows
 from bench.metrics.disentanglement import beta_vae_score, dci, mig
 from bench.metrics.factor_protocols import FACTOR_POINTS
@@ -98,7 +97,7 @@ def dci_draws(sizes, n_train: int, n_test: int, *, seed: int) -> tuple[np.ndarra
 
 
 def factor_metrics(model, dataset: Dataset, *, seed: int, config=None,
-                   progress: ProgressLines | None = None) -> tuple[dict, list[dict]]:
+                   progress: eta.ProgressLines | None = None) -> tuple[dict, list[dict]]:
     """Disentanglement metrics, per-unit KL and traversal images (see the module doc).
 
     `config` (a RunConfig, or anything with its dci_estimator / dci_train / dci_test) sets

@@ -20,12 +20,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.errors import make_directory
 from bench.objectives import wake_phi_surrogate
-from bench.toys.bimodal_target import TARGET, Target, grid, plot_fits
+from bench.toys.bimodal_target import TARGET, Target, plot_fits
 
 DIRECTIONS = ("reverse", "forward")
 
@@ -78,12 +77,6 @@ def fit(
         optimizer.step()
     mu, sigma = (float(v) for v in (params[0].detach(), torch.exp(params[1].detach())))
     return _describe(direction, target, mu, sigma)
-
-
-def density_grid(target: Target, fitted: Fit, n: int = 4001) -> dict[str, np.ndarray]:
-    """z, target density and fitted density on a grid covering both modes (for plots)."""
-    z, density, q = grid(target, {"fitted": (fitted.mean, fitted.std)}, n)
-    return {"z": z, "target": density, "fitted": q["fitted"]}
 
 
 def _target_log_prob(target: Target, z: torch.Tensor) -> torch.Tensor:

@@ -139,7 +139,8 @@ class Checkpointing:
 
 def save_state(path: Path, state: dict) -> None:
     """Atomically write a checkpoint's `state` (torch.save) to `path`: a reader sees the old
-    file or the whole new one, never a torn write."""
+    file or the whole new one, never a torn write. A process killed while writing leaves its
+    temp file; the run's next attempt removes it (bench.runner._execute)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -148,7 +149,7 @@ def save_state(path: Path, state: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a full disk or a kill: no half-written file left behind
+    except BaseException:  # a full disk or an interrupt: no half-written file left behind
         tmp.unlink(missing_ok=True)
         raise
 

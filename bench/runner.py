@@ -374,6 +374,8 @@ def _execute(task: RunTask, device: str, where: dict) -> Landed:
     cfg, run_id = task.variant.config, task.variant.run_id
     started, wall_start = _now(), time.perf_counter()
     checkpoint = checkpoint_path(task.results, task.suite, run_id)
+    for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):  # a killed attempt's
+        stale.unlink(missing_ok=True)  # (the run is claimed: no one else writes them)
     log = _RunLog(task, task.variant, device)
     if checkpoint.exists():
         log.file.write(f"# resuming from checkpoint {checkpoint}\n")
